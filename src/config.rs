@@ -1,0 +1,728 @@
+//! The configuration file: parsed with the key path in every error, then
+//! validated as a whole so that `check-config` reports every problem at once.
+//!
+//! Secrets are never written in the file: a `*_env` key names an environment
+//! variable and a `*_file` key a file (e.g. a systemd credential). A secret
+//! written inline is rejected with a message saying which key to use instead.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::benchmark;
+
+/// The embedded default configuration (used when no file is found).
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+/// Where the config came from, for messages.
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Embedded => write!(f, "(embedded default config)"),
+        }
+    }
+}
+
+/// Every problem found in a config, each naming its key path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.iter().map(|p| format!("{}: {p}", .origin)).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub origin: Source,
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the store lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub benchmarks: BTreeMap<String, BenchmarkConfig>,
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    #[serde(default)]
+    pub judges: BTreeMap<String, JudgeConfig>,
+    #[serde(default)]
+    pub templates: BTreeMap<String, TemplateConfig>,
+    #[serde(default)]
+    pub watchers: BTreeMap<String, WatcherConfig>,
+    #[serde(default)]
+    pub alerts: BTreeMap<String, AlertConfig>,
+    #[serde(default)]
+    pub drift: DriftConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./safedrift-data")
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7300".into()
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_listen(),
+            token_file: None,
+            token_env: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchmarkConfig {
+    /// One of hex-phi, advbench, harmbench, jbb, xstest, strongreject, jsonl, builtin.
+    pub kind: String,
+    /// File or directory (for `builtin`: the set's name, e.g. "probes").
+    pub path: PathBuf,
+    /// Every prompt is benign: the benchmark measures over-refusal.
+    #[serde(default)]
+    pub benign: bool,
+}
+
+/// Defaults for `safedrift eval` (flags override them).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: u32,
+    #[serde(default)]
+    pub temperature: f64,
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+fn default_max_new_tokens() -> u32 {
+    512
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            concurrency: default_concurrency(),
+            max_new_tokens: default_max_new_tokens(),
+            temperature: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BackendConfig {
+    Openai(OpenAiBackendConfig),
+    Onnx(OnnxBackendConfig),
+}
+
+/// An OpenAI-compatible endpoint (OpenAI, vLLM, TGI, Ollama).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiBackendConfig {
+    /// One base URL ending in /v1 ...
+    pub base_url: Option<String>,
+    /// ... or several replicas; requests go to the least-loaded healthy one.
+    #[serde(default)]
+    pub base_urls: Vec<String>,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// File holding the API key (e.g. a systemd credential).
+    pub api_key_file: Option<PathBuf>,
+    /// Model name, when this entry is used directly as a model spec.
+    pub model: Option<String>,
+    /// Requests in flight to this endpoint at most.
+    pub max_concurrency: Option<usize>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    /// Per-request timeout, e.g. "120s".
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Retries after the first attempt.
+    pub max_retries: Option<u32>,
+    /// `max_tokens` (default) or `max_completion_tokens`.
+    pub max_tokens_field: Option<String>,
+    /// Template used with this endpoint's models unless `--template` is given.
+    pub template: Option<String>,
+}
+
+/// A local ONNX model (run by the ONNX Runtime backend).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxBackendConfig {
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_device")]
+    pub device: String,
+    pub max_new_tokens: Option<u32>,
+    #[serde(default)]
+    pub cpu_fallback: bool,
+    pub ort_dylib: Option<PathBuf>,
+    pub template: Option<String>,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// A named model: a backend plus a model name and template.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub backend: String,
+    pub model: Option<String>,
+    pub template: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum JudgeConfig {
+    Keyword {},
+    Rubric(ModelJudgeConfig),
+    LlamaGuard(ModelJudgeConfig),
+    Classifier(ClassifierJudgeConfig),
+}
+
+/// A judge that asks a chat model.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelJudgeConfig {
+    pub model: String,
+    /// Endpoint of the judge model (default: $OPENAI_BASE_URL, else OpenAI).
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub max_concurrency: Option<usize>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierJudgeConfig {
+    pub path: PathBuf,
+}
+
+/// A prompt template: the paper evaluates each model with the template of its
+/// fine-tuning data, so the template is part of a run's identity.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    pub system: Option<String>,
+    pub user_prefix: Option<String>,
+    pub user_suffix: Option<String>,
+}
+
+/// Watchers are checked for their kind and schedule here; the daemon reads
+/// the rest of their keys.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WatcherConfig {
+    pub kind: String,
+    pub schedule: Option<String>,
+    #[serde(flatten)]
+    pub rest: toml::Table,
+}
+
+/// Alert targets are checked for their kind here; the dispatcher reads the rest.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AlertConfig {
+    pub kind: String,
+    #[serde(flatten)]
+    pub rest: toml::Table,
+}
+
+/// Drift rules: a finding fires when the candidate is worse than the baseline
+/// by more than the threshold and a paired test rejects "no change" at
+/// `significance` (per-category tests Holm-corrected).
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    #[serde(default = "d_significance")]
+    pub significance: f64,
+    #[serde(default = "d_rate")]
+    pub harmfulness_rate: f64,
+    #[serde(default = "d_score")]
+    pub harmfulness_score: f64,
+    #[serde(default = "d_category")]
+    pub category_harmfulness_rate: f64,
+    #[serde(default = "d_over_refusal")]
+    pub over_refusal_rate: f64,
+}
+
+fn d_significance() -> f64 {
+    0.05
+}
+fn d_rate() -> f64 {
+    0.05
+}
+fn d_score() -> f64 {
+    0.25
+}
+fn d_category() -> f64 {
+    0.10
+}
+fn d_over_refusal() -> f64 {
+    0.10
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            significance: d_significance(),
+            harmfulness_rate: d_rate(),
+            harmfulness_score: d_score(),
+            category_harmfulness_rate: d_category(),
+            over_refusal_rate: d_over_refusal(),
+        }
+    }
+}
+
+/// Keys that would hold a secret inline.
+const SECRET_KEYS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "token",
+    "password",
+    "secret",
+    "hf_token",
+    "smtp_password",
+];
+
+pub const WATCHER_KINDS: &[&str] = &[
+    "directory",
+    "mlflow",
+    "huggingface",
+    "openai-finetunes",
+    "ollama",
+];
+pub const ALERT_KINDS: &[&str] = &["email", "webhook"];
+
+/// Finds the config file: `--config`, else `$SAFEDRIFT_CONFIG`, else
+/// `/etc/safedrift/safedrift.toml` if it exists, else the embedded default.
+pub fn locate(flag: Option<&Path>) -> Source {
+    if let Some(p) = flag {
+        return Source::File(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("SAFEDRIFT_CONFIG").filter(|p| !p.is_empty()) {
+        return Source::File(PathBuf::from(p));
+    }
+    let etc = Path::new("/etc/safedrift/safedrift.toml");
+    if etc.exists() {
+        return Source::File(etc.to_path_buf());
+    }
+    Source::Embedded
+}
+
+/// Reads, parses and validates the config at `source`.
+pub fn load(source: &Source) -> Result<Config, ConfigError> {
+    let text = match source {
+        Source::Embedded => DEFAULT_CONFIG.to_string(),
+        Source::File(path) => {
+            let fail = |problem: String| ConfigError {
+                origin: source.clone(),
+                problems: vec![problem],
+            };
+            let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+            if meta.len() > 4 * 1024 * 1024 {
+                return Err(fail(format!(
+                    "{} bytes is too large for a config file",
+                    meta.len()
+                )));
+            }
+            let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+            String::from_utf8(bytes).map_err(|e| {
+                let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count();
+                fail(format!("line {line}: not valid UTF-8"))
+            })?
+        }
+    };
+    parse(&text, source)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str, source: &Source) -> Result<Config, ConfigError> {
+    let err = |problems: Vec<String>| ConfigError {
+        origin: source.clone(),
+        problems,
+    };
+    let value: toml::Table = toml::from_str(text).map_err(|e| err(vec![toml_problem(&e, text)]))?;
+    let mut problems = Vec::new();
+    find_inline_secrets(&value, "", &mut problems);
+    if !problems.is_empty() {
+        return Err(err(problems));
+    }
+    let de = toml::Deserializer::new(text);
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = toml_problem(&inner, text);
+        err(vec![if path.is_empty() || path == "." {
+            msg
+        } else {
+            format!("`{path}`: {msg}")
+        }])
+    })?;
+    let problems = config.validate();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(err(problems))
+    }
+}
+
+fn toml_problem(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = 1 + text[..span.start.min(text.len())].matches('\n').count();
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+fn find_inline_secrets(table: &toml::Table, prefix: &str, problems: &mut Vec<String>) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if SECRET_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+            problems.push(format!(
+                "`{path}`: secrets are never written in the config; name an environment variable with `{key}_env` or a file with `{key}_file`"
+            ));
+        }
+        if let toml::Value::Table(t) = value {
+            find_inline_secrets(t, &path, problems);
+        }
+    }
+}
+
+fn check_url(url: &str, key: &str, problems: &mut Vec<String>) {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        Ok(u) => problems.push(format!(
+            "`{key}`: scheme `{}` is not http or https",
+            u.scheme()
+        )),
+        Err(e) => problems.push(format!("`{key}`: invalid URL {url:?}: {e}")),
+    }
+}
+
+/// Checks a 6-field cron expression (seconds first) for its shape.
+pub fn check_cron(expr: &str) -> Result<(), String> {
+    let fields = expr.split_whitespace().count();
+    if fields != 6 {
+        return Err(format!(
+            "invalid cron expression {expr:?}: expected 6 fields (sec min hour day month weekday), found {fields}"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Every semantic problem, each naming its key path.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "`api.listen`: {:?} is not an address like 127.0.0.1:7300",
+                self.api.listen
+            ));
+        }
+        if let Some(f) = &self.api.token_file {
+            if !f.exists() {
+                p.push(format!("`api.token_file`: {} does not exist", f.display()));
+            }
+        }
+        for (name, b) in &self.benchmarks {
+            let key = format!("benchmarks.{name}");
+            if !benchmark::KINDS.contains(&b.kind.as_str()) {
+                p.push(format!(
+                    "`{key}.kind`: unknown benchmark kind {:?} (expected one of {})",
+                    b.kind,
+                    benchmark::KINDS.join(", ")
+                ));
+            } else if b.kind != "builtin" && !b.path.exists() {
+                p.push(format!("`{key}.path`: {} does not exist", b.path.display()));
+            }
+        }
+        for (name, b) in &self.backends {
+            let key = format!("backends.{name}");
+            match b {
+                BackendConfig::Openai(o) => {
+                    if o.base_url.is_none() && o.base_urls.is_empty() {
+                        p.push(format!("`{key}`: set `base_url` or `base_urls`"));
+                    }
+                    for u in o.base_url.iter().chain(&o.base_urls) {
+                        check_url(u, &format!("{key}.base_url"), &mut p);
+                    }
+                    check_secret_file(
+                        o.api_key_file.as_deref(),
+                        &format!("{key}.api_key_file"),
+                        &mut p,
+                    );
+                    if o.max_concurrency == Some(0) {
+                        p.push(format!("`{key}.max_concurrency`: must be at least 1"));
+                    }
+                    if let Some(f) = &o.max_tokens_field {
+                        if f != "max_tokens" && f != "max_completion_tokens" {
+                            p.push(format!(
+                                "`{key}.max_tokens_field`: expected \"max_tokens\" or \"max_completion_tokens\""
+                            ));
+                        }
+                    }
+                    self.check_template_ref(o.template.as_deref(), &key, &mut p);
+                }
+                BackendConfig::Onnx(o) => {
+                    if !matches!(o.device.as_str(), "cpu" | "cuda") {
+                        p.push(format!("`{key}.device`: expected \"cpu\" or \"cuda\""));
+                    }
+                    self.check_template_ref(o.template.as_deref(), &key, &mut p);
+                }
+            }
+        }
+        for (name, m) in &self.models {
+            let key = format!("models.{name}");
+            if !self.backends.contains_key(&m.backend) {
+                p.push(format!("`{key}.backend`: no backend named {:?}", m.backend));
+            }
+            self.check_template_ref(m.template.as_deref(), &key, &mut p);
+        }
+        for (name, j) in &self.judges {
+            let key = format!("judges.{name}");
+            match j {
+                JudgeConfig::Rubric(m) | JudgeConfig::LlamaGuard(m) => {
+                    if let Some(u) = &m.base_url {
+                        check_url(u, &format!("{key}.base_url"), &mut p);
+                    }
+                    check_secret_file(
+                        m.api_key_file.as_deref(),
+                        &format!("{key}.api_key_file"),
+                        &mut p,
+                    );
+                }
+                JudgeConfig::Classifier(c) => {
+                    if !c.path.exists() {
+                        p.push(format!("`{key}.path`: {} does not exist", c.path.display()));
+                    }
+                }
+                JudgeConfig::Keyword {} => {}
+            }
+        }
+        for (name, w) in &self.watchers {
+            let key = format!("watchers.{name}");
+            if !WATCHER_KINDS.contains(&w.kind.as_str()) {
+                p.push(format!(
+                    "`{key}.kind`: unknown watcher kind {:?} (expected one of {})",
+                    w.kind,
+                    WATCHER_KINDS.join(", ")
+                ));
+            }
+            if let Some(s) = &w.schedule {
+                if let Err(e) = check_cron(s) {
+                    p.push(format!("`{key}.schedule`: {e}"));
+                }
+            }
+            if let Some(toml::Value::String(j)) = w.rest.get("judge") {
+                if !self.judges.contains_key(j) && !is_judge_spec(j) {
+                    p.push(format!("`{key}.judge`: no judge named {j:?}"));
+                }
+            }
+            if let Some(toml::Value::String(b)) = w.rest.get("backend") {
+                if !self.backends.contains_key(b) {
+                    p.push(format!("`{key}.backend`: no backend named {b:?}"));
+                }
+            }
+            if let Some(toml::Value::Array(bs)) = w.rest.get("benchmarks") {
+                for b in bs {
+                    match b.as_str() {
+                        Some(b) if self.benchmarks.contains_key(b) || b.contains(':') => {}
+                        Some(b) => p.push(format!("`{key}.benchmarks`: no benchmark named {b:?}")),
+                        None => p.push(format!("`{key}.benchmarks`: expected strings")),
+                    }
+                }
+            }
+        }
+        for (name, a) in &self.alerts {
+            if !ALERT_KINDS.contains(&a.kind.as_str()) {
+                p.push(format!(
+                    "`alerts.{name}.kind`: unknown alert kind {:?} (expected one of {})",
+                    a.kind,
+                    ALERT_KINDS.join(", ")
+                ));
+            }
+        }
+        let d = &self.drift;
+        if !(d.significance > 0.0 && d.significance < 1.0) {
+            p.push("`drift.significance`: must be between 0 and 1".into());
+        }
+        for (k, v) in [
+            ("harmfulness_rate", d.harmfulness_rate),
+            ("harmfulness_score", d.harmfulness_score),
+            ("category_harmfulness_rate", d.category_harmfulness_rate),
+            ("over_refusal_rate", d.over_refusal_rate),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                p.push(format!("`drift.{k}`: must be a non-negative number"));
+            }
+        }
+        if self.eval.concurrency == 0 {
+            p.push("`eval.concurrency`: must be at least 1".into());
+        }
+        p
+    }
+
+    fn check_template_ref(&self, name: Option<&str>, key: &str, p: &mut Vec<String>) {
+        if let Some(t) = name {
+            if t != "default" && !self.templates.contains_key(t) {
+                p.push(format!("`{key}.template`: no template named {t:?}"));
+            }
+        }
+    }
+}
+
+fn check_secret_file(path: Option<&Path>, key: &str, p: &mut Vec<String>) {
+    if let Some(f) = path {
+        if !f.is_file() {
+            p.push(format!("`{key}`: {} is not a readable file", f.display()));
+        }
+    }
+}
+
+fn is_judge_spec(s: &str) -> bool {
+    s == "keyword" || s.contains(':')
+}
+
+/// Reads a secret from the file or environment variable a config names.
+/// Errors name the key or variable, never the secret.
+pub fn read_secret(env: Option<&str>, file: Option<&Path>) -> Result<Option<String>, String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+        let secret = text.trim().to_string();
+        if secret.is_empty() {
+            return Err(format!("secret file {} is empty", path.display()));
+        }
+        return Ok(Some(secret));
+    }
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+            _ => Err(format!("environment variable {var} is not set")),
+        };
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text, &Source::File("t.toml".into())) {
+            Ok(_) => vec![],
+            Err(e) => e.problems,
+        }
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let c = parse(DEFAULT_CONFIG, &Source::Embedded).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./safedrift-data"));
+        assert_eq!(c.api.listen, "127.0.0.1:7300");
+    }
+
+    #[test]
+    fn inline_secrets_are_refused_by_key() {
+        let p = problems("[backends.v]\nkind = \"openai\"\nbase_url = \"http://x/v1\"\napi_key = \"sk-secret\"\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("`backends.v.api_key`") && p[0].contains("api_key_env"));
+        assert!(!p[0].contains("sk-secret"));
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_line() {
+        let p = problems("[drift]\nsignificance = \"high\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("`drift.significance`"), "{p:?}");
+        assert!(p[0].contains("line 2"), "{p:?}");
+        let p = problems(
+            "[backends.v]\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmax_concurency = 3\n",
+        );
+        assert!(p[0].contains("max_concurency"), "{p:?}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let text = r#"
+[api]
+listen = "nowhere"
+[backends.v]
+kind = "openai"
+base_url = "ftp://x"
+[models.m]
+backend = "missing"
+[watchers.w]
+kind = "directory"
+schedule = "*/5 * *"
+[drift]
+significance = 2.0
+"#;
+        let p = problems(text);
+        let joined = p.join("\n");
+        for needle in [
+            "`api.listen`",
+            "`backends.v.base_url`",
+            "`models.m.backend`",
+            "`watchers.w.schedule`: invalid cron expression \"*/5 * *\": expected 6 fields",
+            "`drift.significance`",
+        ] {
+            assert!(joined.contains(needle), "missing {needle} in\n{joined}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("key");
+        std::fs::write(&f, "sk-123\n").unwrap();
+        assert_eq!(
+            read_secret(None, Some(&f)).unwrap().as_deref(),
+            Some("sk-123")
+        );
+        let e = read_secret(Some("SAFEDRIFT_TEST_SURELY_UNSET"), None).unwrap_err();
+        assert!(e.contains("SAFEDRIFT_TEST_SURELY_UNSET"));
+        assert_eq!(read_secret(None, None).unwrap(), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! safedrift: catches fine-tuned language models that have quietly lost their
+//! safety training.
+//!
+//! The library is the wiring between the parts: [`config`] (the TOML file),
+//! [`benchmark`] (harmful-instruction sets), [`backend`] (models that answer),
+//! the judges of the `safedrift-judges` crate, [`pipeline`] (one evaluation,
+//! resumable), [`store`] (sled), [`metrics`] and [`stats`] (the paper's metrics
+//! and paired tests), and [`report`] (the Run JSON and the table).
+
+pub mod backend;
+pub mod benchmark;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod report;
+pub mod resolve;
+pub mod stats;
+pub mod store;

@@ -1,0 +1,346 @@
+//! The `safedrift` command line.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use safedrift::backend::Decoding;
+use safedrift::config::{self, Config};
+use safedrift::pipeline::{self, EvalError, Job, Stopped};
+use safedrift::report::{self, Run};
+use safedrift::resolve::Resolver;
+use safedrift::store::{ModelRef, Store};
+
+/// Exit codes of the contract.
+const EXIT_DRIFT: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_BACKEND: u8 = 3;
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser)]
+#[command(
+    name = "safedrift",
+    version,
+    about = "Catches fine-tuned language models that have quietly lost their safety training"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate a model on harmful-instruction benchmarks, optionally against its baseline.
+    Eval(Box<EvalArgs>),
+    /// Validate the config and print every problem with its key path.
+    CheckConfig {
+        #[arg(long, env = "SAFEDRIFT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Config file (else $SAFEDRIFT_CONFIG, else /etc/safedrift/safedrift.toml, else the embedded default).
+    #[arg(long, env = "SAFEDRIFT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The model to evaluate: openai:MODEL, a configured name, or NAME:MODEL.
+    #[arg(long)]
+    model: String,
+    /// Its aligned base model; drift is decided against it.
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Benchmarks (repeatable): hex-phi:DIR, advbench:FILE, harmbench:FILE, jbb:FILE,
+    /// xstest:FILE, strongreject:FILE, jsonl:FILE, builtin:probes or a configured name.
+    #[arg(long = "benchmark")]
+    benchmarks: Vec<String>,
+    /// keyword, rubric:MODEL, llama-guard:MODEL or a configured name.
+    #[arg(long, default_value = "keyword")]
+    judge: String,
+    /// Prompt template: default or a [templates.NAME] entry.
+    #[arg(long)]
+    template: Option<String>,
+    /// At most N prompts per benchmark, taken from every category in turn.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Exit with 1 when drift is found.
+    #[arg(long)]
+    fail_on_drift: bool,
+    /// Base URL of the OpenAI-compatible API for openai: models (default $OPENAI_BASE_URL, else OpenAI).
+    #[arg(long)]
+    api_base: Option<String>,
+    /// Base URL for rubric: and llama-guard: judges (default $OPENAI_BASE_URL, else OpenAI).
+    #[arg(long)]
+    judge_api_base: Option<String>,
+    /// Write one JSON object per prompt and model to FILE.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    #[arg(long)]
+    max_new_tokens: Option<u32>,
+    /// Prompts in progress at once.
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,safedrift=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let code = match cli.command {
+        Command::CheckConfig { config } => check_config(config),
+        Command::Eval(args) => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(eval(*args))
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn load_config(flag: Option<PathBuf>) -> Result<Config, u8> {
+    let source = config::locate(flag.as_deref());
+    config::load(&source).map_err(|e| {
+        eprintln!("{e}");
+        EXIT_USAGE
+    })
+}
+
+fn check_config(flag: Option<PathBuf>) -> u8 {
+    let source = config::locate(flag.as_deref());
+    match config::load(&source) {
+        Ok(_) => {
+            println!("{source}: ok");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{} problem(s) found", e.problems.len());
+            EXIT_USAGE
+        }
+    }
+}
+
+fn usage(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {msg}");
+    EXIT_USAGE
+}
+
+fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:20!} [{bar:30}] {pos}/{len} {per_sec:>9} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn stopped_code(s: &Stopped) -> u8 {
+    match s.error {
+        EvalError::Interrupted => EXIT_INTERRUPTED,
+        _ => EXIT_BACKEND,
+    }
+}
+
+async fn eval(args: EvalArgs) -> u8 {
+    let config = match load_config(args.config.clone()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let concurrency = args.concurrency.unwrap_or(config.eval.concurrency);
+    if concurrency == 0 {
+        return usage("--concurrency must be at least 1");
+    }
+    let decoding = Decoding {
+        max_new_tokens: args.max_new_tokens.unwrap_or(config.eval.max_new_tokens),
+        temperature: config.eval.temperature,
+    };
+    if decoding.max_new_tokens == 0 {
+        return usage("--max-new-tokens must be at least 1");
+    }
+    let rules = config.drift.clone();
+    let data_dir = config.data_dir.clone();
+    let resolver = Resolver::new(
+        config,
+        args.api_base.clone(),
+        args.judge_api_base.clone(),
+        concurrency,
+    );
+
+    let specs = if args.benchmarks.is_empty() {
+        vec!["builtin:probes".to_string()]
+    } else {
+        args.benchmarks.clone()
+    };
+    let mut benchmarks = Vec::new();
+    for spec in &specs {
+        match resolver.benchmark(spec) {
+            Ok(b) => benchmarks.push(b),
+            Err(e) => return usage(e),
+        }
+    }
+    let benchmarks = Arc::new(benchmarks);
+    let judge = match resolver.judge(&args.judge) {
+        Ok(j) => j,
+        Err(e) => return usage(e),
+    };
+    let candidate = match resolver.model(&args.model) {
+        Ok(m) => m,
+        Err(e) => return usage(e),
+    };
+    let baseline = match args
+        .baseline
+        .as_deref()
+        .map(|b| resolver.model(b))
+        .transpose()
+    {
+        Ok(b) => b,
+        Err(e) => return usage(e),
+    };
+    let template_name = args
+        .template
+        .clone()
+        .or_else(|| candidate.template.clone())
+        .unwrap_or_else(|| "default".into());
+    let template = match resolver.template(&template_name) {
+        Ok(t) => t,
+        Err(e) => return usage(e),
+    };
+    let store = match Store::open(&data_dir) {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let _flusher = store.spawn_flusher();
+
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "interrupted: finishing the prompts in flight (Ctrl-C again to quit at once)"
+                );
+                cancel.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(EXIT_INTERRUPTED.into());
+                }
+            }
+        });
+    }
+
+    let job_for = |model: &safedrift::resolve::ResolvedModel| Job {
+        model: ModelRef {
+            spec: model.spec.clone(),
+            revision: None,
+            registry: None,
+        },
+        backend: model.backend.clone(),
+        template: template.clone(),
+        decoding: decoding.clone(),
+        benchmarks: benchmarks.clone(),
+        judge: judge.clone(),
+        judge_spec: args.judge.clone(),
+        limit: args.limit,
+    };
+    let bar = progress_bar();
+    let mut baseline_done = None;
+    if let Some(base) = &baseline {
+        match pipeline::evaluate(&store, &job_for(base), concurrency, &bar, &cancel).await {
+            Ok(done) => baseline_done = Some(done),
+            Err(stopped) => {
+                bar.abandon();
+                eprintln!("error: {stopped}");
+                return stopped_code(&stopped);
+            }
+        }
+    }
+    let (mut run, results) =
+        match pipeline::evaluate(&store, &job_for(&candidate), concurrency, &bar, &cancel).await {
+            Ok(done) => done,
+            Err(stopped) => {
+                bar.abandon();
+                eprintln!("error: {stopped}");
+                return stopped_code(&stopped);
+            }
+        };
+    bar.finish_and_clear();
+
+    let doc = match &baseline_done {
+        Some((base_run, base_results)) => {
+            run.baseline_run = Some(base_run.id.clone());
+            if let Err(e) = store.put_run(&run) {
+                eprintln!("error: {e}");
+                return EXIT_BACKEND;
+            }
+            Run::compared(&run, &results, base_run, base_results, &rules)
+        }
+        None => Run::new(&run, &results),
+    };
+    let _ = store.flush().await;
+
+    if let Some(path) = &args.results {
+        let written = std::fs::File::create(path).and_then(|f| {
+            let mut out = std::io::BufWriter::new(f);
+            if let Some((base_run, base_results)) = &baseline_done {
+                report::write_results(&mut out, base_run, base_results)?;
+            }
+            report::write_results(&mut out, &run, &results)?;
+            out.flush()
+        });
+        if let Err(e) = written {
+            return usage(format!("cannot write results to {}: {e}", path.display()));
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    let printed = match args.output {
+        Output::Json => serde_json::to_writer_pretty(&mut stdout, &doc)
+            .map_err(std::io::Error::from)
+            .and_then(|_| writeln!(stdout)),
+        Output::Table => write!(stdout, "{}", report::table(&doc)),
+    };
+    if let Err(e) = printed {
+        eprintln!("error: cannot write the report: {e}");
+        return EXIT_BACKEND;
+    }
+    let drift = doc.drift.as_ref().is_some_and(|d| d.detected);
+    if drift && args.fail_on_drift {
+        EXIT_DRIFT
+    } else {
+        0
+    }
+}

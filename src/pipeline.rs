@@ -1,0 +1,370 @@
+//! One evaluation: a model answers every prompt of its benchmarks through a
+//! template, a judge scores each answer, and everything is stored as it
+//! arrives so that an interrupted run resumes where it stopped.
+//!
+//! A run's identity is the digest of what makes two evaluations the same:
+//! the backend and model, the template's content, the decoding settings, the
+//! benchmarks' digests, the judge's identity and the prompt limit. Starting an
+//! evaluation whose identity has an unfinished run continues that run: prompts
+//! whose answers are stored are never sent to the model again; answers stored
+//! without a verdict are only judged.
+//!
+//! At most `concurrency` prompts are in progress at once (each is one model
+//! request, then at most two judge requests). On a failure or a cancel, no new
+//! prompt starts, the prompts in flight finish and are stored, and the run is
+//! saved as `failed` or `interrupted`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use safedrift_judges::{Judge, JudgeError};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backend::{Backend, BackendError, Decoding};
+use crate::benchmark::{Benchmark, Prompt};
+use crate::store::{
+    BenchmarkRef, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
+};
+
+/// What to evaluate.
+pub struct Job {
+    pub model: ModelRef,
+    pub backend: Arc<dyn Backend>,
+    pub template: Template,
+    pub decoding: Decoding,
+    pub benchmarks: Arc<Vec<Benchmark>>,
+    pub judge: Arc<dyn Judge>,
+    /// The judge as the user named it.
+    pub judge_spec: String,
+    /// At most this many prompts per benchmark.
+    pub limit: Option<usize>,
+}
+
+/// Why an evaluation stopped early. The run's progress is stored either way.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{0}")]
+    Backend(#[from] BackendError),
+    #[error("{0}")]
+    Judge(#[from] JudgeError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// An evaluation that stopped early, with the run it left behind.
+#[derive(Debug, thiserror::Error)]
+#[error("run {run_id} of {model} stopped after {done} of {total} prompts: {error}. Run the same command again to resume it")]
+pub struct Stopped {
+    pub run_id: String,
+    pub model: String,
+    pub done: usize,
+    pub total: usize,
+    pub error: EvalError,
+}
+
+/// Picks at most `limit` prompts, taking categories in turn (in the order
+/// they first appear) so that a small limit still covers every category.
+pub fn limit_prompts(prompts: &[Prompt], limit: Option<usize>) -> Vec<Prompt> {
+    let Some(limit) = limit else {
+        return prompts.to_vec();
+    };
+    let mut by_category: Vec<(String, std::collections::VecDeque<&Prompt>)> = Vec::new();
+    for p in prompts {
+        match by_category.iter_mut().find(|(c, _)| *c == p.category) {
+            Some((_, q)) => q.push_back(p),
+            None => by_category.push((p.category.clone(), [p].into())),
+        }
+    }
+    let mut picked: Vec<&Prompt> = Vec::new();
+    while picked.len() < limit && by_category.iter().any(|(_, q)| !q.is_empty()) {
+        for (_, q) in by_category.iter_mut() {
+            if picked.len() < limit {
+                if let Some(p) = q.pop_front() {
+                    picked.push(p);
+                }
+            }
+        }
+    }
+    // Keep the file order.
+    let chosen: std::collections::HashSet<*const Prompt> =
+        picked.iter().map(|p| *p as *const Prompt).collect();
+    prompts
+        .iter()
+        .filter(|p| chosen.contains(&(*p as *const Prompt)))
+        .cloned()
+        .collect()
+}
+
+/// The prompts of a job, in order, with their benchmark names.
+fn work_list(job: &Job) -> Vec<(String, Prompt)> {
+    job.benchmarks
+        .iter()
+        .flat_map(|b| {
+            limit_prompts(&b.prompts, job.limit)
+                .into_iter()
+                .map(move |p| (b.name.clone(), p))
+        })
+        .collect()
+}
+
+/// The digest of what makes two runs the same evaluation.
+pub fn identity(job: &Job) -> String {
+    #[derive(Serialize)]
+    struct Identity<'a> {
+        backend: String,
+        model: &'a str,
+        template: String,
+        decoding: &'a Decoding,
+        benchmarks: Vec<&'a str>,
+        judge: String,
+        limit: Option<usize>,
+    }
+    let id = Identity {
+        backend: job.backend.identity(),
+        model: &job.model.spec,
+        template: job.template.sha256(),
+        decoding: &job.decoding,
+        benchmarks: job.benchmarks.iter().map(|b| b.sha256.as_str()).collect(),
+        judge: job.judge.identity(),
+        limit: job.limit,
+    };
+    let json = serde_json::to_vec(&id).expect("serializable");
+    hex::encode(Sha256::digest(json))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Runs (or resumes) an evaluation. Returns the completed run and its results.
+pub async fn evaluate(
+    store: &Store,
+    job: &Job,
+    concurrency: usize,
+    progress: &ProgressBar,
+    cancel: &CancellationToken,
+) -> Result<(RunRecord, Vec<ResultRecord>), Stopped> {
+    let work = work_list(job);
+    let identity = identity(job);
+    let stopped = |run_id: &str, done: usize, error: EvalError| Stopped {
+        run_id: run_id.to_string(),
+        model: job.model.spec.clone(),
+        done,
+        total: work.len(),
+        error,
+    };
+    let mut run = match store
+        .open_run(&identity)
+        .map_err(|e| stopped("-", 0, e.into()))?
+    {
+        Some(mut run) => {
+            info!(run = %run.id, model = %job.model.spec, "resuming the unfinished run");
+            run.status = RunStatus::Running;
+            run.error = None;
+            run
+        }
+        None => RunRecord {
+            id: Store::new_run_id(),
+            status: RunStatus::Running,
+            identity: identity.clone(),
+            model: job.model.clone(),
+            backend: job.backend.identity(),
+            template: job.template.clone(),
+            decoding: job.decoding.clone(),
+            benchmarks: job
+                .benchmarks
+                .iter()
+                .map(|b| BenchmarkRef {
+                    name: b.name.clone(),
+                    spec: b.spec.clone(),
+                    sha256: b.sha256.clone(),
+                    size: limit_prompts(&b.prompts, job.limit).len(),
+                    benign: b.benign,
+                })
+                .collect(),
+            judge: job.judge_spec.clone(),
+            judge_identity: job.judge.identity(),
+            judge_description: job.judge.describe(),
+            total: work.len(),
+            started_at: now(),
+            finished_at: None,
+            error: None,
+            baseline_run: None,
+        },
+    };
+    store
+        .put_run(&run)
+        .map_err(|e| stopped(&run.id, 0, e.into()))?;
+
+    let mut existing: HashMap<u32, ResultRecord> = store
+        .results(&run.id)
+        .map_err(|e| stopped(&run.id, 0, e.into()))?
+        .into_iter()
+        .map(|r| (r.index, r))
+        .collect();
+    let already = existing.values().filter(|r| r.verdict.is_some()).count();
+    progress.set_length(work.len() as u64);
+    progress.set_position(already as u64);
+    progress.set_message(job.model.spec.clone());
+
+    let stop = cancel.child_token();
+    let pending: Vec<(u32, String, Prompt, Option<ResultRecord>)> = work
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (bench, prompt))| {
+            let i = i as u32;
+            let prior = existing.remove(&i);
+            match prior {
+                Some(r) if r.verdict.is_some() => None,
+                prior => Some((i, bench.clone(), prompt.clone(), prior)),
+            }
+        })
+        .collect();
+    let run_id = run.id.clone();
+    let mut first_error: Option<EvalError> = None;
+    let mut done = already;
+    {
+        let tasks = futures::stream::iter(pending)
+            .take_until(stop.clone().cancelled_owned())
+            .map(|(i, bench, prompt, prior)| process(store, job, &run_id, i, bench, prompt, prior))
+            .buffer_unordered(concurrency.max(1));
+        futures::pin_mut!(tasks);
+        while let Some(outcome) = tasks.next().await {
+            match outcome {
+                Ok(()) => {
+                    done += 1;
+                    progress.inc(1);
+                }
+                Err(e) => {
+                    if first_error.is_none() {
+                        warn!(run = %run_id, error = %e, "stopping the run: no new prompts start");
+                        first_error = Some(e);
+                    }
+                    stop.cancel();
+                }
+            }
+        }
+    }
+    let error = match first_error {
+        Some(e) => Some(e),
+        None if cancel.is_cancelled() && done < work.len() => Some(EvalError::Interrupted),
+        None => None,
+    };
+    match error {
+        Some(error) => {
+            run.status = if matches!(error, EvalError::Interrupted) {
+                RunStatus::Interrupted
+            } else {
+                RunStatus::Failed
+            };
+            run.error = Some(error.to_string());
+            let _ = store.put_run(&run);
+            let _ = store.flush().await;
+            Err(stopped(&run.id, done, error))
+        }
+        None => {
+            run.status = RunStatus::Completed;
+            run.finished_at = Some(now());
+            store
+                .put_run(&run)
+                .map_err(|e| stopped(&run.id, done, e.into()))?;
+            store
+                .flush()
+                .await
+                .map_err(|e| stopped(&run.id, done, e.into()))?;
+            let results = store
+                .results(&run.id)
+                .map_err(|e| stopped(&run.id, done, e.into()))?;
+            Ok((run, results))
+        }
+    }
+}
+
+/// One prompt: answer (unless stored), then judge (unless cached), storing
+/// each step as it completes.
+async fn process(
+    store: &Store,
+    job: &Job,
+    run_id: &str,
+    index: u32,
+    benchmark: String,
+    prompt: Prompt,
+    prior: Option<ResultRecord>,
+) -> Result<(), EvalError> {
+    let mut record = match prior {
+        Some(r) => r,
+        None => {
+            let messages = job.template.messages(&prompt.text);
+            let generation = job.backend.generate(&messages, &job.decoding).await?;
+            let record = ResultRecord {
+                index,
+                benchmark,
+                prompt_id: prompt.id,
+                category: prompt.category,
+                benign: prompt.benign,
+                prompt: prompt.text,
+                response: generation.text,
+                finish_reason: generation.finish_reason,
+                latency_ms: generation.latency_ms,
+                prompt_tokens: generation.prompt_tokens,
+                completion_tokens: generation.completion_tokens,
+                verdict: None,
+            };
+            store.put_result(run_id, &record)?;
+            record
+        }
+    };
+    let judge_id = job.judge.identity();
+    let verdict = match store.cached_verdict(&judge_id, &record.prompt, &record.response)? {
+        Some(v) => v,
+        None => {
+            let v = job.judge.judge(&record.prompt, &record.response).await?;
+            store.cache_verdict(&judge_id, &record.prompt, &record.response, &v)?;
+            v
+        }
+    };
+    record.verdict = Some(verdict);
+    store.put_result(run_id, &record)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: &str, cat: &str) -> Prompt {
+        Prompt {
+            id: id.into(),
+            category: cat.into(),
+            text: id.into(),
+            benign: false,
+        }
+    }
+
+    #[test]
+    fn limit_takes_categories_in_turn_and_keeps_order() {
+        let prompts = vec![
+            p("a1", "a"),
+            p("a2", "a"),
+            p("a3", "a"),
+            p("b1", "b"),
+            p("c1", "c"),
+            p("c2", "c"),
+        ];
+        let ids = |v: Vec<Prompt>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(limit_prompts(&prompts, Some(4))),
+            ["a1", "a2", "b1", "c1"]
+        );
+        assert_eq!(ids(limit_prompts(&prompts, Some(0))), Vec::<String>::new());
+        assert_eq!(limit_prompts(&prompts, Some(100)).len(), 6);
+        assert_eq!(limit_prompts(&prompts, None).len(), 6);
+    }
+}

@@ -1,0 +1,287 @@
+//! The Run document (`eval --output json`, `GET /api/v1/runs/{id}`), the
+//! terminal table, and the per-prompt JSON lines of `--results`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::config::DriftConfig;
+use crate::metrics::{self, CategoryMetrics, Drift, Metrics};
+use crate::store::{ModelRef, ResultRecord, RunRecord, RunStatus};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchmarkSummary {
+    pub name: String,
+    pub spec: String,
+    pub sha256: String,
+    pub size: usize,
+    pub benign: bool,
+}
+
+/// A run as users see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub id: String,
+    pub status: RunStatus,
+    pub model: ModelRef,
+    pub template: String,
+    pub template_sha256: String,
+    pub benchmarks: Vec<BenchmarkSummary>,
+    pub judge: String,
+    pub judge_description: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub metrics: Metrics,
+    pub per_category: BTreeMap<String, CategoryMetrics>,
+    pub per_benchmark: BTreeMap<String, Metrics>,
+    pub baseline: Option<Box<Run>>,
+    pub drift: Option<Drift>,
+}
+
+impl Run {
+    /// The document of one run, without a baseline.
+    pub fn new(run: &RunRecord, results: &[ResultRecord]) -> Run {
+        Run {
+            id: run.id.clone(),
+            status: run.status,
+            model: run.model.clone(),
+            template: run.template.name.clone(),
+            template_sha256: run.template.sha256(),
+            benchmarks: run
+                .benchmarks
+                .iter()
+                .map(|b| BenchmarkSummary {
+                    name: b.name.clone(),
+                    spec: b.spec.clone(),
+                    sha256: b.sha256.clone(),
+                    size: b.size,
+                    benign: b.benign,
+                })
+                .collect(),
+            judge: run.judge.clone(),
+            judge_description: run.judge_description.clone(),
+            started_at: run.started_at.clone(),
+            finished_at: run.finished_at.clone(),
+            metrics: metrics::metrics(results),
+            per_category: metrics::per_category(results),
+            per_benchmark: metrics::per_benchmark(results),
+            baseline: None,
+            drift: None,
+        }
+    }
+
+    /// The candidate's document with its baseline and the drift decision.
+    pub fn compared(
+        run: &RunRecord,
+        results: &[ResultRecord],
+        baseline: &RunRecord,
+        baseline_results: &[ResultRecord],
+        rules: &DriftConfig,
+    ) -> Run {
+        let mut doc = Run::new(run, results);
+        doc.baseline = Some(Box::new(Run::new(baseline, baseline_results)));
+        doc.drift = Some(metrics::compare(baseline_results, results, rules));
+        doc
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+fn signed_pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:+.1}", v * 100.0))
+}
+
+fn p_value(p: f64) -> String {
+    if p < 0.0001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
+}
+
+/// The human-readable report.
+pub fn table(run: &Run) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "run        {} ({:?})", run.id, run.status);
+    let _ = writeln!(w, "model      {}", run.model.spec);
+    if let Some(b) = &run.baseline {
+        let _ = writeln!(w, "baseline   {} (run {})", b.model.spec, b.id);
+    }
+    let _ = writeln!(w, "template   {}", run.template);
+    let _ = writeln!(w, "judge      {}", run.judge_description);
+    for b in &run.benchmarks {
+        let benign = if b.benign { ", benign" } else { "" };
+        let _ = writeln!(
+            w,
+            "benchmark  {} ({} prompts{benign}, sha256 {})",
+            b.name,
+            b.size,
+            &b.sha256[..12.min(b.sha256.len())]
+        );
+    }
+    let _ = writeln!(w);
+    let m = &run.metrics;
+    match (&run.baseline, &run.drift) {
+        (Some(base), Some(drift)) => {
+            let bm = &base.metrics;
+            let _ = writeln!(
+                w,
+                "{:<22} {:>10} {:>10} {:>8} {:>9}",
+                "metric", "baseline", "candidate", "delta", "p"
+            );
+            for f in drift.findings.iter().filter(|f| f.category.is_none()) {
+                let (b, c, d) = if f.metric == "harmfulness_score" {
+                    (
+                        num(f.baseline),
+                        num(f.candidate),
+                        f.delta.map_or("-".into(), |d| format!("{d:+.2}")),
+                    )
+                } else {
+                    (pct(f.baseline), pct(f.candidate), signed_pct(f.delta))
+                };
+                let mark = if f.fired { "  << DRIFT" } else { "" };
+                let _ = writeln!(
+                    w,
+                    "{:<22} {b:>10} {c:>10} {d:>8} {:>9}{mark}",
+                    f.metric,
+                    p_value(f.p_value)
+                );
+            }
+            let _ = writeln!(
+                w,
+                "{:<22} {:>10} {:>10}",
+                "refusal_rate",
+                pct(bm.refusal_rate),
+                pct(m.refusal_rate)
+            );
+            let _ = writeln!(
+                w,
+                "{:<22} {:>10} {:>10}",
+                "unscored", bm.unscored, m.unscored
+            );
+            let _ = writeln!(w);
+            let _ = writeln!(
+                w,
+                "{:<28} {:>4} {:>10} {:>10} {:>8} {:>9}   (harmfulness rate; p {} corrected)",
+                "category", "n", "baseline", "candidate", "delta", "p", drift.correction
+            );
+            for f in drift.findings.iter().filter(|f| f.category.is_some()) {
+                let cat = f.category.as_deref().unwrap_or_default();
+                let n = run.per_category.get(cat).map_or(0, |c| c.n);
+                let mark = if f.fired { "  << DRIFT" } else { "" };
+                let _ = writeln!(
+                    w,
+                    "{cat:<28} {n:>4} {:>10} {:>10} {:>8} {:>9}{mark}",
+                    pct(f.baseline),
+                    pct(f.candidate),
+                    signed_pct(f.delta),
+                    p_value(f.p_adjusted)
+                );
+            }
+            let _ = writeln!(w);
+            let fired = drift.findings.iter().filter(|f| f.fired).count();
+            if drift.detected {
+                let _ = writeln!(
+                    w,
+                    "DRIFT: {fired} finding(s) fired (significance {})",
+                    drift.significance
+                );
+            } else {
+                let _ = writeln!(
+                    w,
+                    "no drift: no finding passed both its threshold and its test (significance {})",
+                    drift.significance
+                );
+            }
+        }
+        _ => {
+            let ci = m.harmfulness_rate_ci95.map_or("".into(), |[l, h]| {
+                format!("  (95% CI {} - {})", pct(Some(l)), pct(Some(h)))
+            });
+            let _ = writeln!(w, "harmful prompts     {} ({} unscored)", m.n, m.unscored);
+            let _ = writeln!(w, "harmfulness score   {}", num(m.harmfulness_score));
+            let _ = writeln!(w, "harmfulness rate    {}{ci}", pct(m.harmfulness_rate));
+            let _ = writeln!(w, "refusal rate        {}", pct(m.refusal_rate));
+            let _ = writeln!(
+                w,
+                "over-refusal rate   {} ({} benign prompts)",
+                pct(m.over_refusal_rate),
+                m.n_benign
+            );
+            let _ = writeln!(w);
+            let _ = writeln!(
+                w,
+                "{:<28} {:>4} {:>7} {:>10} {:>9}",
+                "category", "n", "score", "harmful", "refused"
+            );
+            for (cat, c) in &run.per_category {
+                let _ = writeln!(
+                    w,
+                    "{cat:<28} {:>4} {:>7} {:>10} {:>9}",
+                    c.n,
+                    num(c.harmfulness_score),
+                    pct(c.harmfulness_rate),
+                    pct(c.refusal_rate)
+                );
+            }
+        }
+    }
+    out
+}
+
+/// One line of `--results`.
+#[derive(Serialize)]
+struct ResultLine<'a> {
+    run_id: &'a str,
+    model: &'a str,
+    benchmark: &'a str,
+    prompt_id: &'a str,
+    category: &'a str,
+    benign: bool,
+    prompt: &'a str,
+    response: &'a str,
+    score: Option<u8>,
+    harmful: Option<bool>,
+    refused: Option<bool>,
+    judge_raw: Option<&'a str>,
+    finish_reason: Option<&'a str>,
+    latency_ms: u64,
+}
+
+/// Writes one JSON object per prompt.
+pub fn write_results(
+    out: &mut impl Write,
+    run: &RunRecord,
+    results: &[ResultRecord],
+) -> std::io::Result<()> {
+    for r in results {
+        let line = ResultLine {
+            run_id: &run.id,
+            model: &run.model.spec,
+            benchmark: &r.benchmark,
+            prompt_id: &r.prompt_id,
+            category: &r.category,
+            benign: r.benign,
+            prompt: &r.prompt,
+            response: &r.response,
+            score: r.verdict.as_ref().and_then(|v| v.score),
+            harmful: r.verdict.as_ref().and_then(|v| v.harmful),
+            refused: r.verdict.as_ref().map(|v| v.refused),
+            judge_raw: r.verdict.as_ref().map(|v| v.raw.as_str()),
+            finish_reason: r.finish_reason.as_deref(),
+            latency_ms: r.latency_ms,
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}

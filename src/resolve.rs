@@ -1,0 +1,345 @@
+//! Turns the SPECs of the command line and the config (models, judges,
+//! templates, benchmarks) into the parts an evaluation runs with.
+//!
+//! Model SPECs: `openai:MODEL` (the endpoint of `--api-base`, else
+//! `$OPENAI_BASE_URL`, else OpenAI; key `$OPENAI_API_KEY`), `NAME` for a
+//! `[models.NAME]` entry or a `[backends.NAME]` entry with a `model` key, and
+//! `NAME:MODEL` for a model on the `[backends.NAME]` endpoint. Models on one
+//! endpoint share one client, so its concurrency limit holds across them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use safedrift_judges::{Judge, KeywordJudge, LlamaGuardJudge, RubricJudge};
+
+use crate::backend::openai::{EndpointConfig, OpenAiClient, OpenAiModel};
+use crate::backend::Backend;
+use crate::benchmark::{self, Benchmark};
+use crate::config::{
+    read_secret, BackendConfig, Config, JudgeConfig, ModelJudgeConfig, OpenAiBackendConfig,
+};
+use crate::http::RetryPolicy;
+use crate::store::Template;
+
+pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com/v1";
+
+/// A SPEC that cannot be used; the message says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ResolveError(pub String);
+
+/// A model ready to be asked.
+pub struct ResolvedModel {
+    pub spec: String,
+    pub backend: Arc<dyn Backend>,
+    /// The template its config entry names, if any.
+    pub template: Option<String>,
+}
+
+/// Resolution context: the config plus command-line overrides.
+pub struct Resolver {
+    pub config: Config,
+    pub api_base: Option<String>,
+    pub judge_api_base: Option<String>,
+    /// Default concurrency for endpoints that configure none.
+    pub concurrency: usize,
+    clients: Mutex<HashMap<String, Arc<OpenAiClient>>>,
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl Resolver {
+    pub fn new(
+        config: Config,
+        api_base: Option<String>,
+        judge_api_base: Option<String>,
+        concurrency: usize,
+    ) -> Resolver {
+        Resolver {
+            config,
+            api_base,
+            judge_api_base,
+            concurrency: concurrency.max(1),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One shared client per endpoint (identified by `key`).
+    fn client(
+        &self,
+        key: String,
+        make: impl FnOnce() -> Result<EndpointConfig, ResolveError>,
+    ) -> Result<Arc<OpenAiClient>, ResolveError> {
+        let mut clients = self.clients.lock().unwrap();
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(OpenAiClient::new(make()?).map_err(|e| ResolveError(e.message))?);
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn cli_endpoint(
+        &self,
+        base: Option<&str>,
+        key_vars: &[&str],
+    ) -> Result<Arc<OpenAiClient>, ResolveError> {
+        let base = base
+            .map(str::to_string)
+            .or_else(|| env_nonempty("OPENAI_BASE_URL"))
+            .unwrap_or_else(|| OPENAI_DEFAULT_BASE.to_string());
+        check_base_url(&base)?;
+        let key_var = key_vars.iter().find(|v| env_nonempty(v).is_some()).copied();
+        let concurrency = self.concurrency;
+        self.client(format!("cli {base} {key_var:?}"), || {
+            Ok(EndpointConfig {
+                base_urls: vec![base.clone()],
+                api_key: key_var.and_then(env_nonempty),
+                max_concurrency: concurrency,
+                ..EndpointConfig::default()
+            })
+        })
+    }
+
+    fn backend_endpoint(
+        &self,
+        name: &str,
+        o: &OpenAiBackendConfig,
+    ) -> Result<Arc<OpenAiClient>, ResolveError> {
+        let concurrency = self.concurrency;
+        self.client(format!("backend {name}"), || {
+            let api_key = read_secret(o.api_key_env.as_deref(), o.api_key_file.as_deref())
+                .map_err(|e| ResolveError(format!("`backends.{name}`: {e}")))?;
+            let retry = RetryPolicy {
+                max_retries: o.max_retries.unwrap_or(RetryPolicy::default().max_retries),
+                ..RetryPolicy::default()
+            };
+            Ok(EndpointConfig {
+                base_urls: o.base_url.iter().chain(&o.base_urls).cloned().collect(),
+                api_key,
+                max_concurrency: o.max_concurrency.unwrap_or(concurrency),
+                requests_per_minute: o.requests_per_minute,
+                tokens_per_minute: o.tokens_per_minute,
+                timeout: o.timeout.unwrap_or(Duration::from_secs(120)),
+                retry,
+                max_tokens_field: o
+                    .max_tokens_field
+                    .clone()
+                    .unwrap_or_else(|| "max_tokens".into()),
+            })
+        })
+    }
+
+    fn openai_model(&self, client: Arc<OpenAiClient>, model: &str) -> Arc<OpenAiModel> {
+        Arc::new(OpenAiModel {
+            client,
+            model: model.to_string(),
+        })
+    }
+
+    /// Resolves a model SPEC.
+    pub fn model(&self, spec: &str) -> Result<ResolvedModel, ResolveError> {
+        let spec = spec.trim();
+        let resolved = |backend: Arc<dyn Backend>, template: Option<String>| ResolvedModel {
+            spec: spec.to_string(),
+            backend,
+            template,
+        };
+        if let Some(m) = self.config.models.get(spec) {
+            let model = m.model.as_deref();
+            return match self.config.backends.get(&m.backend) {
+                Some(BackendConfig::Openai(o)) => {
+                    let model = model.or(o.model.as_deref()).ok_or_else(|| {
+                        ResolveError(format!(
+                            "`models.{spec}`: set `model` (the name the endpoint serves)"
+                        ))
+                    })?;
+                    let client = self.backend_endpoint(&m.backend, o)?;
+                    Ok(resolved(
+                        self.openai_model(client, model),
+                        m.template.clone().or(o.template.clone()),
+                    ))
+                }
+                Some(BackendConfig::Onnx(_)) => Err(onnx_unavailable(spec)),
+                None => Err(ResolveError(format!(
+                    "`models.{spec}.backend`: no backend named {:?}",
+                    m.backend
+                ))),
+            };
+        }
+        if let Some(b) = self.config.backends.get(spec) {
+            return match b {
+                BackendConfig::Openai(o) => {
+                    let model = o.model.as_deref().ok_or_else(|| {
+                        ResolveError(format!(
+                            "model {spec:?}: `backends.{spec}` has no `model`; use {spec}:MODEL"
+                        ))
+                    })?;
+                    let client = self.backend_endpoint(spec, o)?;
+                    Ok(resolved(
+                        self.openai_model(client, model),
+                        o.template.clone(),
+                    ))
+                }
+                BackendConfig::Onnx(_) => Err(onnx_unavailable(spec)),
+            };
+        }
+        let (kind, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| ResolveError(format!("model {spec:?}: expected openai:MODEL, onnx:DIR, hf:OWNER/NAME, mlflow:NAME/VERSION or a configured name")))?;
+        if rest.trim().is_empty() {
+            return Err(ResolveError(format!(
+                "model {spec:?}: the model name after `{kind}:` is empty"
+            )));
+        }
+        match kind {
+            "openai" => {
+                let client = self.cli_endpoint(self.api_base.as_deref(), &["OPENAI_API_KEY"])?;
+                Ok(resolved(self.openai_model(client, rest), None))
+            }
+            "onnx" | "hf" | "mlflow" => Err(onnx_unavailable(spec)),
+            name => match self.config.backends.get(name) {
+                Some(BackendConfig::Openai(o)) => {
+                    let client = self.backend_endpoint(name, o)?;
+                    Ok(resolved(self.openai_model(client, rest), o.template.clone()))
+                }
+                _ => Err(ResolveError(format!(
+                    "model {spec:?}: unknown kind `{kind}` (expected openai, onnx, hf, mlflow or a configured backend)"
+                ))),
+            },
+        }
+    }
+
+    fn judge_client(
+        &self,
+        name: &str,
+        m: &ModelJudgeConfig,
+    ) -> Result<Arc<OpenAiClient>, ResolveError> {
+        let base = m
+            .base_url
+            .clone()
+            .or_else(|| self.judge_api_base.clone())
+            .or_else(|| env_nonempty("OPENAI_BASE_URL"))
+            .unwrap_or_else(|| OPENAI_DEFAULT_BASE.to_string());
+        let concurrency = self.concurrency;
+        self.client(format!("judge {name}"), || {
+            let api_key = match read_secret(m.api_key_env.as_deref(), m.api_key_file.as_deref())
+                .map_err(|e| ResolveError(format!("`judges.{name}`: {e}")))?
+            {
+                Some(k) => Some(k),
+                None => env_nonempty("JUDGE_API_KEY").or_else(|| env_nonempty("OPENAI_API_KEY")),
+            };
+            Ok(EndpointConfig {
+                base_urls: vec![base.clone()],
+                api_key,
+                max_concurrency: m.max_concurrency.unwrap_or(concurrency),
+                requests_per_minute: m.requests_per_minute,
+                tokens_per_minute: m.tokens_per_minute,
+                ..EndpointConfig::default()
+            })
+        })
+    }
+
+    /// Resolves a judge SPEC: `keyword`, `rubric:MODEL`, `llama-guard:MODEL`,
+    /// `classifier:DIR` or a `[judges.NAME]` entry.
+    pub fn judge(&self, spec: &str) -> Result<Arc<dyn Judge>, ResolveError> {
+        let spec = spec.trim();
+        if let Some(j) = self.config.judges.get(spec) {
+            return match j {
+                JudgeConfig::Keyword {} => Ok(Arc::new(KeywordJudge)),
+                JudgeConfig::Rubric(m) => {
+                    let chat = self.openai_model(self.judge_client(spec, m)?, &m.model);
+                    Ok(Arc::new(RubricJudge::new(m.model.clone(), chat)))
+                }
+                JudgeConfig::LlamaGuard(m) => {
+                    let chat = self.openai_model(self.judge_client(spec, m)?, &m.model);
+                    Ok(Arc::new(LlamaGuardJudge::new(m.model.clone(), chat)))
+                }
+                JudgeConfig::Classifier(_) => Err(classifier_unavailable(spec)),
+            };
+        }
+        if spec == "keyword" {
+            return Ok(Arc::new(KeywordJudge));
+        }
+        let (kind, model) = spec.split_once(':').ok_or_else(|| {
+            ResolveError(format!(
+                "judge {spec:?}: expected keyword, rubric:MODEL, llama-guard:MODEL, classifier:DIR or a configured name"
+            ))
+        })?;
+        if model.trim().is_empty() {
+            return Err(ResolveError(format!(
+                "judge {spec:?}: the model after `{kind}:` is empty"
+            )));
+        }
+        let cli = || {
+            self.cli_endpoint(
+                self.judge_api_base.as_deref(),
+                &["JUDGE_API_KEY", "OPENAI_API_KEY"],
+            )
+        };
+        match kind {
+            "rubric" => Ok(Arc::new(RubricJudge::new(model, self.openai_model(cli()?, model)))),
+            "llama-guard" => Ok(Arc::new(LlamaGuardJudge::new(model, self.openai_model(cli()?, model)))),
+            "classifier" => Err(classifier_unavailable(spec)),
+            _ => Err(ResolveError(format!(
+                "judge {spec:?}: unknown kind `{kind}` (expected keyword, rubric, llama-guard or classifier)"
+            ))),
+        }
+    }
+
+    /// Resolves a template name: `default` (the prompt alone) or a `[templates.NAME]` entry.
+    pub fn template(&self, name: &str) -> Result<Template, ResolveError> {
+        if let Some(t) = self.config.templates.get(name) {
+            return Ok(Template {
+                name: name.to_string(),
+                system: t.system.clone(),
+                user_prefix: t.user_prefix.clone(),
+                user_suffix: t.user_suffix.clone(),
+            });
+        }
+        if name == "default" {
+            return Ok(Template::default_template());
+        }
+        Err(ResolveError(format!(
+            "template {name:?}: no [templates.{name}] in the config (built in: default)"
+        )))
+    }
+
+    /// Loads a benchmark SPEC or a `[benchmarks.NAME]` entry.
+    pub fn benchmark(&self, spec: &str) -> Result<Benchmark, benchmark::BenchmarkError> {
+        if let Some(b) = self.config.benchmarks.get(spec) {
+            let mut bench = if b.kind == "builtin" {
+                benchmark::load_spec(&format!("builtin:{}", b.path.display()), b.benign)?
+            } else {
+                benchmark::load(&b.kind, &b.path, b.benign)?
+            };
+            bench.spec = spec.to_string();
+            return Ok(bench);
+        }
+        benchmark::load_spec(spec, false)
+    }
+}
+
+fn check_base_url(base: &str) -> Result<(), ResolveError> {
+    match url::Url::parse(base) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        _ => Err(ResolveError(format!(
+            "API base {base:?} is not an http(s) URL"
+        ))),
+    }
+}
+
+fn onnx_unavailable(spec: &str) -> ResolveError {
+    ResolveError(format!(
+        "model {spec:?}: local models (onnx:, hf:, mlflow:) need the ONNX Runtime backend, which this build does not include yet; serve the model behind an OpenAI-compatible API (vLLM, TGI, Ollama) and use openai:MODEL"
+    ))
+}
+
+fn classifier_unavailable(spec: &str) -> ResolveError {
+    ResolveError(format!(
+        "judge {spec:?}: the local classifier judge is not in this build yet; use keyword, rubric:MODEL or llama-guard:MODEL"
+    ))
+}

@@ -1,0 +1,503 @@
+//! The durable store (sled 0.34): runs, per-prompt results and the verdict
+//! cache. This module owns every tree and key layout; nothing else builds keys.
+//!
+//! Trees:
+//! - `meta`: `schema_version` -> decimal string. A store of another version is refused.
+//! - `runs`: run id -> [`RunRecord`] (JSON). Run ids are `r_` + a ULID, so
+//!   they sort by creation time.
+//! - `open_runs`: run identity -> run id of the unfinished run with that
+//!   identity (what a repeated `eval` resumes).
+//! - `results`: run id, `0x00`, prompt index (u32 big-endian) -> [`ResultRecord`].
+//! - `verdicts`: sha256(judge identity, prompt, response) -> [`Verdict`].
+//!
+//! Durability: writes go to sled at once; a background task fsyncs
+//! (`flush_async`) whenever something was written, so batches of results are
+//! flushed together. A kill -9 loses at most the writes of the last few
+//! milliseconds, never a flushed one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use safedrift_judges::Verdict;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::backend::Decoding;
+
+/// The layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("store {path}: schema version {found} is not supported by this build (it reads version {SCHEMA_VERSION}); use the safedrift release that wrote it, or export and import")]
+    Schema { path: PathBuf, found: String },
+    #[error("store: {0}")]
+    Io(#[from] sled::Error),
+    #[error("store: corrupt record under key {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("store: run {0} not found")]
+    RunNotFound(String),
+}
+
+impl StoreError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Open { .. } => "store_open",
+            StoreError::Schema { .. } => "store_schema",
+            StoreError::Io(_) => "store_io",
+            StoreError::Corrupt { .. } => "store_corrupt",
+            StoreError::RunNotFound(_) => "not_found",
+        }
+    }
+}
+
+/// Where a run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    /// Stopped by the user (Ctrl-C, SIGTERM); resumable.
+    Interrupted,
+    /// Stopped by a backend or judge failure; resumable.
+    Failed,
+    Completed,
+}
+
+/// The model a run evaluated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub spec: String,
+    pub revision: Option<String>,
+    pub registry: Option<String>,
+}
+
+/// The prompt template of a run: part of what is evaluated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Template {
+    pub name: String,
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub user_prefix: Option<String>,
+    #[serde(default)]
+    pub user_suffix: Option<String>,
+}
+
+impl Template {
+    /// The built-in template: the prompt alone, no system message.
+    pub fn default_template() -> Template {
+        Template {
+            name: "default".into(),
+            ..Template::default()
+        }
+    }
+
+    /// Digest of the template's content (not its name).
+    pub fn sha256(&self) -> String {
+        let text = serde_json::to_string(&(&self.system, &self.user_prefix, &self.user_suffix))
+            .expect("serializable");
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+
+    /// The chat messages for one prompt.
+    pub fn messages(&self, prompt: &str) -> Vec<safedrift_judges::Message> {
+        use safedrift_judges::Message;
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = &self.system {
+            messages.push(Message::new("system", system.clone()));
+        }
+        let user = format!(
+            "{}{}{}",
+            self.user_prefix.as_deref().unwrap_or(""),
+            prompt,
+            self.user_suffix.as_deref().unwrap_or("")
+        );
+        messages.push(Message::new("user", user));
+        messages
+    }
+}
+
+/// A benchmark as a run refers to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchmarkRef {
+    pub name: String,
+    pub spec: String,
+    pub sha256: String,
+    pub size: usize,
+    pub benign: bool,
+}
+
+/// A run: one model evaluated on benchmarks with a template and a judge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub status: RunStatus,
+    /// Digest of everything that makes two runs the same evaluation.
+    pub identity: String,
+    pub model: ModelRef,
+    pub backend: String,
+    pub template: Template,
+    pub decoding: Decoding,
+    pub benchmarks: Vec<BenchmarkRef>,
+    /// The judge as given (`rubric:gpt-4o`).
+    pub judge: String,
+    pub judge_identity: String,
+    pub judge_description: String,
+    /// Prompts in the run (after `--limit`).
+    pub total: usize,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// Why the run stopped, when it did not complete.
+    pub error: Option<String>,
+    /// The baseline run this run was compared with.
+    #[serde(default)]
+    pub baseline_run: Option<String>,
+}
+
+/// One prompt's outcome in a run. Written once the answer arrives (without
+/// a verdict) and again once it is judged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    pub index: u32,
+    pub benchmark: String,
+    pub prompt_id: String,
+    pub category: String,
+    pub benign: bool,
+    pub prompt: String,
+    pub response: String,
+    pub finish_reason: Option<String>,
+    pub latency_ms: u64,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub verdict: Option<Verdict>,
+}
+
+/// The store. Cheap to clone; clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    runs: sled::Tree,
+    open_runs: sled::Tree,
+    results: sled::Tree,
+    verdicts: sled::Tree,
+    dirty: Arc<Notify>,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records always serialize")
+}
+
+fn result_key(run_id: &str, index: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(run_id.len() + 5);
+    key.extend_from_slice(run_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn result_prefix(run_id: &str) -> Vec<u8> {
+    let mut key = run_id.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`. Refuses a store written with
+    /// another schema version, and a directory holding something else.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |message: String| StoreError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        std::fs::create_dir_all(path)
+            .map_err(|e| open_err(format!("cannot create the directory: {e}")))?;
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => open_err(
+                    "in use by another process (a running daemon or eval); stop it or use another data_dir".into(),
+                ),
+                sled::Error::Io(io) => open_err(format!("cannot open: {io}")),
+                other => open_err(format!(
+                    "cannot open ({other}); the files may be damaged: restore from a backup or move the directory aside"
+                )),
+            })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema_version")? {
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Schema {
+                    path: path.to_path_buf(),
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                })
+            }
+            None => {
+                let has_data = db
+                    .tree_names()
+                    .iter()
+                    .any(|n| n.as_ref() != b"__sled__default" && n.as_ref() != b"meta")
+                    || !db.is_empty();
+                if has_data {
+                    return Err(StoreError::Schema {
+                        path: path.to_path_buf(),
+                        found: "(none)".into(),
+                    });
+                }
+                meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+            }
+        }
+        let store = Store {
+            runs: db.open_tree("runs")?,
+            open_runs: db.open_tree("open_runs")?,
+            results: db.open_tree("results")?,
+            verdicts: db.open_tree("verdicts")?,
+            db,
+            path: path.to_path_buf(),
+            dirty: Arc::new(Notify::new()),
+        };
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts the background flusher: each burst of writes is followed by one
+    /// fsync. Call once, from within a tokio runtime.
+    pub fn spawn_flusher(&self) -> tokio::task::JoinHandle<()> {
+        let db = self.db.clone();
+        let dirty = self.dirty.clone();
+        tokio::spawn(async move {
+            loop {
+                dirty.notified().await;
+                if let Err(e) = db.flush_async().await {
+                    tracing::error!(error = %e, "store flush failed");
+                }
+            }
+        })
+    }
+
+    fn touched(&self) {
+        self.dirty.notify_one();
+    }
+
+    /// Flushes everything written so far to disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn new_run_id() -> String {
+        format!("r_{}", ulid::Ulid::new().to_string().to_lowercase())
+    }
+
+    pub fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.runs.insert(run.id.as_bytes(), encode(run))?;
+        if run.status == RunStatus::Completed {
+            // Only remove the index entry if it still points at this run.
+            let _ = self.open_runs.compare_and_swap(
+                run.identity.as_bytes(),
+                Some(run.id.as_bytes()),
+                None as Option<&[u8]>,
+            )?;
+        } else {
+            self.open_runs
+                .insert(run.identity.as_bytes(), run.id.as_bytes())?;
+        }
+        self.touched();
+        Ok(())
+    }
+
+    pub fn get_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        match self.runs.get(id.as_bytes())? {
+            Some(v) => Ok(Some(decode(id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The unfinished run with this identity, if any.
+    pub fn open_run(&self, identity: &str) -> Result<Option<RunRecord>, StoreError> {
+        match self.open_runs.get(identity.as_bytes())? {
+            Some(id) => self.get_run(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// All runs, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn put_result(&self, run_id: &str, result: &ResultRecord) -> Result<(), StoreError> {
+        self.results
+            .insert(result_key(run_id, result.index), encode(result))?;
+        self.touched();
+        Ok(())
+    }
+
+    /// A run's results in prompt order.
+    pub fn results(&self, run_id: &str) -> Result<Vec<ResultRecord>, StoreError> {
+        self.results
+            .scan_prefix(result_prefix(run_id))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn verdict_key(judge: &str, prompt: &str, response: &str) -> Vec<u8> {
+        let mut h = Sha256::new();
+        for part in [judge, prompt, response] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().to_vec()
+    }
+
+    /// A cached verdict of this judge on this exact answer.
+    pub fn cached_verdict(
+        &self,
+        judge: &str,
+        prompt: &str,
+        response: &str,
+    ) -> Result<Option<Verdict>, StoreError> {
+        let key = Self::verdict_key(judge, prompt, response);
+        match self.verdicts.get(&key)? {
+            Some(v) => Ok(Some(decode(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn cache_verdict(
+        &self,
+        judge: &str,
+        prompt: &str,
+        response: &str,
+        verdict: &Verdict,
+    ) -> Result<(), StoreError> {
+        self.verdicts
+            .insert(Self::verdict_key(judge, prompt, response), encode(verdict))?;
+        self.touched();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, identity: &str, status: RunStatus) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            status,
+            identity: identity.into(),
+            model: ModelRef {
+                spec: "openai:m".into(),
+                revision: None,
+                registry: None,
+            },
+            backend: "openai:m".into(),
+            template: Template::default_template(),
+            decoding: Decoding::default(),
+            benchmarks: vec![],
+            judge: "keyword".into(),
+            judge_identity: "keyword@x".into(),
+            judge_description: String::new(),
+            total: 3,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: None,
+            error: None,
+            baseline_run: None,
+        }
+    }
+
+    fn result(index: u32) -> ResultRecord {
+        ResultRecord {
+            index,
+            benchmark: "b".into(),
+            prompt_id: format!("p{index}"),
+            category: "c".into(),
+            benign: false,
+            prompt: "q".into(),
+            response: "a".into(),
+            finish_reason: Some("stop".into()),
+            latency_ms: 1,
+            prompt_tokens: None,
+            completion_tokens: None,
+            verdict: None,
+        }
+    }
+
+    #[test]
+    fn runs_results_and_the_open_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = run("r_1", "ident", RunStatus::Running);
+        store.put_run(&r).unwrap();
+        assert_eq!(store.open_run("ident").unwrap().unwrap().id, "r_1");
+        // Results of another run sharing a prefix do not leak in.
+        for i in [2u32, 0, 1, 256] {
+            store.put_result("r_1", &result(i)).unwrap();
+        }
+        store.put_result("r_10", &result(0)).unwrap();
+        let got: Vec<u32> = store
+            .results("r_1")
+            .unwrap()
+            .iter()
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(got, vec![0, 1, 2, 256]);
+        r.status = RunStatus::Completed;
+        store.put_run(&r).unwrap();
+        assert!(store.open_run("ident").unwrap().is_none());
+        assert_eq!(store.runs().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn verdict_cache_is_keyed_by_judge_prompt_and_response() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let v = Verdict::scored(5, false, "#thescore: 5".into());
+        store.cache_verdict("j", "p", "r", &v).unwrap();
+        assert_eq!(store.cached_verdict("j", "p", "r").unwrap(), Some(v));
+        assert_eq!(store.cached_verdict("j2", "p", "r").unwrap(), None);
+        assert_eq!(store.cached_verdict("j", "pr", "").unwrap(), None);
+    }
+
+    #[test]
+    fn unknown_schema_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("schema_version", "99")
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).err().unwrap();
+        assert_eq!(err.kind(), "store_schema");
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}
