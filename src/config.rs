@@ -203,11 +203,16 @@ pub struct ModelConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum JudgeConfig {
-    Keyword {},
+    Keyword(KeywordJudgeConfig),
     Rubric(ModelJudgeConfig),
     LlamaGuard(ModelJudgeConfig),
     Classifier(ClassifierJudgeConfig),
 }
+
+/// The keyword judge has no settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeywordJudgeConfig {}
 
 /// A judge that asks a chat model.
 #[derive(Clone, Debug, Deserialize)]
@@ -505,6 +510,13 @@ impl Config {
                     self.check_template_ref(o.template.as_deref(), &key, &mut p);
                 }
                 BackendConfig::Onnx(o) => {
+                    for (k, path) in [("path", &o.path), ("ort_dylib", &o.ort_dylib)] {
+                        if let Some(path) = path {
+                            if !path.exists() {
+                                p.push(format!("`{key}.{k}`: {} does not exist", path.display()));
+                            }
+                        }
+                    }
                     if !matches!(o.device.as_str(), "cpu" | "cuda") {
                         p.push(format!("`{key}.device`: expected \"cpu\" or \"cuda\""));
                     }
@@ -537,7 +549,7 @@ impl Config {
                         p.push(format!("`{key}.path`: {} does not exist", c.path.display()));
                     }
                 }
-                JudgeConfig::Keyword {} => {}
+                JudgeConfig::Keyword(_) => {}
             }
         }
         for (name, w) in &self.watchers {

@@ -249,7 +249,7 @@ impl Resolver {
         let spec = spec.trim();
         if let Some(j) = self.config.judges.get(spec) {
             return match j {
-                JudgeConfig::Keyword {} => Ok(Arc::new(KeywordJudge)),
+                JudgeConfig::Keyword(_) => Ok(Arc::new(KeywordJudge)),
                 JudgeConfig::Rubric(m) => {
                     let chat = self.openai_model(self.judge_client(spec, m)?, &m.model);
                     Ok(Arc::new(RubricJudge::new(m.model.clone(), chat)))

@@ -1,0 +1,110 @@
+//! Shared helpers for the end-to-end tests: a scratch directory with a config
+//! and benchmark files, and a way to run the real `safedrift` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use tempfile::TempDir;
+
+/// A scratch directory holding a config whose store lives inside it.
+pub struct Scratch {
+    pub dir: TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch::with_config("")
+    }
+
+    /// `extra` is appended to a config that sets `data_dir`.
+    pub fn with_config(extra: &str) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let config = format!("data_dir = {:?}\n{extra}", data.display().to_string());
+        std::fs::write(dir.path().join("safedrift.toml"), config).unwrap();
+        Scratch { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("safedrift.toml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.path("data")
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    /// Writes a jsonl benchmark of `(id, category, prompt, benign)` rows.
+    pub fn jsonl(&self, name: &str, rows: &[(&str, &str, &str, bool)]) -> PathBuf {
+        let text: String = rows
+            .iter()
+            .map(|(id, cat, prompt, benign)| {
+                serde_json::json!({"id": id, "category": cat, "prompt": prompt, "benign": benign}).to_string() + "\n"
+            })
+            .collect();
+        self.write(name, text)
+    }
+
+    /// A `safedrift` command with this scratch's config and no inherited
+    /// OpenAI settings.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.config())
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("JUDGE_API_KEY")
+            .env_remove("SAFEDRIFT_CONFIG")
+            .env("RUST_LOG", "warn,safedrift=info")
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().await.unwrap()
+    }
+}
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_safedrift"))
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The Run JSON on stdout; panics with stderr when it is not there.
+pub fn run_json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}); exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            o.status.code(),
+            stdout(o),
+            stderr(o)
+        )
+    })
+}
+
+pub fn approx(value: &serde_json::Value, expected: f64) {
+    let v = value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{value} is not a number (expected {expected})"));
+    assert!((v - expected).abs() < 1e-9, "got {v}, expected {expected}");
+}
