@@ -50,7 +50,9 @@ impl Scratch {
         let text: String = rows
             .iter()
             .map(|(id, cat, prompt, benign)| {
-                serde_json::json!({"id": id, "category": cat, "prompt": prompt, "benign": benign}).to_string() + "\n"
+                serde_json::json!({"id": id, "category": cat, "prompt": prompt, "benign": benign})
+                    .to_string()
+                    + "\n"
             })
             .collect();
         self.write(name, text)
