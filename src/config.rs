@@ -115,8 +115,13 @@ pub struct EvalConfig {
     pub concurrency: usize,
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: u32,
+    /// 0 = greedy (the paper's setting).
     #[serde(default)]
     pub temperature: f64,
+    /// Nucleus sampling mass for local models when temperature > 0.
+    pub top_p: Option<f64>,
+    /// Sampling seed for local models.
+    pub seed: Option<u64>,
 }
 
 fn default_concurrency() -> usize {
@@ -132,6 +137,8 @@ impl Default for EvalConfig {
             concurrency: default_concurrency(),
             max_new_tokens: default_max_new_tokens(),
             temperature: 0.0,
+            top_p: None,
+            seed: None,
         }
     }
 }
@@ -185,6 +192,18 @@ pub struct OnnxBackendConfig {
     pub cpu_fallback: bool,
     pub ort_dylib: Option<PathBuf>,
     pub template: Option<String>,
+    /// Most sequences decoded together (default 16).
+    pub max_batch: Option<usize>,
+    /// Memory for a batch's KV cache and logits, in MiB (default 2048); the
+    /// batch shrinks to fit.
+    pub kv_cache_mb: Option<usize>,
+    /// ONNX Runtime threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Repetition guard: stop when the last `repetition_window` tokens
+    /// repeat a cycle of at most `repetition_max_period` tokens
+    /// (defaults 64 and 16; 0 turns it off).
+    pub repetition_window: Option<usize>,
+    pub repetition_max_period: Option<usize>,
 }
 
 fn default_device() -> String {

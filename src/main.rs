@@ -189,6 +189,8 @@ async fn eval(args: EvalArgs) -> u8 {
     let decoding = Decoding {
         max_new_tokens: args.max_new_tokens.unwrap_or(config.eval.max_new_tokens),
         temperature: config.eval.temperature,
+        top_p: config.eval.top_p,
+        seed: config.eval.seed,
     };
     if decoding.max_new_tokens == 0 {
         return usage("--max-new-tokens must be at least 1");

@@ -228,11 +228,19 @@ pub async fn evaluate(
         })
         .collect();
     let run_id = run.id.clone();
+    let concurrency = job.backend.queue_depth().unwrap_or(concurrency).max(1);
     let mut first_error: Option<EvalError> = None;
     let mut done = already;
     {
         let tasks = futures::stream::iter(pending)
-            .take_until(stop.clone().cancelled_owned())
+            .take_until({
+                let stop = stop.clone();
+                let backend = job.backend.clone();
+                async move {
+                    stop.cancelled().await;
+                    backend.cancel_pending();
+                }
+            })
             .map(|(i, bench, prompt, prior)| process(store, job, &run_id, i, bench, prompt, prior))
             .buffer_unordered(concurrency.max(1));
         futures::pin_mut!(tasks);
@@ -242,12 +250,14 @@ pub async fn evaluate(
                     done += 1;
                     progress.inc(1);
                 }
+                Err(EvalError::Interrupted) => stop.cancel(),
                 Err(e) => {
                     if first_error.is_none() {
                         warn!(run = %run_id, error = %e, "stopping the run: no new prompts start");
                         first_error = Some(e);
                     }
                     stop.cancel();
+                    job.backend.cancel_pending();
                 }
             }
         }
@@ -302,7 +312,10 @@ async fn process(
         Some(r) => r,
         None => {
             let messages = job.template.messages(&prompt.text);
-            let generation = job.backend.generate(&messages, &job.decoding).await?;
+            let generation = match job.backend.generate(&messages, &job.decoding).await {
+                Err(e) if e.kind == "cancelled" => return Err(EvalError::Interrupted),
+                other => other?,
+            };
             let record = ResultRecord {
                 index,
                 benchmark,

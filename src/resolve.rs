@@ -8,16 +8,19 @@
 //! endpoint share one client, so its concurrency limit holds across them.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use safedrift_judges::{Judge, KeywordJudge, LlamaGuardJudge, RubricJudge};
 
+use crate::backend::onnx::{decode::RepetitionGuard, Device, OnnxBackend, OnnxOptions};
 use crate::backend::openai::{EndpointConfig, OpenAiClient, OpenAiModel};
 use crate::backend::Backend;
 use crate::benchmark::{self, Benchmark};
 use crate::config::{
-    read_secret, BackendConfig, Config, JudgeConfig, ModelJudgeConfig, OpenAiBackendConfig,
+    read_secret, BackendConfig, Config, JudgeConfig, ModelJudgeConfig, OnnxBackendConfig,
+    OpenAiBackendConfig,
 };
 use crate::http::RetryPolicy;
 use crate::store::Template;
@@ -45,6 +48,7 @@ pub struct Resolver {
     /// Default concurrency for endpoints that configure none.
     pub concurrency: usize,
     clients: Mutex<HashMap<String, Arc<OpenAiClient>>>,
+    local: Mutex<HashMap<String, Arc<dyn Backend>>>,
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -64,6 +68,7 @@ impl Resolver {
             judge_api_base,
             concurrency: concurrency.max(1),
             clients: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
         }
     }
 
@@ -140,6 +145,41 @@ impl Resolver {
         })
     }
 
+    /// Loads a local model (once per run: the same directory is loaded once).
+    fn onnx_model(
+        &self,
+        dir: &Path,
+        config: Option<&OnnxBackendConfig>,
+    ) -> Result<Arc<dyn Backend>, ResolveError> {
+        let key = dir.display().to_string();
+        if let Some(b) = self.local.lock().unwrap().get(&key) {
+            return Ok(b.clone());
+        }
+        let mut options = OnnxOptions::default();
+        if let Some(c) = config {
+            options.device = if c.device == "cuda" {
+                Device::Cuda
+            } else {
+                Device::Cpu
+            };
+            options.cpu_fallback = c.cpu_fallback;
+            options.ort_dylib = c.ort_dylib.clone();
+            options.max_batch = c.max_batch.unwrap_or(options.max_batch);
+            options.kv_cache_mb = c.kv_cache_mb.unwrap_or(options.kv_cache_mb);
+            options.threads = c.threads.unwrap_or(options.threads);
+            options.max_new_tokens = c.max_new_tokens.map(|n| n as usize);
+            let d = RepetitionGuard::default();
+            options.guard = RepetitionGuard {
+                window: c.repetition_window.unwrap_or(d.window),
+                max_period: c.repetition_max_period.unwrap_or(d.max_period),
+            };
+        }
+        let backend: Arc<dyn Backend> =
+            Arc::new(OnnxBackend::load(dir, options).map_err(|e| ResolveError(e.message))?);
+        self.local.lock().unwrap().insert(key, backend.clone());
+        Ok(backend)
+    }
+
     /// Resolves a model SPEC.
     pub fn model(&self, spec: &str) -> Result<ResolvedModel, ResolveError> {
         let spec = spec.trim();
@@ -163,7 +203,20 @@ impl Resolver {
                         m.template.clone().or(o.template.clone()),
                     ))
                 }
-                Some(BackendConfig::Onnx(_)) => Err(onnx_unavailable(spec)),
+                Some(BackendConfig::Onnx(o)) => {
+                    let dir = model
+                        .map(std::path::PathBuf::from)
+                        .or(o.path.clone())
+                        .ok_or_else(|| {
+                            ResolveError(format!(
+                                "`models.{spec}`: set `model` to the model directory"
+                            ))
+                        })?;
+                    Ok(resolved(
+                        self.onnx_model(&dir, Some(o))?,
+                        m.template.clone().or(o.template.clone()),
+                    ))
+                }
                 None => Err(ResolveError(format!(
                     "`models.{spec}.backend`: no backend named {:?}",
                     m.backend
@@ -184,7 +237,14 @@ impl Resolver {
                         o.template.clone(),
                     ))
                 }
-                BackendConfig::Onnx(_) => Err(onnx_unavailable(spec)),
+                BackendConfig::Onnx(o) => {
+                    let dir = o.path.as_ref().ok_or_else(|| {
+                        ResolveError(format!(
+                            "model {spec:?}: `backends.{spec}` has no `path`; use {spec}:DIR"
+                        ))
+                    })?;
+                    Ok(resolved(self.onnx_model(dir, Some(o))?, o.template.clone()))
+                }
             };
         }
         let (kind, rest) = spec
@@ -200,12 +260,24 @@ impl Resolver {
                 let client = self.cli_endpoint(self.api_base.as_deref(), &["OPENAI_API_KEY"])?;
                 Ok(resolved(self.openai_model(client, rest), None))
             }
-            "onnx" | "hf" | "mlflow" => Err(onnx_unavailable(spec)),
+            "onnx" => {
+                let mut onnx = self.config.backends.values().filter_map(|b| match b {
+                    BackendConfig::Onnx(o) => Some(o),
+                    _ => None,
+                });
+                let only = match (onnx.next(), onnx.next()) {
+                    (Some(o), None) => Some(o),
+                    _ => None,
+                };
+                Ok(resolved(self.onnx_model(Path::new(rest), only)?, only.and_then(|o| o.template.clone())))
+            }
+            "hf" | "mlflow" => Err(registry_unavailable(spec)),
             name => match self.config.backends.get(name) {
                 Some(BackendConfig::Openai(o)) => {
                     let client = self.backend_endpoint(name, o)?;
                     Ok(resolved(self.openai_model(client, rest), o.template.clone()))
                 }
+                Some(BackendConfig::Onnx(o)) => Ok(resolved(self.onnx_model(Path::new(rest), Some(o))?, o.template.clone())),
                 _ => Err(ResolveError(format!(
                     "model {spec:?}: unknown kind `{kind}` (expected openai, onnx, hf, mlflow or a configured backend)"
                 ))),
@@ -332,9 +404,9 @@ fn check_base_url(base: &str) -> Result<(), ResolveError> {
     }
 }
 
-fn onnx_unavailable(spec: &str) -> ResolveError {
+fn registry_unavailable(spec: &str) -> ResolveError {
     ResolveError(format!(
-        "model {spec:?}: local models (onnx:, hf:, mlflow:) need the ONNX Runtime backend, which this build does not include yet; serve the model behind an OpenAI-compatible API (vLLM, TGI, Ollama) and use openai:MODEL"
+        "model {spec:?}: hf: and mlflow: models are resolved by the daemon's registry watchers, which this build does not include yet; download the checkpoint, convert it (tools/README.md) and use onnx:DIR"
     ))
 }
 

@@ -6,6 +6,8 @@ use async_trait::async_trait;
 use safedrift_judges::Message;
 use serde::{Deserialize, Serialize};
 
+pub mod chat_template;
+pub mod onnx;
 pub mod openai;
 
 /// Decoding settings, part of a run's identity.
@@ -14,6 +16,12 @@ pub struct Decoding {
     pub max_new_tokens: u32,
     /// 0 means greedy, as in the paper.
     pub temperature: f64,
+    /// Nucleus sampling mass (local backends; unset = 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Sampling seed (local backends; unset = 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Default for Decoding {
@@ -21,6 +29,8 @@ impl Default for Decoding {
         Decoding {
             max_new_tokens: 512,
             temperature: 0.0,
+            top_p: None,
+            seed: None,
         }
     }
 }
@@ -60,4 +70,14 @@ pub trait Backend: Send + Sync {
         messages: &[Message],
         decoding: &Decoding,
     ) -> Result<Generation, BackendError>;
+
+    /// How many prompts the backend wants queued at once: a local backend
+    /// batches and sorts what it is given, so it wants all of them. `None`:
+    /// the caller's concurrency.
+    fn queue_depth(&self) -> Option<usize> {
+        None
+    }
+
+    /// Fails the requests that have not started (after a cancel).
+    fn cancel_pending(&self) {}
 }

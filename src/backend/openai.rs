@@ -346,7 +346,7 @@ impl ChatModel for OpenAiModel {
     async fn chat(&self, messages: &[Message], max_tokens: u32) -> Result<String, JudgeError> {
         let decoding = Decoding {
             max_new_tokens: max_tokens,
-            temperature: 0.0,
+            ..Decoding::default()
         };
         self.client
             .chat(&self.model, messages, &decoding)

@@ -1,0 +1,598 @@
+//! Batched decoding with a KV cache for decoders in HF optimum's I/O layout
+//! (`input_ids`, `attention_mask`, `position_ids`, `past_key_values.N.key/value`
+//! -> `logits`, `present.N.key/value`).
+//!
+//! A batch is left-padded (padding masked out, positions counted from each
+//! row's first real token), prefilled in one run, then decoded a token per
+//! run. A row that finishes (end-of-sequence, `max_new_tokens`, or the
+//! repetition guard) leaves the batch at once: its rows are dropped from the
+//! KV cache, so one long answer does not make the others wait or pay for it.
+//! Greedy by default (first maximum, as numpy's argmax); seeded sampling with
+//! temperature and top-p optional, seeded per prompt so a row's tokens do not
+//! depend on what it was batched with.
+
+use std::borrow::Cow;
+
+use half::f16;
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorElementType;
+use ort::value::{DynValue, Tensor, ValueType};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A decoding failure; the message says what and where.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+fn ort_err(what: &str) -> impl Fn(ort::Error) -> DecodeError + '_ {
+    move |e| DecodeError(format!("{what}: {e}"))
+}
+
+/// How the next token is chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    /// 0 = greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass (1.0 = off).
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Stops a sequence stuck in a loop: when the last `window` tokens repeat
+/// a cycle of at most `max_period` tokens. `window = 0` turns it off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepetitionGuard {
+    pub window: usize,
+    pub max_period: usize,
+}
+
+impl Default for RepetitionGuard {
+    fn default() -> Self {
+        RepetitionGuard {
+            window: 64,
+            max_period: 16,
+        }
+    }
+}
+
+impl RepetitionGuard {
+    /// Whether `tokens` ends in a loop.
+    pub fn stuck(&self, tokens: &[u32]) -> bool {
+        if self.window == 0 || tokens.len() < self.window {
+            return false;
+        }
+        let tail = &tokens[tokens.len() - self.window..];
+        (1..=self.max_period.min(self.window / 2))
+            .any(|p| tail[p..].iter().zip(tail).all(|(a, b)| a == b))
+    }
+}
+
+/// One prompt to decode.
+#[derive(Clone, Debug)]
+pub struct SeqRequest {
+    pub ids: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    pub guard: RepetitionGuard,
+}
+
+/// Why a sequence ended; recorded as the result's finish reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+    Repetition,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::Repetition => "repetition",
+        }
+    }
+}
+
+/// The generated tokens (without the end-of-sequence token).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeqOutput {
+    pub tokens: Vec<u32>,
+    pub finish: Finish,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Float {
+    F32,
+    F16,
+}
+
+fn float_type(ty: &ValueType, name: &str) -> Result<Float, DecodeError> {
+    match ty {
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            ..
+        } => Ok(Float::F32),
+        ValueType::Tensor {
+            ty: TensorElementType::Float16,
+            ..
+        } => Ok(Float::F16),
+        other => Err(DecodeError(format!(
+            "`{name}` has type {other:?}; expected float32 or float16"
+        ))),
+    }
+}
+
+/// A decoder session with its I/O checked.
+pub struct Decoder {
+    session: Session,
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    kv_type: Float,
+    logits_type: Float,
+    has_position_ids: bool,
+    eos: Vec<u32>,
+    pad: u32,
+    past_names: Vec<String>,
+    present_names: Vec<String>,
+}
+
+/// One row of a running batch.
+struct Row {
+    request: usize,
+    tokens: Vec<u32>,
+    mask: Vec<i64>,
+    next_position: i64,
+    rng: StdRng,
+}
+
+impl Decoder {
+    /// Checks that `session` has the optimum layout for a model with
+    /// `layers` layers of `kv_heads` x `head_dim` keys and values.
+    pub fn new(
+        session: Session,
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        eos: Vec<u32>,
+        pad: u32,
+    ) -> Result<Decoder, DecodeError> {
+        let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+        let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        let mut past_names = Vec::with_capacity(2 * layers);
+        let mut present_names = Vec::with_capacity(2 * layers);
+        for i in 0..layers {
+            for kind in ["key", "value"] {
+                past_names.push(format!("past_key_values.{i}.{kind}"));
+                present_names.push(format!("present.{i}.{kind}"));
+            }
+        }
+        let missing_in: Vec<&str> = ["input_ids", "attention_mask"]
+            .into_iter()
+            .chain(past_names.iter().map(String::as_str))
+            .filter(|n| !inputs.contains(n))
+            .collect();
+        let missing_out: Vec<&str> = ["logits"]
+            .into_iter()
+            .chain(present_names.iter().map(String::as_str))
+            .filter(|n| !outputs.contains(n))
+            .collect();
+        if !missing_in.is_empty() || !missing_out.is_empty() {
+            let show = |v: &[&str]| v.iter().take(6).copied().collect::<Vec<_>>().join(", ");
+            return Err(DecodeError(format!(
+                "the model does not have the optimum decoder layout for {layers} layers: missing inputs [{}], missing outputs [{}]; it has inputs [{}] and outputs [{}]",
+                show(&missing_in),
+                show(&missing_out),
+                show(&inputs),
+                show(&outputs)
+            )));
+        }
+        let outlet = |list: &[ort::value::Outlet], name: &str| {
+            list.iter()
+                .find(|o| o.name() == name)
+                .map(|o| o.dtype().clone())
+        };
+        let past_type = outlet(session.inputs(), &past_names[0]).expect("checked above");
+        let kv_type = float_type(&past_type, &past_names[0])?;
+        if let ValueType::Tensor { shape, .. } = &past_type {
+            if shape.len() != 4 {
+                return Err(DecodeError(format!(
+                    "`{}` has {} dimensions; expected [batch, kv_heads, past, head_dim]",
+                    past_names[0],
+                    shape.len()
+                )));
+            }
+            for (dim, want, what) in [
+                (shape[1], kv_heads, "num_key_value_heads"),
+                (shape[3], head_dim, "head_dim"),
+            ] {
+                if dim > 0 && dim as usize != want {
+                    return Err(DecodeError(format!(
+                        "`{}` has {dim} for {what} but config.json says {want}",
+                        past_names[0]
+                    )));
+                }
+            }
+        }
+        let logits_type = float_type(
+            &outlet(session.outputs(), "logits").expect("checked above"),
+            "logits",
+        )?;
+        let has_position_ids = inputs.contains(&"position_ids");
+        Ok(Decoder {
+            session,
+            layers,
+            kv_heads,
+            head_dim,
+            kv_type,
+            logits_type,
+            has_position_ids,
+            eos,
+            pad,
+            past_names,
+            present_names,
+        })
+    }
+
+    /// Bytes of KV cache one token of one sequence takes.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let size = match self.kv_type {
+            Float::F32 => 4,
+            Float::F16 => 2,
+        };
+        2 * self.layers * self.kv_heads * self.head_dim * size
+    }
+
+    fn empty_past(&self, batch: usize) -> Result<DynValue, DecodeError> {
+        let shape = [batch, self.kv_heads, 0, self.head_dim];
+        match self.kv_type {
+            Float::F32 => Tensor::from_array((shape, Vec::<f32>::new())).map(|t| t.into_dyn()),
+            Float::F16 => Tensor::from_array((shape, Vec::<f16>::new())).map(|t| t.into_dyn()),
+        }
+        .map_err(ort_err("cannot create the empty KV cache"))
+    }
+
+    /// Decodes `requests` as one batch; `done(i, output)` is called as soon as
+    /// request `i` finishes.
+    pub fn generate(
+        &mut self,
+        requests: &[SeqRequest],
+        mut done: impl FnMut(usize, SeqOutput),
+    ) -> Result<(), DecodeError> {
+        let batch = requests.len();
+        if batch == 0 {
+            return Ok(());
+        }
+        if let Some(r) = requests.iter().position(|r| r.ids.is_empty()) {
+            return Err(DecodeError(format!("prompt {r} has no tokens")));
+        }
+        let width = requests.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let mut ids = vec![self.pad as i64; batch * width];
+        let mut positions = vec![0i64; batch * width];
+        let mut rows: Vec<Row> = Vec::with_capacity(batch);
+        for (i, r) in requests.iter().enumerate() {
+            let pad = width - r.ids.len();
+            let mut mask = vec![0i64; width];
+            for (j, &id) in r.ids.iter().enumerate() {
+                ids[i * width + pad + j] = id as i64;
+                positions[i * width + pad + j] = j as i64;
+                mask[pad + j] = 1;
+            }
+            let mut seed = r.sampling.seed;
+            for &id in &r.ids {
+                seed = seed.rotate_left(5) ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            }
+            rows.push(Row {
+                request: i,
+                tokens: Vec::new(),
+                mask,
+                next_position: r.ids.len() as i64,
+                rng: StdRng::seed_from_u64(seed),
+            });
+        }
+        let mut past: Vec<DynValue> = (0..2 * self.layers)
+            .map(|_| self.empty_past(batch))
+            .collect::<Result<_, _>>()?;
+        let mut step_len = width;
+        loop {
+            let b = rows.len();
+            let mask: Vec<i64> = rows.iter().flat_map(|r| r.mask.iter().copied()).collect();
+            let mask_width = rows[0].mask.len();
+            let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(3 + past.len());
+            let tensor = |shape: [usize; 2], data: Vec<i64>, what: &str| {
+                Tensor::from_array((shape, data))
+                    .map(|t| SessionInputValue::from(t.into_dyn()))
+                    .map_err(|e| DecodeError(format!("cannot create {what}: {e}")))
+            };
+            inputs.push((
+                "input_ids".into(),
+                tensor([b, step_len], std::mem::take(&mut ids), "input_ids")?,
+            ));
+            inputs.push((
+                "attention_mask".into(),
+                tensor([b, mask_width], mask, "attention_mask")?,
+            ));
+            if self.has_position_ids {
+                inputs.push((
+                    "position_ids".into(),
+                    tensor(
+                        [b, step_len],
+                        std::mem::take(&mut positions),
+                        "position_ids",
+                    )?,
+                ));
+            }
+            for (name, value) in self.past_names.iter().zip(past.drain(..)) {
+                inputs.push((Cow::Borrowed(name.as_str()), SessionInputValue::from(value)));
+            }
+            let mut outputs = self
+                .session
+                .run(inputs)
+                .map_err(ort_err("ONNX Runtime failed"))?;
+
+            // Next token of every row.
+            let logits = outputs.get("logits").expect("checked in new()");
+            let next: Vec<u32> = match self.logits_type {
+                Float::F32 => {
+                    let (shape, data) = logits
+                        .try_extract_tensor::<f32>()
+                        .map_err(ort_err("logits"))?;
+                    pick_all(shape, data, b, &mut rows, requests, |x| *x)?
+                }
+                Float::F16 => {
+                    let (shape, data) = logits
+                        .try_extract_tensor::<f16>()
+                        .map_err(ort_err("logits"))?;
+                    pick_all(shape, data, b, &mut rows, requests, |x| x.to_f32())?
+                }
+            };
+            let presents: Vec<DynValue> = self
+                .present_names
+                .iter()
+                .map(|n| outputs.remove(n).expect("checked in new()"))
+                .collect();
+            drop(outputs);
+
+            let mut keep = Vec::with_capacity(b);
+            for (row, token) in rows.iter_mut().zip(&next) {
+                let request = &requests[row.request];
+                let finish = if self.eos.contains(token) {
+                    Some(Finish::Stop)
+                } else {
+                    row.tokens.push(*token);
+                    if row.tokens.len() >= request.max_new_tokens {
+                        Some(Finish::Length)
+                    } else if request.guard.stuck(&row.tokens) {
+                        Some(Finish::Repetition)
+                    } else {
+                        None
+                    }
+                };
+                keep.push(finish.is_none());
+                if let Some(finish) = finish {
+                    done(
+                        row.request,
+                        SeqOutput {
+                            tokens: std::mem::take(&mut row.tokens),
+                            finish,
+                        },
+                    );
+                }
+            }
+            if keep.iter().all(|k| !k) {
+                return Ok(());
+            }
+            let compact = keep.iter().any(|k| !k);
+            past = if compact {
+                presents
+                    .iter()
+                    .map(|v| self.select_rows(v, &keep))
+                    .collect::<Result<_, _>>()?
+            } else {
+                presents
+            };
+            let mut kept_rows = Vec::with_capacity(b);
+            ids = Vec::with_capacity(b);
+            positions = Vec::with_capacity(b);
+            for ((mut row, token), k) in rows.into_iter().zip(next).zip(keep) {
+                if k {
+                    ids.push(token as i64);
+                    positions.push(row.next_position);
+                    row.next_position += 1;
+                    row.mask.push(1);
+                    kept_rows.push(row);
+                }
+            }
+            rows = kept_rows;
+            step_len = 1;
+        }
+    }
+
+    /// Copies the rows of `value` (first axis) where `keep` is true.
+    fn select_rows(&self, value: &DynValue, keep: &[bool]) -> Result<DynValue, DecodeError> {
+        fn select<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+            value: &DynValue,
+            keep: &[bool],
+        ) -> Result<DynValue, DecodeError> {
+            let (shape, data) = value
+                .try_extract_tensor::<T>()
+                .map_err(ort_err("KV cache"))?;
+            let row = data.len() / keep.len().max(1);
+            let mut out = Vec::with_capacity(row * keep.iter().filter(|k| **k).count());
+            for (i, k) in keep.iter().enumerate() {
+                if *k {
+                    out.extend_from_slice(&data[i * row..(i + 1) * row]);
+                }
+            }
+            let mut dims: Vec<i64> = shape.to_vec();
+            dims[0] = keep.iter().filter(|k| **k).count() as i64;
+            Tensor::from_array((dims, out))
+                .map(|t| t.into_dyn())
+                .map_err(ort_err("KV cache"))
+        }
+        match self.kv_type {
+            Float::F32 => select::<f32>(value, keep),
+            Float::F16 => select::<f16>(value, keep),
+        }
+    }
+}
+
+/// Chooses the next token of each row from the last position's logits.
+fn pick_all<T>(
+    shape: &[i64],
+    data: &[T],
+    batch: usize,
+    rows: &mut [Row],
+    requests: &[SeqRequest],
+    to_f32: impl Fn(&T) -> f32,
+) -> Result<Vec<u32>, DecodeError> {
+    if shape.len() != 3 || shape[0] as usize != batch {
+        return Err(DecodeError(format!(
+            "logits have shape {shape:?}; expected [{batch}, sequence, vocab]"
+        )));
+    }
+    let (seq, vocab) = (shape[1] as usize, shape[2] as usize);
+    let mut scratch = Vec::new();
+    Ok(rows
+        .iter_mut()
+        .enumerate()
+        .map(|(i, row)| {
+            let start = (i * seq + seq - 1) * vocab;
+            let logits = &data[start..start + vocab];
+            let sampling = &requests[row.request].sampling;
+            if sampling.temperature <= 0.0 {
+                argmax(logits, &to_f32)
+            } else {
+                scratch.clear();
+                scratch.extend(logits.iter().map(&to_f32));
+                sample(&scratch, sampling, &mut row.rng)
+            }
+        })
+        .collect())
+}
+
+/// Index of the first maximum.
+fn argmax<T>(logits: &[T], to_f32: impl Fn(&T) -> f32) -> u32 {
+    let mut best = 0;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, v) in logits.iter().enumerate() {
+        let v = to_f32(v);
+        if v > best_value {
+            best = i;
+            best_value = v;
+        }
+    }
+    best as u32
+}
+
+/// Samples with temperature and top-p.
+fn sample(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let t = sampling.temperature as f32;
+    let mut probs: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u32, ((l - max) / t).exp()))
+        .collect();
+    let total: f32 = probs.iter().map(|(_, p)| p).sum();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept = 0.0;
+    let mut cut = probs.len();
+    if sampling.top_p < 1.0 {
+        for (i, (_, p)) in probs.iter().enumerate() {
+            kept += p / total;
+            if kept >= sampling.top_p as f32 {
+                cut = i + 1;
+                break;
+            }
+        }
+    }
+    probs.truncate(cut.max(1));
+    let mass: f32 = probs.iter().map(|(_, p)| p).sum();
+    let mut x = rng.gen::<f32>() * mass;
+    for (id, p) in &probs {
+        if x < *p {
+            return *id;
+        }
+        x -= p;
+    }
+    probs.last().map_or(0, |(id, _)| *id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_catches_loops_and_only_loops() {
+        let g = RepetitionGuard {
+            window: 12,
+            max_period: 4,
+        };
+        let looping: Vec<u32> = [1, 2, 3].iter().cycle().take(20).copied().collect();
+        assert!(g.stuck(&looping));
+        assert!(g.stuck(&[7; 12]));
+        let varied: Vec<u32> = (0..40).collect();
+        assert!(!g.stuck(&varied));
+        // A cycle longer than max_period is not caught.
+        let long: Vec<u32> = (0..5).cycle().take(30).collect();
+        assert!(!g.stuck(&long));
+        assert!(!g.stuck(&[7; 11]), "shorter than the window");
+        assert!(!RepetitionGuard {
+            window: 0,
+            max_period: 4
+        }
+        .stuck(&[7; 100]));
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(&[0.0f32, 3.0, 3.0, 1.0], |x| *x), 1);
+        assert_eq!(argmax(&[-1.0f32], |x| *x), 0);
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_respects_top_p() {
+        let logits = [0.0f32, 5.0, 4.9, -10.0];
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 1,
+        };
+        let mut a = StdRng::seed_from_u64(3);
+        // top_p 0.5 keeps only the most likely token.
+        for _ in 0..20 {
+            assert_eq!(sample(&logits, &s, &mut a), 1);
+        }
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 1,
+        };
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..50)
+                .map(|_| sample(&logits, &s, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(9), draw(9));
+        let d = draw(9);
+        assert!(
+            d.contains(&1) && d.contains(&2),
+            "both likely tokens appear: {d:?}"
+        );
+        assert!(!d.contains(&3));
+    }
+}

@@ -1,0 +1,441 @@
+//! The local backend: a decoder LLM in ONNX, run by ONNX Runtime.
+//!
+//! One dedicated worker thread owns the session (inference never runs on the
+//! async runtime) and serves requests from a channel. It gathers what is
+//! queued, sorts it by prompt length so that batches need little padding,
+//! sizes each batch to the KV-cache budget, and answers each prompt as soon
+//! as its row finishes. The model is loaded once, when the backend is made;
+//! a broken directory or a missing ONNX Runtime is reported then.
+
+pub mod decode;
+pub mod model;
+pub mod runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use safedrift_judges::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tracing::{debug, info};
+
+use super::chat_template::ChatMessage;
+use super::{Backend, BackendError, Decoding, Generation};
+use decode::{Decoder, RepetitionGuard, Sampling, SeqRequest};
+use model::ModelDir;
+pub use runtime::Device;
+
+/// Settings of the ONNX backend (from `[backends.NAME]` with `kind = "onnx"`).
+#[derive(Clone, Debug)]
+pub struct OnnxOptions {
+    pub device: Device,
+    pub cpu_fallback: bool,
+    pub ort_dylib: Option<PathBuf>,
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Budget for the KV cache and logits of a batch, in MiB; the batch size
+    /// shrinks to fit it.
+    pub kv_cache_mb: usize,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    pub threads: usize,
+    pub guard: RepetitionGuard,
+    /// Longest answer this backend allows, whatever the run asks for.
+    pub max_new_tokens: Option<usize>,
+}
+
+impl Default for OnnxOptions {
+    fn default() -> Self {
+        OnnxOptions {
+            device: Device::Cpu,
+            cpu_fallback: false,
+            ort_dylib: None,
+            max_batch: 16,
+            kv_cache_mb: 2048,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            guard: RepetitionGuard::default(),
+            max_new_tokens: None,
+        }
+    }
+}
+
+fn model_error(message: impl Into<String>) -> BackendError {
+    BackendError {
+        kind: "model",
+        message: message.into(),
+    }
+}
+
+struct Job {
+    messages: Vec<Message>,
+    decoding: Decoding,
+    reply: oneshot::Sender<Result<Generation, BackendError>>,
+}
+
+enum Msg {
+    Job(Job),
+    Cancel,
+}
+
+/// A tokenized job waiting for a batch.
+struct Ready {
+    ids: Vec<u32>,
+    max_new_tokens: usize,
+    sampling: Sampling,
+    reply: oneshot::Sender<Result<Generation, BackendError>>,
+}
+
+/// A model directory served by a worker thread.
+pub struct OnnxBackend {
+    tx: mpsc::Sender<Msg>,
+    identity: String,
+}
+
+/// Digest of a model directory's files (names, sizes, modification times):
+/// a new checkpoint written to the same path is a different model.
+fn fingerprint(dir: &Path) -> String {
+    let mut entries: Vec<(String, u64, u128)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let modified = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_nanos();
+            meta.is_file().then(|| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    meta.len(),
+                    modified,
+                )
+            })
+        })
+        .collect();
+    entries.sort();
+    let mut h = Sha256::new();
+    for (name, len, modified) in entries {
+        h.update(format!("{name}\0{len}\0{modified}\n"));
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+impl OnnxBackend {
+    /// Checks `dir`, loads ONNX Runtime and the model on a worker thread, and
+    /// returns once the model is ready (or with the reason it is not).
+    pub fn load(dir: &Path, options: OnnxOptions) -> Result<OnnxBackend, BackendError> {
+        let model = ModelDir::open(dir).map_err(|e| model_error(e.0))?;
+        let env =
+            runtime::environment(options.ort_dylib.as_deref()).map_err(|e| model_error(e.0))?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Device, BackendError>>();
+        let identity = format!("onnx:{}@{}", dir.display(), fingerprint(dir));
+        std::thread::Builder::new()
+            .name("safedrift-onnx".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let opened = runtime::open_session(&env, &model.onnx, options.device, options.cpu_fallback, options.threads)
+                    .map_err(|e| model_error(e.0))
+                    .and_then(|(session, device)| {
+                        let c = &model.config;
+                        Decoder::new(session, c.layers, c.kv_heads, c.head_dim, c.eos.clone(), c.pad)
+                            .map(|d| (d, device))
+                            .map_err(|e| model_error(format!("{}: {e}", model.onnx.display())))
+                    });
+                match opened {
+                    Ok((decoder, device)) => {
+                        info!(model = %model.dir.display(), ?device, secs = started.elapsed().as_secs_f32(), "model loaded");
+                        let _ = ready_tx.send(Ok(device));
+                        Worker { model, decoder, options }.serve(rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| model_error(format!("cannot start the inference thread: {e}")))?;
+        let wait = || {
+            ready_rx.recv().unwrap_or_else(|_| {
+                Err(model_error(
+                    "the inference thread stopped while loading the model",
+                ))
+            })
+        };
+        let loaded = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        loaded?;
+        Ok(OnnxBackend { tx, identity })
+    }
+
+    /// Generates token ids for prompts given as ids (for tests and
+    /// benchmarks that compare with other runtimes token for token).
+    pub fn generate_ids(
+        dir: &Path,
+        options: OnnxOptions,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        max_batch: usize,
+    ) -> Result<Vec<Vec<u32>>, BackendError> {
+        let model = ModelDir::open(dir).map_err(|e| model_error(e.0))?;
+        let env =
+            runtime::environment(options.ort_dylib.as_deref()).map_err(|e| model_error(e.0))?;
+        let (session, _) = runtime::open_session(
+            &env,
+            &model.onnx,
+            options.device,
+            options.cpu_fallback,
+            options.threads,
+        )
+        .map_err(|e| model_error(e.0))?;
+        let c = &model.config;
+        let mut decoder = Decoder::new(
+            session,
+            c.layers,
+            c.kv_heads,
+            c.head_dim,
+            c.eos.clone(),
+            c.pad,
+        )
+        .map_err(|e| model_error(e.0))?;
+        let requests: Vec<SeqRequest> = prompts
+            .iter()
+            .map(|ids| SeqRequest {
+                ids: ids.clone(),
+                max_new_tokens,
+                sampling: Sampling::default(),
+                guard: RepetitionGuard {
+                    window: 0,
+                    max_period: 0,
+                },
+            })
+            .collect();
+        let mut out = vec![Vec::new(); prompts.len()];
+        for (chunk_index, chunk) in requests.chunks(max_batch.max(1)).enumerate() {
+            let base = chunk_index * max_batch.max(1);
+            decoder
+                .generate(chunk, |i, o| out[base + i] = o.tokens)
+                .map_err(|e| model_error(e.0))?;
+        }
+        Ok(out)
+    }
+}
+
+struct Worker {
+    model: ModelDir,
+    decoder: Decoder,
+    options: OnnxOptions,
+}
+
+impl Worker {
+    fn serve(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut pending: Vec<Ready> = Vec::new();
+        loop {
+            if pending.is_empty() {
+                match rx.recv() {
+                    Ok(msg) => self.accept(msg, &mut pending),
+                    Err(_) => return,
+                }
+            }
+            // Gather what is queued, so batches can be formed by length.
+            loop {
+                match rx.recv_timeout(Duration::from_millis(2)) {
+                    Ok(msg) => self.accept(msg, &mut pending),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        if pending.is_empty() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            pending.retain(|r| !r.reply.is_closed());
+            if pending.is_empty() {
+                continue;
+            }
+            pending.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
+            let batch = self.next_batch(&mut pending);
+            self.run_batch(batch);
+        }
+    }
+
+    /// Takes the shortest prompts that fit the budget.
+    fn next_batch(&self, pending: &mut Vec<Ready>) -> Vec<Ready> {
+        let per_token = self.decoder.kv_bytes_per_token();
+        let vocab = self.model.config.vocab_size.unwrap_or(32_000);
+        let budget = self.options.kv_cache_mb.max(1) * 1024 * 1024;
+        let mut batch = Vec::new();
+        while let Some(next) = pending.last() {
+            let longest = next.ids.len();
+            let max_new = batch
+                .iter()
+                .chain(std::iter::once(next))
+                .map(|r: &Ready| r.max_new_tokens)
+                .max()
+                .unwrap_or(0);
+            let per_seq = per_token * (longest + max_new) + longest * vocab * 4;
+            let fits = per_seq * (batch.len() + 1) <= budget;
+            if batch.len() >= self.options.max_batch.max(1) || (!batch.is_empty() && !fits) {
+                break;
+            }
+            batch.push(pending.pop().expect("checked"));
+        }
+        batch
+    }
+
+    fn accept(&self, msg: Msg, pending: &mut Vec<Ready>) {
+        match msg {
+            Msg::Cancel => {
+                for r in pending.drain(..) {
+                    let _ = r.reply.send(Err(BackendError {
+                        kind: "cancelled",
+                        message: "cancelled before it started".into(),
+                    }));
+                }
+            }
+            Msg::Job(job) => match self.prepare(&job) {
+                Ok((ids, max_new_tokens, sampling)) => pending.push(Ready {
+                    ids,
+                    max_new_tokens,
+                    sampling,
+                    reply: job.reply,
+                }),
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            },
+        }
+    }
+
+    /// Renders the chat template and tokenizes.
+    fn prepare(&self, job: &Job) -> Result<(Vec<u32>, usize, Sampling), BackendError> {
+        let messages: Vec<ChatMessage> = job
+            .messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: m.role.as_str(),
+                content: m.content.as_str(),
+            })
+            .collect();
+        let text = self
+            .model
+            .chat_template
+            .render(&messages, true)
+            .map_err(|e| BackendError {
+                kind: "template",
+                message: e.to_string(),
+            })?;
+        let encoding = self
+            .model
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| BackendError {
+                kind: "tokenizer",
+                message: format!("cannot tokenize the prompt: {e}"),
+            })?;
+        let ids = encoding.get_ids().to_vec();
+        let mut max_new = job.decoding.max_new_tokens as usize;
+        if let Some(cap) = self.options.max_new_tokens {
+            max_new = max_new.min(cap);
+        }
+        if let Some(limit) = self.model.config.max_positions {
+            if ids.len() >= limit {
+                return Err(BackendError {
+                    kind: "bad_request",
+                    message: format!(
+                        "the prompt has {} tokens; the model takes at most {limit}",
+                        ids.len()
+                    ),
+                });
+            }
+            max_new = max_new.min(limit - ids.len());
+        }
+        let sampling = Sampling {
+            temperature: job.decoding.temperature,
+            top_p: job.decoding.top_p.unwrap_or(1.0),
+            seed: job.decoding.seed.unwrap_or(0),
+        };
+        Ok((ids, max_new.max(1), sampling))
+    }
+
+    fn run_batch(&mut self, batch: Vec<Ready>) {
+        let started = Instant::now();
+        let requests: Vec<SeqRequest> = batch
+            .iter()
+            .map(|r| SeqRequest {
+                ids: r.ids.clone(),
+                max_new_tokens: r.max_new_tokens,
+                sampling: r.sampling.clone(),
+                guard: self.options.guard,
+            })
+            .collect();
+        debug!(
+            batch = batch.len(),
+            longest = requests.iter().map(|r| r.ids.len()).max().unwrap_or(0),
+            "decoding a batch"
+        );
+        let mut replies: Vec<Option<oneshot::Sender<_>>> =
+            batch.into_iter().map(|r| Some(r.reply)).collect();
+        let tokenizer = &self.model.tokenizer;
+        let result = self.decoder.generate(&requests, |i, out| {
+            let text = tokenizer.decode(&out.tokens, true).unwrap_or_default();
+            let generation = Generation {
+                text,
+                finish_reason: Some(out.finish.as_str().to_string()),
+                prompt_tokens: Some(requests[i].ids.len() as u64),
+                completion_tokens: Some(out.tokens.len() as u64),
+                latency_ms: started.elapsed().as_millis() as u64,
+            };
+            if let Some(reply) = replies[i].take() {
+                let _ = reply.send(Ok(generation));
+            }
+        });
+        if let Err(e) = result {
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(Err(model_error(e.0.clone())));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for OnnxBackend {
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    async fn generate(
+        &self,
+        messages: &[Message],
+        decoding: &Decoding,
+    ) -> Result<Generation, BackendError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            messages: messages.to_vec(),
+            decoding: decoding.clone(),
+            reply,
+        };
+        self.tx
+            .send(Msg::Job(job))
+            .map_err(|_| model_error("the inference thread has stopped"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(model_error("the inference thread has stopped")))
+    }
+
+    fn queue_depth(&self) -> Option<usize> {
+        Some(4096)
+    }
+
+    fn cancel_pending(&self) {
+        let _ = self.tx.send(Msg::Cancel);
+    }
+}
