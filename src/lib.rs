@@ -10,7 +10,8 @@
 pub mod backend;
 pub mod benchmark;
 pub mod config;
-pub mod http;
+/// The one HTTP retry policy (it lives in the lowest crate that talks HTTP).
+pub use safedrift_watchers::http;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;

@@ -1,35 +1,108 @@
-//! Watchers discover new fine-tuned checkpoints in model registries (a
-//! directory, MLflow, the Hugging Face Hub, OpenAI fine-tuning jobs, Ollama).
+//! Watchers discover new fine-tuned checkpoints in model registries: a
+//! directory, MLflow, the Hugging Face Hub, OpenAI fine-tuning jobs, Ollama.
 //!
-//! Each registry kind is one file implementing [`Watcher`]; the daemon polls
-//! each watcher on its cron schedule and feeds what it finds to a durable
-//! evaluation queue. The implementations arrive with the daemon.
+//! Each registry kind is one file implementing [`Watcher`]. The daemon polls
+//! each watcher on its cron schedule (and at once when the registry's webhook
+//! arrives), deduplicates what it finds by (watcher, model, revision) in its
+//! store, and for each new checkpoint asks the watcher to [`Watcher::fetch`]
+//! it (download artifacts into the [`cache::Cache`]) and evaluates the
+//! resulting [`Target`] against its baseline.
+//!
+//! The crate also holds [`http`], the one retry policy of everything that
+//! talks HTTP (it lives here because watchers are the lowest crate that does).
+
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-/// A checkpoint a watcher found.
+pub mod cache;
+pub mod http;
+
+pub use cache::Cache;
+
+/// A checkpoint a watcher found: (watcher, model, revision) identifies it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// The watcher that found it (its config name).
     pub watcher: String,
-    /// The model's name in its registry (`acme/llama-sft`, `safety-candidate`).
+    /// The model's name in its registry (`acme/llama-sft`, `safety-candidate`,
+    /// a folder name).
     pub model: String,
     /// What identifies this exact checkpoint: a commit sha, a registry
-    /// version, a digest, a directory's content hash.
+    /// version, a digest, a folder's content hash.
     pub revision: String,
-    /// The model SPEC to evaluate it with (`onnx:/cache/...`, `openai:ft:...`).
-    pub spec: String,
-    /// Its aligned base model's SPEC, when the registry names one.
-    pub baseline: Option<String>,
+    /// The aligned base model the registry names for it, if any (a
+    /// configured baseline takes precedence).
+    pub baseline: Option<Baseline>,
+    /// Watcher-specific details `fetch` needs (e.g. an artifact URI).
+    #[serde(default)]
+    pub detail: serde_json::Value,
 }
 
-/// Why a registry could not be read.
-#[derive(Debug, thiserror::Error)]
+impl Checkpoint {
+    /// The identity used for deduplication: `watcher/model@revision`.
+    pub fn key(&self) -> String {
+        format!("{}/{}@{}", self.watcher, self.model, self.revision)
+    }
+}
+
+/// A baseline a registry names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Baseline {
+    /// Another checkpoint of the same watcher (an MLflow alias's version, a
+    /// Hub repo's `base_model`), fetched like any checkpoint.
+    Checkpoint(Box<Checkpoint>),
+    /// Something already runnable (an OpenAI job's base model).
+    Target(Target),
+}
+
+/// What the daemon evaluates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Target {
+    /// A local model directory (ONNX, optimum layout).
+    Onnx { dir: PathBuf },
+    /// A model behind an OpenAI-compatible chat endpoint.
+    OpenAi {
+        /// Base URL ending in `/v1`.
+        base_url: String,
+        model: String,
+        /// Environment variable holding the API key, if one is needed.
+        api_key_env: Option<String>,
+        /// File holding the API key (e.g. a systemd credential).
+        api_key_file: Option<PathBuf>,
+    },
+    /// A model SPEC or configured name, resolved like `eval --model`.
+    Spec(String),
+}
+
+/// Why a registry could not be read or a checkpoint fetched.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct WatchError {
+    /// `unreachable`, `http`, `malformed`, `config`, `disk`, `checksum`,
+    /// `unauthorized`, `unsupported` ...
     pub kind: &'static str,
     pub message: String,
+}
+
+impl WatchError {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> WatchError {
+        WatchError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A webhook delivery as received (the daemon's HTTP layer hands it over).
+pub struct Webhook<'a> {
+    /// Header lookup, case-insensitive.
+    pub header: &'a (dyn Fn(&str) -> Option<String> + Send + Sync),
+    /// The raw body, exactly as received (signatures cover the raw bytes).
+    pub body: &'a [u8],
 }
 
 /// A source of checkpoints.
@@ -37,8 +110,63 @@ pub struct WatchError {
 pub trait Watcher: Send + Sync {
     /// The watcher's config name.
     fn name(&self) -> &str;
-    /// Returns the checkpoints not seen before; an empty Vec means nothing
-    /// new, an Err means the registry could not be read (the daemon backs off
-    /// and retries on the next tick).
-    async fn poll(&mut self) -> Result<Vec<Checkpoint>, WatchError>;
+
+    /// Lists the registry's current checkpoints. Returning ones seen before
+    /// is fine (the daemon deduplicates); an empty Vec means nothing there;
+    /// an `Err` means the registry could not be read (the daemon backs off
+    /// and retries).
+    async fn poll(&self) -> Result<Vec<Checkpoint>, WatchError>;
+
+    /// Makes a checkpoint runnable: downloads its artifacts into `cache`
+    /// (atomically, checksummed, resumable) and returns what to evaluate.
+    async fn fetch(&self, checkpoint: &Checkpoint, cache: &Cache) -> Result<Target, WatchError>;
+
+    /// Checks a webhook delivery (its secret or signature). `Ok(true)`: the
+    /// delivery is genuine and may announce something new (the daemon polls
+    /// this watcher now); `Ok(false)`: genuine but irrelevant; `Err` with kind
+    /// `unauthorized`: rejected. Watchers whose registry has no webhooks keep
+    /// the default.
+    fn webhook(&self, _delivery: &Webhook<'_>) -> Result<bool, WatchError> {
+        Err(WatchError::new("unsupported", format!("watcher {} takes no webhooks", self.name())))
+    }
+
+    /// A signal the watcher raises when it knows something changed (e.g.
+    /// inotify), so the daemon polls it before its next scheduled time.
+    fn wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+}
+
+/// Reads a secret named by a `*_env` or `*_file` key; errors name the key
+/// or variable, never the secret.
+pub fn read_secret(env: Option<&str>, file: Option<&std::path::Path>) -> Result<Option<String>, WatchError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| WatchError::new("config", format!("cannot read secret file {}: {e}", path.display())))?;
+        let secret = text.trim().to_string();
+        if secret.is_empty() {
+            return Err(WatchError::new("config", format!("secret file {} is empty", path.display())));
+        }
+        return Ok(Some(secret));
+    }
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+            _ => Err(WatchError::new("config", format!("environment variable {var} is not set"))),
+        };
+    }
+    Ok(None)
+}
+
+/// Settings every watcher kind shares, read by the daemon; the rest of a
+/// `[watchers.NAME]` table belongs to the kind.
+pub const COMMON_KEYS: &[&str] = &["kind", "schedule", "backend", "benchmarks", "judge", "baseline", "template"];
+
+/// The kind-specific part of a `[watchers.NAME]` table.
+pub fn kind_table(table: &toml::Table) -> toml::Table {
+    table
+        .iter()
+        .filter(|(k, _)| !COMMON_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
