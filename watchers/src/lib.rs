@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod cache;
+pub mod directory;
 pub mod http;
 
 pub use cache::Cache;
