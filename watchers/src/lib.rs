@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub mod cache;
 pub mod directory;
 pub mod http;
+pub mod mlflow;
 
 pub use cache::Cache;
 
