@@ -1,0 +1,568 @@
+//! `safedrift run` end to end against a real MLflow tracking server (SQLite
+//! backend, artifact proxy), started by this test: the champion version is
+//! evaluated at startup, a new version announced by a signed MLflow webhook
+//! starts evaluating within a second of its registration, is compared with
+//! the champion's stored run, and a forged delivery is refused.
+//!
+//! Needs `python3` with mlflow and `tools/requirements.txt` (numpy, onnx,
+//! onnxruntime) installed; models are registered with
+//! `tools/mlflow_register.py`.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::Scratch;
+use safedrift::store::{CheckpointStatus, RunStatus, Store};
+
+const MODEL: &str = "safety-candidate";
+const SECRET: &str = "whsec-daemon-test-only";
+const SECRET_ENV: &str = "ML_HOOK_SECRET";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn python(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .args(args)
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python3 {args:?} failed (are mlflow and tools/requirements.txt installed?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A running `mlflow server`, in its own process group (the server starts
+/// uvicorn workers as children), killed with the group on drop.
+struct MlflowServer {
+    child: Child,
+    uri: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MlflowServer {
+    async fn start() -> MlflowServer {
+        use std::os::unix::process::CommandExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = python(&[
+            "-c",
+            "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())",
+        ]);
+        let port = free_port();
+        let uri = format!("http://127.0.0.1:{port}");
+        let log = dir.path().join("server.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let started = Instant::now();
+        let child = Command::new("python3")
+            .args(["-m", "mlflow", "server", "--backend-store-uri"])
+            .arg(format!(
+                "sqlite:///{}",
+                dir.path().join("mlflow.db").display()
+            ))
+            .arg("--artifacts-destination")
+            .arg(dir.path().join("mlartifacts"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--workers",
+                "1",
+            ])
+            // One key for all workers, or deliveries fail to decrypt secrets.
+            .env("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", key.trim())
+            // Let webhooks reach the daemon on plain http at 127.0.0.1.
+            .env("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
+            .env("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
+            // Webhooks are looked up per event through a cache (60 s by
+            // default): keep it short so a new webhook is used at once.
+            .env("MLFLOW_WEBHOOK_CACHE_TTL", "1")
+            // The background job runner (huey) is not needed here.
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .expect("python3 -m mlflow server starts");
+        let mut server = MlflowServer {
+            child,
+            uri,
+            log,
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("mlflow server exited with {status}:\n{}", server.log_tail());
+            }
+            let health = client
+                .get(format!("{}/health", server.uri))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mlflow server not healthy after 120 s:\n{}",
+                server.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        eprintln!(
+            "mlflow server ready at {} after {:.1?}",
+            server.uri,
+            started.elapsed()
+        );
+        server
+    }
+
+    fn log_tail(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Stops the whole process group: TERM, then KILL if it lingers.
+    fn stop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let signal = |sig: &str| {
+            let _ = Command::new("kill")
+                .args([sig, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal("-TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // Workers may outlive the leader.
+        signal("-KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Registers the files of `dir` as a new version of `name`; returns the
+    /// version and when the registering script returned.
+    async fn register(&self, name: &str, dir: &Path, alias: Option<&str>) -> (String, SystemTime) {
+        let mut args: Vec<String> = [
+            "tools/mlflow_register.py",
+            "--tracking-uri",
+            &self.uri,
+            "--name",
+            name,
+            "--dir",
+            dir.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        if let Some(alias) = alias {
+            args.extend(["--alias".to_string(), alias.to_string()]);
+        }
+        let out = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            python(&args)
+        })
+        .await
+        .unwrap();
+        let returned = SystemTime::now();
+        let version = out.lines().last().unwrap_or_default().trim().to_string();
+        assert!(version.parse::<u32>().is_ok(), "register printed {out:?}");
+        (version, returned)
+    }
+
+    /// `creation_timestamp` (unix ms, set by the server) of a version.
+    async fn created_ms(&self, name: &str, version: &str) -> i64 {
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/2.0/mlflow/model-versions/get", self.uri))
+            .query(&[("name", name), ("version", version)])
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["model_version"]["creation_timestamp"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no creation_timestamp in {v}"))
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The tiny random-weight ONNX model of `seed`, written into `dir`.
+fn tiny_model(dir: &Path, seed: u32) -> PathBuf {
+    let out = dir.join(format!("tiny-seed{seed}"));
+    python(&[
+        "tools/make_tiny_model.py",
+        out.to_str().unwrap(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+    assert!(out.join("model.onnx").is_file());
+    out
+}
+
+async fn health(port: u16) -> Option<serde_json::Value> {
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    resp.json().await.ok()
+}
+
+/// The daemon's JSON log lines.
+fn log_lines(s: &Scratch) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(s.path("daemon.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn log_text(s: &Scratch) -> String {
+    std::fs::read_to_string(s.path("daemon.log")).unwrap_or_default()
+}
+
+/// Unix ms of the first `evaluating` line for `checkpoint`, if logged yet.
+fn evaluating_at(s: &Scratch, checkpoint: &str) -> Option<i64> {
+    log_lines(s).iter().find_map(|l| {
+        if l["fields"]["message"] != "evaluating" || l["fields"]["checkpoint"] != checkpoint {
+            return None;
+        }
+        let ts = l["timestamp"].as_str()?;
+        let t = chrono::DateTime::parse_from_rfc3339(ts)
+            .unwrap_or_else(|e| panic!("log timestamp {ts:?}: {e}"));
+        Some(t.timestamp_millis())
+    })
+}
+
+fn count_messages(s: &Scratch, message: &str) -> usize {
+    log_lines(s)
+        .iter()
+        .filter(|l| l["fields"]["message"] == message)
+        .count()
+}
+
+async fn wait_for(
+    s: &Scratch,
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; daemon log:\n{}",
+            log_text(s)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>`, as MLflow
+/// signs deliveries.
+fn signature(secret: &str, id: &str, timestamp: &str, body: &str) -> String {
+    python(&[
+        "-c",
+        "import base64, hashlib, hmac, sys; \
+         m = f'{sys.argv[2]}.{sys.argv[3]}.{sys.argv[4]}'.encode(); \
+         print('v1,' + base64.b64encode(hmac.new(sys.argv[1].encode(), m, hashlib.sha256).digest()).decode())",
+        secret,
+        id,
+        timestamp,
+        body,
+    ])
+    .trim()
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mlflow_webhook_starts_the_evaluation_of_a_new_version_within_a_second() {
+    let server = MlflowServer::start().await;
+    let port = free_port();
+    let s = Scratch::with_config(&format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[eval]
+concurrency = 4
+max_new_tokens = 4
+
+[watchers.ml]
+kind = "mlflow"
+tracking_uri = "{uri}"
+models = ["{MODEL}"]
+baseline_alias = "champion"
+webhook_secret_env = "{SECRET_ENV}"
+timeout = "10s"
+# Once a year: only the startup poll and webhooks trigger polls here.
+schedule = "0 0 0 1 1 *"
+benchmarks = ["builtin:probes"]
+judge = "keyword"
+"#,
+        uri = server.uri
+    ));
+    let v1_dir = tiny_model(s.dir.path(), 0);
+    let v2_dir = tiny_model(s.dir.path(), 1);
+    assert_ne!(
+        std::fs::read(v1_dir.join("model.onnx")).unwrap(),
+        std::fs::read(v2_dir.join("model.onnx")).unwrap(),
+        "two seeds, two models"
+    );
+
+    // v1, the champion, exists before the daemon starts.
+    let (v1, _) = server.register(MODEL, &v1_dir, Some("champion")).await;
+    assert_eq!(v1, "1");
+
+    let log = std::fs::File::create(s.path("daemon.log")).unwrap();
+    let mut daemon = s
+        .command(&["run", "--log-format", "json"])
+        .env(SECRET_ENV, SECRET)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    // The startup poll finds v1 alone; it has no baseline and is evaluated
+    // as its own checkpoint.
+    wait_for(
+        &s,
+        "the champion's evaluation",
+        Duration::from_secs(300),
+        async || {
+            health(port)
+                .await
+                .is_some_and(|h| h["queue"]["done"] == 1 && h["watchers"]["ml"]["state"] == "ok")
+        },
+    )
+    .await;
+    let h = health(port).await.unwrap();
+    assert_eq!(h["queue"]["queued"], 0, "{h}");
+    assert_eq!(h["queue"]["retrying"], 0, "{h}");
+    assert_eq!(h["watchers"]["ml"]["checkpoints_seen"], 1, "{h}");
+    let ml = format!("ml/{MODEL}@");
+    assert!(
+        evaluating_at(&s, &format!("{ml}1")).is_some(),
+        "{}",
+        log_text(&s)
+    );
+
+    // The MLflow webhook, signed with the daemon's secret.
+    let hook_url = format!("http://127.0.0.1:{port}/hooks/mlflow");
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/2.0/mlflow/webhooks", server.uri))
+        .json(&serde_json::json!({
+            "name": "safedrift",
+            "url": hook_url,
+            "events": [{"entity": "MODEL_VERSION", "action": "CREATED"}],
+            "secret": SECRET,
+            "status": "ACTIVE",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(created["webhook"]["webhook_id"].is_string(), "{created}");
+
+    // A forged delivery (signed with another secret) and an unsigned one
+    // are refused, and trigger no poll.
+    let client = reqwest::Client::new();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let body = serde_json::json!({
+        "entity": "model_version",
+        "action": "created",
+        "timestamp": "2025-01-01T00:00:00Z",
+        "data": {"name": MODEL, "version": "2", "source": "mlflow-artifacts:/x", "run_id": "x"},
+    })
+    .to_string();
+    let forged = client
+        .post(&hook_url)
+        .header("content-type", "application/json")
+        .header("x-mlflow-delivery-id", "forged-delivery")
+        .header("x-mlflow-timestamp", &now)
+        .header(
+            "x-mlflow-signature",
+            signature("not-the-secret", "forged-delivery", &now, &body),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let answer: serde_json::Value = forged.json().await.unwrap();
+    assert_eq!(answer["kind"], "unauthorized", "{answer}");
+    let unsigned = client
+        .post(&hook_url)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    assert_eq!(
+        count_messages(&s, "webhook: polling now"),
+        0,
+        "{}",
+        log_text(&s)
+    );
+
+    // MLflow caches each event's webhooks for MLFLOW_WEBHOOK_CACHE_TTL (1 s):
+    // let the entry cached when v1 was registered expire.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // v2: its evaluation starts at the webhook, not at a scheduled poll.
+    let (v2, returned) = server.register(MODEL, &v2_dir, None).await;
+    assert_eq!(v2, "2");
+    let created_ms = server.created_ms(MODEL, "2").await;
+    wait_for(
+        &s,
+        "v2's evaluation to start",
+        Duration::from_secs(30),
+        async || evaluating_at(&s, &format!("{ml}2")).is_some(),
+    )
+    .await;
+    let started_ms = evaluating_at(&s, &format!("{ml}2")).unwrap();
+    let from_created = started_ms - created_ms;
+    let from_returned = started_ms - unix_ms(returned);
+    eprintln!(
+        "v2: evaluation started {from_created} ms after MLflow created the version, \
+         {from_returned} ms after the registering script returned"
+    );
+    assert_eq!(
+        count_messages(&s, "webhook: polling now"),
+        1,
+        "{}",
+        log_text(&s)
+    );
+    assert!(
+        from_created < 2000 && from_returned < 2000,
+        "the evaluation started {from_created} ms after the version was created \
+         ({from_returned} ms after registration returned):\n{}",
+        log_text(&s)
+    );
+
+    wait_for(
+        &s,
+        "v2's evaluation",
+        Duration::from_secs(300),
+        async || health(port).await.is_some_and(|h| h["queue"]["done"] == 2),
+    )
+    .await;
+    let h = health(port).await.unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["watchers"]["ml"]["state"], "ok", "{h}");
+    assert_eq!(h["watchers"]["ml"]["checkpoints_seen"], 2, "{h}");
+
+    let pid = daemon.id().expect("running").to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{}", log_text(&s));
+    let text = log_text(&s);
+    assert!(
+        text.contains("reusing the baseline's completed run"),
+        "{text}"
+    );
+
+    // One run per version: v1's run is v2's baseline, not evaluated again.
+    let store = Store::open(&s.data_dir()).unwrap();
+    let runs = store.runs().unwrap();
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert!(
+        runs.iter().all(|r| r.status == RunStatus::Completed),
+        "{runs:#?}"
+    );
+    let spec = format!("mlflow:{MODEL}");
+    let run_of = |revision: &str| {
+        runs.iter()
+            .find(|r| r.model.revision.as_deref() == Some(revision))
+            .unwrap_or_else(|| panic!("no run of v{revision}: {runs:#?}"))
+    };
+    let (r1, r2) = (run_of("1"), run_of("2"));
+    for (r, v) in [(r1, "1"), (r2, "2")] {
+        assert_eq!(r.model.spec, spec);
+        assert_eq!(r.model.registry.as_deref(), Some("ml"));
+        assert_eq!(r.checkpoint, Some(format!("{ml}{v}")));
+    }
+    assert_eq!(r1.baseline_run, None);
+    assert!(r1.drift.is_none(), "{r1:#?}");
+    assert_eq!(r2.baseline_run.as_deref(), Some(r1.id.as_str()));
+    let drift = r2.drift.as_ref().expect("v2's drift decision is stored");
+    eprintln!("v2 against v1: drift detected = {}", drift.detected);
+    let answers = store.results(&r2.id).unwrap().len();
+    assert!(answers > 0);
+    assert_eq!(answers, r2.total);
+    assert_eq!(store.results(&r1.id).unwrap().len(), r1.total);
+
+    let records = store.checkpoints().unwrap();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert!(records
+        .iter()
+        .all(|r| r.status == CheckpointStatus::Done && r.attempts == 1));
+    let rec2 = records
+        .iter()
+        .find(|r| r.checkpoint.revision == "2")
+        .unwrap();
+    assert_eq!(rec2.run_id.as_deref(), Some(r2.id.as_str()));
+    assert_eq!(rec2.baseline_run_id.as_deref(), Some(r1.id.as_str()));
+}
