@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 pub mod cache;
 pub mod directory;
 pub mod http;
+pub mod huggingface;
 pub mod mlflow;
+pub mod ollama;
+pub mod openai_finetunes;
 
 pub use cache::Cache;
 

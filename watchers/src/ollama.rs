@@ -1,0 +1,287 @@
+//! The Ollama watcher: each local model (`GET /api/tags`) is a checkpoint
+//! whose revision is its digest, so `ollama pull` or `ollama create` over an
+//! existing name shows up as a new revision. Models are evaluated through
+//! Ollama's OpenAI-compatible API at `{base_url}/v1`; nothing is downloaded.
+//! Ollama names no base model: the baseline is configured.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tracing::debug;
+use url::Url;
+
+use crate::http::{transport_reason, Disposition, RetryPolicy};
+use crate::{Cache, Checkpoint, Target, WatchError, Watcher};
+
+/// `[watchers.NAME]` keys of `kind = "ollama"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Ollama's address.
+    base_url: Option<String>,
+    /// Only these models (`llama3` means `llama3:latest`); all by default.
+    models: Option<Vec<String>>,
+    /// Connect and read timeout of each request (humantime, e.g. `10s`).
+    timeout: Option<String>,
+}
+
+/// Watches the models of one Ollama server.
+pub struct OllamaWatcher {
+    name: String,
+    base_url: String,
+    models: Option<Vec<String>>,
+    timeout: Duration,
+    http: reqwest::Client,
+    /// How requests are retried (public so tests can shorten it).
+    pub retry: RetryPolicy,
+}
+
+/// `GET /api/tags`.
+#[derive(Debug, Deserialize)]
+struct Tags {
+    #[serde(default)]
+    models: Vec<Tag>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Tag {
+    name: String,
+    digest: String,
+    size: Option<u64>,
+    modified_at: Option<String>,
+}
+
+impl OllamaWatcher {
+    /// Builds the watcher from its `[watchers.NAME]` table (common keys are
+    /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
+    pub fn from_config(name: &str, table: &toml::Table) -> Result<Self, Vec<String>> {
+        let config: Config = parse_config(name, table)?;
+        let key = |k: &str| format!("`watchers.{name}.{k}`");
+        let mut problems = Vec::new();
+        let base_url = config
+            .base_url
+            .as_deref()
+            .unwrap_or("http://localhost:11434")
+            .trim_end_matches('/')
+            .to_string();
+        match Url::parse(&base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                if u.path().ends_with("/v1") {
+                    problems.push(format!(
+                        "{}: {base_url:?} is Ollama's OpenAI API; give its root, like \"http://localhost:11434\"",
+                        key("base_url")
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "{}: {base_url:?} is not an http(s) URL like \"http://localhost:11434\"",
+                key("base_url")
+            )),
+        }
+        if let Some(models) = &config.models {
+            if models.is_empty() {
+                problems.push(format!(
+                    "{}: the list is empty (leave it out to watch every model)",
+                    key("models")
+                ));
+            }
+            if models.iter().any(|m| m.trim().is_empty()) {
+                problems.push(format!("{}: names must not be empty", key("models")));
+            }
+        }
+        let timeout = match config.timeout.as_deref() {
+            None => Duration::from_secs(10),
+            Some(t) => match humantime::parse_duration(t) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    problems.push(format!(
+                        "{}: {t:?} is not a positive duration like \"10s\"",
+                        key("timeout")
+                    ));
+                    Duration::from_secs(10)
+                }
+            },
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("safedrift/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| {
+                vec![format!(
+                    "`watchers.{name}`: cannot build an HTTP client: {e}"
+                )]
+            })?;
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(OllamaWatcher {
+            name: name.to_string(),
+            base_url,
+            models: config
+                .models
+                .map(|m| m.iter().map(|n| with_tag(n.trim())).collect()),
+            timeout,
+            http,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    fn watched(&self, name: &str) -> bool {
+        match &self.models {
+            None => true,
+            Some(models) => models.iter().any(|m| *m == with_tag(name)),
+        }
+    }
+
+    /// GETs `{base_url}{path}` under the retry policy and parses the JSON.
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, WatchError> {
+        let url = format!("{}{path}", self.base_url);
+        let mut attempt = 0;
+        loop {
+            let mut transport = true;
+            let disposition = match self.http.get(&url).timeout(self.timeout).send().await {
+                Err(e) => Disposition::Retry {
+                    hint: None,
+                    reason: transport_reason(&e.without_url()),
+                },
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    match response.text().await {
+                        Err(e) => Disposition::Retry {
+                            hint: None,
+                            reason: transport_reason(&e.without_url()),
+                        },
+                        Ok(body) if status.is_success() => {
+                            return serde_json::from_str(&body).map_err(|e| {
+                                WatchError::new(
+                                    "malformed",
+                                    format!("{url}: unexpected answer: {e}"),
+                                )
+                            })
+                        }
+                        Ok(body) => {
+                            transport = false;
+                            self.retry.classify(status, &headers, &body)
+                        }
+                    }
+                }
+            };
+            match disposition {
+                Disposition::Fatal { kind, message } => {
+                    return Err(WatchError::new(kind, format!("{url}: {message}")))
+                }
+                Disposition::Retry { hint, reason } => {
+                    if attempt >= self.retry.max_retries {
+                        return Err(WatchError::new(
+                            if transport { "unreachable" } else { "http" },
+                            format!("{url}: gave up after {} attempts: {reason}", attempt + 1),
+                        ));
+                    }
+                    let delay = self.retry.delay(attempt, hint);
+                    debug!(watcher = %self.name, %url, %reason, ?delay, attempt, "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Ollama's default tag: `llama3` is `llama3:latest`.
+fn with_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+#[async_trait]
+impl Watcher for OllamaWatcher {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn poll(&self) -> Result<Vec<Checkpoint>, WatchError> {
+        let tags: Tags = self.get_json("/api/tags").await?;
+        Ok(tags
+            .models
+            .into_iter()
+            .filter(|m| !m.digest.is_empty() && self.watched(&m.name))
+            .map(|m| Checkpoint {
+                watcher: self.name.clone(),
+                model: m.name,
+                revision: m.digest,
+                baseline: None,
+                detail: serde_json::json!({ "size": m.size, "modified_at": m.modified_at }),
+            })
+            .collect())
+    }
+
+    async fn fetch(&self, checkpoint: &Checkpoint, _cache: &Cache) -> Result<Target, WatchError> {
+        Ok(Target::OpenAi {
+            base_url: format!("{}/v1", self.base_url),
+            model: checkpoint.model.clone(),
+            api_key_env: None,
+            api_key_file: None,
+        })
+    }
+}
+
+/// Deserializes the kind-specific part of a watcher table, the failing key
+/// named as `watchers.NAME.key`.
+fn parse_config<T: DeserializeOwned>(name: &str, table: &toml::Table) -> Result<T, Vec<String>> {
+    serde_path_to_error::deserialize(toml::Value::Table(crate::kind_table(table))).map_err(|e| {
+        let path = e.path().to_string();
+        // toml appends "in `key`" on a second line; the key leads anyway.
+        let message = e.into_inner().to_string();
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let key = if path.is_empty() || path == "." {
+            // deny_unknown_fields fails on the table, not the key.
+            message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string)
+        } else {
+            Some(path)
+        };
+        vec![match key {
+            Some(key) => format!("`watchers.{name}.{key}`: {message}"),
+            None => format!("`watchers.{name}`: {message}"),
+        }]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_and_names() {
+        let t: toml::Table = "kind = 'ollama'\nmodels = ['llama3', 'qwen2:0.5b']"
+            .parse()
+            .unwrap();
+        let w = OllamaWatcher::from_config("local", &t).unwrap();
+        assert!(w.watched("llama3:latest"));
+        assert!(w.watched("qwen2:0.5b"));
+        assert!(!w.watched("qwen2:7b"));
+        let t: toml::Table = "base_url = 'http://localhost:11434/v1'\nmodel = 'x'"
+            .parse()
+            .unwrap();
+        let err = OllamaWatcher::from_config("local", &t).err().unwrap();
+        assert!(err[0].starts_with("`watchers.local.model`"), "{err:?}");
+        let t: toml::Table = "base_url = 'http://localhost:11434/v1'".parse().unwrap();
+        let err = OllamaWatcher::from_config("local", &t).err().unwrap();
+        assert!(err[0].starts_with("`watchers.local.base_url`"), "{err:?}");
+    }
+}

@@ -1,0 +1,352 @@
+//! The OpenAI fine-tuning watcher: every succeeded fine-tuning job is a
+//! checkpoint, its fine-tuned model evaluated against the base model it was
+//! trained from, both over the same OpenAI-compatible API.
+//!
+//! Jobs are listed with `GET /fine_tuning/jobs?limit=100&after=ID` while the
+//! answer `has_more`; requests go through [`crate::http::RetryPolicy`].
+//! Nothing is downloaded: `fetch` only names the model.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tracing::debug;
+use url::Url;
+
+use crate::http::{transport_reason, Disposition, RetryPolicy};
+use crate::{read_secret, Baseline, Cache, Checkpoint, Target, WatchError, Watcher};
+
+/// `[watchers.NAME]` keys of `kind = "openai-finetunes"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// The API's base URL, ending in `/v1`.
+    base_url: Option<String>,
+    /// Environment variable holding the API key (`OPENAI_API_KEY` unless
+    /// `api_key_file` is set).
+    api_key_env: Option<String>,
+    /// File holding the API key (e.g. a systemd credential).
+    api_key_file: Option<PathBuf>,
+    /// Only fine-tuned models whose name contains this (the job's `suffix`).
+    suffix: Option<String>,
+    /// Only jobs carrying these metadata values (`metadata[k]=v`).
+    metadata: Option<BTreeMap<String, String>>,
+    /// Connect and read timeout of each request (humantime, e.g. `30s`).
+    timeout: Option<String>,
+}
+
+/// Watches an OpenAI organization's fine-tuning jobs.
+pub struct OpenaiFinetunesWatcher {
+    name: String,
+    base_url: String,
+    api_key_env: Option<String>,
+    api_key_file: Option<PathBuf>,
+    suffix: Option<String>,
+    metadata: BTreeMap<String, String>,
+    timeout: Duration,
+    http: reqwest::Client,
+    /// How requests are retried (public so tests can shorten it).
+    pub retry: RetryPolicy,
+}
+
+/// `GET /fine_tuning/jobs`.
+#[derive(Debug, Deserialize)]
+struct JobPage {
+    data: Vec<Job>,
+    #[serde(default)]
+    has_more: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Job {
+    id: String,
+    model: String,
+    fine_tuned_model: Option<String>,
+    /// Kept as text: new states (paused ...) appear over time.
+    status: String,
+}
+
+impl OpenaiFinetunesWatcher {
+    /// Builds the watcher from its `[watchers.NAME]` table (common keys are
+    /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
+    pub fn from_config(name: &str, table: &toml::Table) -> Result<Self, Vec<String>> {
+        let config: Config = parse_config(name, table)?;
+        let key = |k: &str| format!("`watchers.{name}.{k}`");
+        let mut problems = Vec::new();
+
+        let base_url = config
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.openai.com/v1")
+            .trim_end_matches('/')
+            .to_string();
+        match Url::parse(&base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => problems.push(format!(
+                "{}: {base_url:?} is not an http(s) URL like \"https://api.openai.com/v1\"",
+                key("base_url")
+            )),
+        }
+        if config.api_key_env.is_some() && config.api_key_file.is_some() {
+            problems.push(format!(
+                "{}: set `api_key_env` or `api_key_file`, not both",
+                key("api_key_file")
+            ));
+        }
+        let api_key_env = match (&config.api_key_env, &config.api_key_file) {
+            (None, None) => Some("OPENAI_API_KEY".to_string()),
+            (env, _) => env.clone(),
+        };
+        if config
+            .suffix
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            problems.push(format!("{}: must not be empty", key("suffix")));
+        }
+        let timeout = match config.timeout.as_deref() {
+            None => Duration::from_secs(30),
+            Some(t) => match humantime::parse_duration(t) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    problems.push(format!(
+                        "{}: {t:?} is not a positive duration like \"30s\"",
+                        key("timeout")
+                    ));
+                    Duration::from_secs(30)
+                }
+            },
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("safedrift/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| {
+                vec![format!(
+                    "`watchers.{name}`: cannot build an HTTP client: {e}"
+                )]
+            })?;
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(OpenaiFinetunesWatcher {
+            name: name.to_string(),
+            base_url,
+            api_key_env,
+            api_key_file: config.api_key_file,
+            suffix: config.suffix,
+            metadata: config.metadata.unwrap_or_default(),
+            timeout,
+            http,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// The same API and key, serving `model`.
+    fn target(&self, model: &str) -> Target {
+        Target::OpenAi {
+            base_url: self.base_url.clone(),
+            model: model.to_string(),
+            api_key_env: self.api_key_env.clone(),
+            api_key_file: self.api_key_file.clone(),
+        }
+    }
+
+    /// GETs `{base_url}{path}` under the retry policy and parses the JSON.
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+    ) -> Result<T, WatchError> {
+        let key = read_secret(self.api_key_env.as_deref(), self.api_key_file.as_deref())?;
+        // Servers may echo the key back in error messages.
+        let redact = |text: String| match &key {
+            Some(k) => text.replace(k.as_str(), "[redacted]"),
+            None => text,
+        };
+        let url = format!("{}{path}", self.base_url);
+        let mut attempt = 0;
+        loop {
+            let mut request = self.http.get(&url).query(query).timeout(self.timeout);
+            if let Some(key) = &key {
+                request = request.bearer_auth(key);
+            }
+            let mut transport = true;
+            let disposition = match request.send().await {
+                Err(e) => Disposition::Retry {
+                    hint: None,
+                    reason: transport_reason(&e.without_url()),
+                },
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    match response.text().await {
+                        Err(e) => Disposition::Retry {
+                            hint: None,
+                            reason: transport_reason(&e.without_url()),
+                        },
+                        Ok(body) if status.is_success() => {
+                            return serde_json::from_str(&body).map_err(|e| {
+                                WatchError::new(
+                                    "malformed",
+                                    format!("{url}: unexpected answer: {e}"),
+                                )
+                            })
+                        }
+                        Ok(body) => {
+                            transport = false;
+                            self.retry.classify(status, &headers, &body)
+                        }
+                    }
+                }
+            };
+            match disposition {
+                Disposition::Fatal { kind, message } => {
+                    let secret = match (&self.api_key_file, &self.api_key_env) {
+                        (Some(file), _) => format!(" (key from {})", file.display()),
+                        (None, Some(env)) => format!(" (key from ${env})"),
+                        (None, None) => String::new(),
+                    };
+                    let secret = if kind == "unauthorized" {
+                        secret
+                    } else {
+                        String::new()
+                    };
+                    return Err(WatchError::new(
+                        kind,
+                        redact(format!("{url}: {message}{secret}")),
+                    ));
+                }
+                Disposition::Retry { hint, reason } => {
+                    if attempt >= self.retry.max_retries {
+                        return Err(WatchError::new(
+                            if transport { "unreachable" } else { "http" },
+                            redact(format!(
+                                "{url}: gave up after {} attempts: {reason}",
+                                attempt + 1
+                            )),
+                        ));
+                    }
+                    let delay = self.retry.delay(attempt, hint);
+                    debug!(watcher = %self.name, %url, %reason, ?delay, attempt, "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Watcher for OpenaiFinetunesWatcher {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn poll(&self) -> Result<Vec<Checkpoint>, WatchError> {
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![("limit".to_string(), "100".to_string())];
+            if let Some(after) = &after {
+                query.push(("after".to_string(), after.clone()));
+            }
+            for (k, v) in &self.metadata {
+                query.push((format!("metadata[{k}]"), v.clone()));
+            }
+            let page: JobPage = self.get_json("/fine_tuning/jobs", &query).await?;
+            let last = page.data.last().map(|job| job.id.clone());
+            for job in page.data {
+                let Some(model) = job.fine_tuned_model.filter(|m| !m.is_empty()) else {
+                    continue;
+                };
+                if job.status != "succeeded" {
+                    continue;
+                }
+                if self.suffix.as_deref().is_some_and(|s| !model.contains(s)) {
+                    continue;
+                }
+                found.push(Checkpoint {
+                    watcher: self.name.clone(),
+                    model,
+                    revision: job.id,
+                    baseline: Some(Baseline::Target(self.target(&job.model))),
+                    detail: serde_json::json!({ "base_model": job.model }),
+                });
+            }
+            match last {
+                // A page that repeats its cursor would loop forever.
+                Some(last) if page.has_more && after.as_ref() != Some(&last) => after = Some(last),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    async fn fetch(&self, checkpoint: &Checkpoint, _cache: &Cache) -> Result<Target, WatchError> {
+        Ok(self.target(&checkpoint.model))
+    }
+}
+
+/// Deserializes the kind-specific part of a watcher table, the failing key
+/// named as `watchers.NAME.key`.
+fn parse_config<T: DeserializeOwned>(name: &str, table: &toml::Table) -> Result<T, Vec<String>> {
+    serde_path_to_error::deserialize(toml::Value::Table(crate::kind_table(table))).map_err(|e| {
+        let path = e.path().to_string();
+        // toml appends "in `key`" on a second line; the key leads anyway.
+        let message = e.into_inner().to_string();
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let key = if path.is_empty() || path == "." {
+            // deny_unknown_fields fails on the table, not the key.
+            message
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string)
+        } else {
+            Some(path)
+        };
+        vec![match key {
+            Some(key) => format!("`watchers.{name}.{key}`: {message}"),
+            None => format!("`watchers.{name}`: {message}"),
+        }]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config() {
+        let t: toml::Table =
+            "kind = 'openai-finetunes'\nsuffix = 'safety'\n[metadata]\nteam = 'ml'"
+                .parse()
+                .unwrap();
+        let w = OpenaiFinetunesWatcher::from_config("ft", &t).unwrap();
+        assert_eq!(w.base_url, "https://api.openai.com/v1");
+        assert_eq!(w.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+        assert_eq!(w.metadata["team"], "ml");
+
+        let t: toml::Table = "api_key_file = '/run/key'".parse().unwrap();
+        let w = OpenaiFinetunesWatcher::from_config("ft", &t).unwrap();
+        assert_eq!(w.api_key_env, None);
+
+        let t: toml::Table =
+            "base_url = 'nope'\napi_key_env = 'A'\napi_key_file = '/k'\ntimeout = '0s'"
+                .parse()
+                .unwrap();
+        let err = OpenaiFinetunesWatcher::from_config("ft", &t).err().unwrap();
+        assert_eq!(err.len(), 3, "{err:?}");
+        let t: toml::Table = "[metadata]\nteam = 3".parse().unwrap();
+        let err = OpenaiFinetunesWatcher::from_config("ft", &t).err().unwrap();
+        assert!(err[0].starts_with("`watchers.ft.metadata.team`"), "{err:?}");
+    }
+}
