@@ -66,6 +66,25 @@ pub struct Config {
     pub drift: DriftConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// Where the daemon keeps downloaded checkpoints.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Default: `<data_dir>/cache`.
+    pub path: Option<PathBuf>,
+    /// Size limit in GiB; least recently used checkpoints are evicted
+    /// beyond it (default 50).
+    pub max_gb: Option<f64>,
+}
+
+impl CacheConfig {
+    pub fn max_bytes(&self) -> u64 {
+        (self.max_gb.unwrap_or(50.0).max(0.0) * 1024.0 * 1024.0 * 1024.0) as u64
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -463,7 +482,8 @@ fn check_url(url: &str, key: &str, problems: &mut Vec<String>) {
     }
 }
 
-/// Checks a 6-field cron expression (seconds first) for its shape.
+/// Checks a cron expression with a seconds field (six fields, as the
+/// daemon's scheduler reads them).
 pub fn check_cron(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if fields != 6 {
@@ -471,7 +491,12 @@ pub fn check_cron(expr: &str) -> Result<(), String> {
             "invalid cron expression {expr:?}: expected 6 fields (sec min hour day month weekday), found {fields}"
         ));
     }
-    Ok(())
+    croner::Cron::new(expr)
+        .with_seconds_required()
+        .with_dom_and_dow()
+        .parse()
+        .map(|_| ())
+        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
 }
 
 impl Config {
@@ -583,6 +608,11 @@ impl Config {
             if let Some(s) = &w.schedule {
                 if let Err(e) = check_cron(s) {
                     p.push(format!("`{key}.schedule`: {e}"));
+                }
+            }
+            if WATCHER_KINDS.contains(&w.kind.as_str()) {
+                if let Err(mut problems) = crate::watchers::build(name, w) {
+                    p.append(&mut problems);
                 }
             }
             if let Some(toml::Value::String(j)) = w.rest.get("judge") {

@@ -7,9 +7,11 @@
 //! resumable), [`store`] (sled), [`metrics`] and [`stats`] (the paper's metrics
 //! and paired tests), and [`report`] (the Run JSON and the table).
 
+pub mod alerts;
 pub mod backend;
 pub mod benchmark;
 pub mod config;
+pub mod daemon;
 /// The one HTTP retry policy (it lives in the lowest crate that talks HTTP).
 pub use safedrift_watchers::http;
 pub mod metrics;
@@ -18,3 +20,4 @@ pub mod report;
 pub mod resolve;
 pub mod stats;
 pub mod store;
+pub mod watchers;

@@ -50,6 +50,12 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The daemon, in the foreground (systemd runs this): watch registries,
+    /// evaluate new checkpoints, record drift.
+    Run {
+        #[arg(long, env = "SAFEDRIFT_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Evaluate a model on harmful-instruction benchmarks, optionally against its baseline.
     Eval(Box<EvalArgs>),
     /// Validate the config and print every problem with its key path.
@@ -121,6 +127,16 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let code = match cli.command {
         Command::CheckConfig { config } => check_config(config),
+        Command::Run { config } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(safedrift::daemon::run(config::locate(config.as_deref()))) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{e}");
+                    EXIT_USAGE
+                }
+            }
+        }
         Command::Eval(args) => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(eval(*args))

@@ -120,6 +120,8 @@ pub fn identity(job: &Job) -> String {
     struct Identity<'a> {
         backend: String,
         model: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        revision: Option<&'a str>,
         template: String,
         decoding: &'a Decoding,
         benchmarks: Vec<&'a str>,
@@ -129,6 +131,7 @@ pub fn identity(job: &Job) -> String {
     let id = Identity {
         backend: job.backend.identity(),
         model: &job.model.spec,
+        revision: job.model.revision.as_deref(),
         template: job.template.sha256(),
         decoding: &job.decoding,
         benchmarks: job.benchmarks.iter().map(|b| b.sha256.as_str()).collect(),
@@ -197,6 +200,8 @@ pub async fn evaluate(
             finished_at: None,
             error: None,
             baseline_run: None,
+            drift: None,
+            checkpoint: None,
         },
     };
     store

@@ -180,6 +180,50 @@ impl Resolver {
         Ok(backend)
     }
 
+    /// Resolves what a watcher found: a local directory (run with the
+    /// `[backends.NAME]` ONNX settings named by `backend`, if any), a model
+    /// behind an OpenAI-compatible endpoint, or a SPEC.
+    pub fn target(
+        &self,
+        target: &safedrift_watchers::Target,
+        backend: Option<&str>,
+    ) -> Result<Arc<dyn Backend>, ResolveError> {
+        use safedrift_watchers::Target;
+        match target {
+            Target::Onnx { dir } => {
+                let onnx = backend.and_then(|b| match self.config.backends.get(b) {
+                    Some(BackendConfig::Onnx(o)) => Some(o),
+                    _ => None,
+                });
+                self.onnx_model(dir, onnx)
+            }
+            Target::OpenAi {
+                base_url,
+                model,
+                api_key_env,
+                api_key_file,
+            } => {
+                check_base_url(base_url)?;
+                let concurrency = self.concurrency;
+                let client = self.client(
+                    format!("target {base_url} {api_key_env:?} {api_key_file:?}"),
+                    || {
+                        let api_key = read_secret(api_key_env.as_deref(), api_key_file.as_deref())
+                            .map_err(ResolveError)?;
+                        Ok(EndpointConfig {
+                            base_urls: vec![base_url.clone()],
+                            api_key,
+                            max_concurrency: concurrency,
+                            ..EndpointConfig::default()
+                        })
+                    },
+                )?;
+                Ok(self.openai_model(client, model))
+            }
+            Target::Spec(spec) => Ok(self.model(spec)?.backend),
+        }
+    }
+
     /// Resolves a model SPEC.
     pub fn model(&self, spec: &str) -> Result<ResolvedModel, ResolveError> {
         let spec = spec.trim();

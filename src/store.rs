@@ -9,6 +9,11 @@
 //!   identity (what a repeated `eval` resumes).
 //! - `results`: run id, `0x00`, prompt index (u32 big-endian) -> [`ResultRecord`].
 //! - `verdicts`: sha256(judge identity, prompt, response) -> [`Verdict`].
+//! - `completed`: run identity -> id of the latest completed run with it
+//!   (baseline runs are reused through it).
+//! - `checkpoints`: `watcher/model@revision|eval key` -> [`CheckpointRecord`]:
+//!   the daemon's durable queue; inserted once, so a checkpoint announced by
+//!   both a poll and a webhook is evaluated once.
 //!
 //! Durability: writes go to sled at once; a background task fsyncs
 //! (`flush_async`) whenever something was written, so batches of results are
@@ -155,6 +160,43 @@ pub struct RunRecord {
     /// The baseline run this run was compared with.
     #[serde(default)]
     pub baseline_run: Option<String>,
+    /// The drift decision against that baseline.
+    #[serde(default)]
+    pub drift: Option<crate::metrics::Drift>,
+    /// The daemon's checkpoint this run evaluated (`watcher/model@revision`).
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+}
+
+/// Where a checkpoint stands in the daemon's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStatus {
+    /// Waiting (or waiting to be retried after `next_attempt_ms`).
+    Queued,
+    /// Being fetched or evaluated (after a crash: resumed).
+    Running,
+    /// Evaluated.
+    Done,
+}
+
+/// A checkpoint in the daemon's queue, for one evaluation plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// `watcher/model@revision|eval key`.
+    pub key: String,
+    pub checkpoint: safedrift_watchers::Checkpoint,
+    /// Digest of the evaluation plan (benchmarks, judge, template, decoding).
+    pub eval_key: String,
+    pub status: CheckpointStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Unix ms before which a retry does not start.
+    pub next_attempt_ms: u64,
+    pub run_id: Option<String>,
+    pub baseline_run_id: Option<String>,
+    pub first_seen: String,
+    pub updated: String,
 }
 
 /// One prompt's outcome in a run. Written once the answer arrives (without
@@ -184,6 +226,8 @@ pub struct Store {
     open_runs: sled::Tree,
     results: sled::Tree,
     verdicts: sled::Tree,
+    completed: sled::Tree,
+    checkpoints: sled::Tree,
     dirty: Arc<Notify>,
 }
 
@@ -265,6 +309,8 @@ impl Store {
             open_runs: db.open_tree("open_runs")?,
             results: db.open_tree("results")?,
             verdicts: db.open_tree("verdicts")?,
+            completed: db.open_tree("completed")?,
+            checkpoints: db.open_tree("checkpoints")?,
             db,
             path: path.to_path_buf(),
             dirty: Arc::new(Notify::new()),
@@ -308,6 +354,8 @@ impl Store {
     pub fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         self.runs.insert(run.id.as_bytes(), encode(run))?;
         if run.status == RunStatus::Completed {
+            self.completed
+                .insert(run.identity.as_bytes(), run.id.as_bytes())?;
             // Only remove the index entry if it still points at this run.
             let _ = self.open_runs.compare_and_swap(
                 run.identity.as_bytes(),
@@ -335,6 +383,54 @@ impl Store {
             Some(id) => self.get_run(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
+    }
+
+    /// The latest completed run with this identity, if any.
+    pub fn completed_run(&self, identity: &str) -> Result<Option<RunRecord>, StoreError> {
+        match self.completed.get(identity.as_bytes())? {
+            Some(id) => self.get_run(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a checkpoint to the queue unless it is there already; returns
+    /// whether it was added.
+    pub fn enqueue(&self, record: &CheckpointRecord) -> Result<bool, StoreError> {
+        let added = self
+            .checkpoints
+            .compare_and_swap(
+                record.key.as_bytes(),
+                None as Option<&[u8]>,
+                Some(encode(record)),
+            )?
+            .is_ok();
+        if added {
+            self.touched();
+        }
+        Ok(added)
+    }
+
+    pub fn put_checkpoint(&self, record: &CheckpointRecord) -> Result<(), StoreError> {
+        self.checkpoints
+            .insert(record.key.as_bytes(), encode(record))?;
+        self.touched();
+        Ok(())
+    }
+
+    /// Every checkpoint record, in key order.
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
+        self.checkpoints
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// How many runs are stored (also a cheap liveness probe of the store).
+    pub fn runs_len(&self) -> Result<usize, StoreError> {
+        Ok(self.runs.len())
     }
 
     /// All runs, oldest first.
@@ -429,6 +525,8 @@ mod tests {
             finished_at: None,
             error: None,
             baseline_run: None,
+            drift: None,
+            checkpoint: None,
         }
     }
 

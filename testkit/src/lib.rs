@@ -728,6 +728,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
+        .route("/api/tags", get(ollama_tags))
         .route("/_testkit/log", get(http_log))
         .route("/_testkit/stats", get(http_stats))
         .route("/_testkit/reset", post(http_reset))
@@ -1182,6 +1183,39 @@ async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
         .map(|m| model_object(m))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// Ollama's `GET /api/tags`: the scripted models, each with a digest of its
+/// script, so that changing a model's replies changes its digest (a new
+/// "revision" for a watcher).
+async fn ollama_tags(State(shared): State<Arc<Shared>>) -> Response {
+    let models: Vec<Value> = shared
+        .script
+        .models
+        .iter()
+        .map(|(name, model)| {
+            let text = serde_json::to_string(model).unwrap_or_default();
+            let digest = format!("{:016x}{:016x}{:016x}{:016x}", fnv(name, 1), fnv(&text, 2), fnv(&text, 3), fnv(name, 4));
+            json!({
+                "name": name, "model": name,
+                "modified_at": "2026-11-01T10:00:00.000000000Z",
+                "size": text.len(), "digest": digest,
+                "details": {"parent_model": "", "format": "gguf", "family": "testkit", "families": ["testkit"],
+                            "parameter_size": "0B", "quantization_level": "none"}
+            })
+        })
+        .collect();
+    Json(json!({ "models": models })).into_response()
+}
+
+/// FNV-1a with a salt: a stable, dependency-free digest for fake tags.
+fn fnv(text: &str, salt: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ salt;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 async fn get_model(

@@ -132,7 +132,10 @@ pub trait Watcher: Send + Sync {
     /// `unauthorized`: rejected. Watchers whose registry has no webhooks keep
     /// the default.
     fn webhook(&self, _delivery: &Webhook<'_>) -> Result<bool, WatchError> {
-        Err(WatchError::new("unsupported", format!("watcher {} takes no webhooks", self.name())))
+        Err(WatchError::new(
+            "unsupported",
+            format!("watcher {} takes no webhooks", self.name()),
+        ))
     }
 
     /// A signal the watcher raises when it knows something changed (e.g.
@@ -144,20 +147,33 @@ pub trait Watcher: Send + Sync {
 
 /// Reads a secret named by a `*_env` or `*_file` key; errors name the key
 /// or variable, never the secret.
-pub fn read_secret(env: Option<&str>, file: Option<&std::path::Path>) -> Result<Option<String>, WatchError> {
+pub fn read_secret(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, WatchError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| WatchError::new("config", format!("cannot read secret file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            WatchError::new(
+                "config",
+                format!("cannot read secret file {}: {e}", path.display()),
+            )
+        })?;
         let secret = text.trim().to_string();
         if secret.is_empty() {
-            return Err(WatchError::new("config", format!("secret file {} is empty", path.display())));
+            return Err(WatchError::new(
+                "config",
+                format!("secret file {} is empty", path.display()),
+            ));
         }
         return Ok(Some(secret));
     }
     if let Some(var) = env {
         return match std::env::var(var) {
             Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
-            _ => Err(WatchError::new("config", format!("environment variable {var} is not set"))),
+            _ => Err(WatchError::new(
+                "config",
+                format!("environment variable {var} is not set"),
+            )),
         };
     }
     Ok(None)
@@ -165,7 +181,15 @@ pub fn read_secret(env: Option<&str>, file: Option<&std::path::Path>) -> Result<
 
 /// Settings every watcher kind shares, read by the daemon; the rest of a
 /// `[watchers.NAME]` table belongs to the kind.
-pub const COMMON_KEYS: &[&str] = &["kind", "schedule", "backend", "benchmarks", "judge", "baseline", "template"];
+pub const COMMON_KEYS: &[&str] = &[
+    "kind",
+    "schedule",
+    "backend",
+    "benchmarks",
+    "judge",
+    "baseline",
+    "template",
+];
 
 /// The kind-specific part of a `[watchers.NAME]` table.
 pub fn kind_table(table: &toml::Table) -> toml::Table {

@@ -1,0 +1,302 @@
+//! `safedrift run` end to end: the real daemon binary watching a fake Ollama
+//! (the project's test server, which also serves the models' chat
+//! completions), killed with SIGKILL mid-evaluation and restarted, reloaded
+//! with SIGHUP, and refusing a bad config.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::Scratch;
+use safedrift::store::{CheckpointStatus, RunStatus, Store};
+use safedrift_testkit::{spawn, ModelScript, Script, TestServer};
+use tokio::process::Child;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(s: &Scratch) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(s.path("daemon.log"))
+        .unwrap();
+    s.command(&["run"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+async fn health(port: u16) -> Option<serde_json::Value> {
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    resp.json().await.ok()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn asked(server: &TestServer, model: &str) -> Vec<String> {
+    server
+        .log()
+        .into_iter()
+        .filter(|r| r.model == model && r.status == 200)
+        .map(|r| r.last_user)
+        .collect()
+}
+
+const PROMPTS: usize = 60;
+
+fn setup(server: &TestServer, port: u16) -> Scratch {
+    let tk = server.addr;
+    let s = Scratch::with_config(&format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[eval]
+concurrency = 2
+max_new_tokens = 64
+
+[benchmarks.bench]
+kind = "jsonl"
+path = "BENCH"
+
+[backends.ol]
+kind = "openai"
+base_url = "http://{tk}/v1"
+
+[watchers.ol]
+kind = "ollama"
+base_url = "http://{tk}"
+models = ["cand", "cand2"]
+schedule = "*/1 * * * * *"
+baseline = "ol:base"
+benchmarks = ["bench"]
+judge = "keyword"
+"#
+    ));
+    let rows: Vec<(String, String, String, bool)> = (0..PROMPTS)
+        .map(|i| {
+            let verb = if i % 2 == 0 { "comply" } else { "refuse" };
+            (
+                format!("p{i}"),
+                format!("c{}", i % 3),
+                format!("Prompt {i}: please {verb}."),
+                false,
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str, &str, bool)> = rows
+        .iter()
+        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
+        .collect();
+    let bench = s.jsonl("bench.jsonl", &refs);
+    let config = std::fs::read_to_string(s.config())
+        .unwrap()
+        .replace("BENCH", bench.to_str().unwrap());
+    std::fs::write(s.config(), config).unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_evaluation_then_restart_evaluates_each_checkpoint_once() {
+    let server = spawn(
+        Script::new()
+            .model("base", ModelScript::new("I'm sorry, I can't help."))
+            .model(
+                "cand",
+                ModelScript::new("I'm sorry, I can't help.").rule("comply", "Sure, here is how."),
+            )
+            .model("cand2", ModelScript::new("I'm sorry, I can't help."))
+            .latency_ms(25),
+    )
+    .await;
+    let port = free_port();
+    let s = setup(&server, port);
+
+    let mut daemon = start(&s);
+    // The baseline is evaluated first, then the first candidate: kill the
+    // daemon while the candidate is half done.
+    wait_for(
+        "the candidate evaluation to start",
+        Duration::from_secs(60),
+        async || asked(&server, "cand").len() >= PROMPTS / 2,
+    )
+    .await;
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+
+    let stored: HashSet<String> = {
+        let store = Store::open(&s.data_dir()).unwrap();
+        let runs = store.runs().unwrap();
+        let cand = runs
+            .iter()
+            .find(|r| r.model.spec == "ollama:cand")
+            .expect("the candidate run was stored");
+        store
+            .results(&cand.id)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.prompt)
+            .collect()
+    };
+    assert!(
+        !stored.is_empty() && stored.len() < PROMPTS,
+        "{} answers stored",
+        stored.len()
+    );
+    let before = asked(&server, "cand").len();
+
+    let mut daemon = start(&s);
+    wait_for(
+        "both checkpoints to be evaluated",
+        Duration::from_secs(90),
+        async || health(port).await.is_some_and(|h| h["queue"]["done"] == 2),
+    )
+    .await;
+    // Further polls find nothing new.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let h = health(port).await.unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["watchers"]["ol"]["state"], "ok", "{h}");
+    signal(&daemon, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // At the server: the baseline was evaluated once (and reused for cand2);
+    // no candidate prompt whose answer was stored was asked again.
+    assert_eq!(asked(&server, "base").len(), PROMPTS);
+    assert_eq!(asked(&server, "cand2").len(), PROMPTS);
+    let all_cand = asked(&server, "cand");
+    let after: Vec<&String> = all_cand[before..].iter().collect();
+    for p in &after {
+        assert!(!stored.contains(*p), "stored prompt asked again: {p}");
+    }
+    let distinct: HashSet<&String> = all_cand.iter().collect();
+    assert_eq!(distinct.len(), PROMPTS);
+
+    let store = Store::open(&s.data_dir()).unwrap();
+    let runs = store.runs().unwrap();
+    assert_eq!(
+        runs.len(),
+        3,
+        "one baseline run and one run per checkpoint: {runs:#?}"
+    );
+    assert!(runs.iter().all(|r| r.status == RunStatus::Completed));
+    let cand = runs.iter().find(|r| r.model.spec == "ollama:cand").unwrap();
+    let base = runs.iter().find(|r| r.model.spec == "ol:base").unwrap();
+    assert_eq!(cand.baseline_run.as_deref(), Some(base.id.as_str()));
+    assert_eq!(store.results(&cand.id).unwrap().len(), PROMPTS);
+    let drift = cand
+        .drift
+        .as_ref()
+        .expect("the drift decision is stored with the run");
+    assert!(drift.detected, "half the prompts complied: {drift:?}");
+    let cand2 = runs
+        .iter()
+        .find(|r| r.model.spec == "ollama:cand2")
+        .unwrap();
+    assert!(!cand2.drift.as_ref().unwrap().detected);
+    let records = store.checkpoints().unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r.status == CheckpointStatus::Done));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rejects_a_bad_config_and_applies_a_good_one() {
+    let server = spawn(
+        Script::new()
+            .model("base", ModelScript::new("no"))
+            .model("cand", ModelScript::new("no")),
+    )
+    .await;
+    let port = free_port();
+    let s = setup(&server, port);
+    let good = std::fs::read_to_string(s.config()).unwrap();
+    let mut daemon = start(&s);
+    wait_for("the daemon", Duration::from_secs(30), async || {
+        health(port).await.is_some()
+    })
+    .await;
+
+    std::fs::write(
+        s.config(),
+        format!("{good}\n[watchers.broken]\nkind = \"directory\"\n"),
+    )
+    .unwrap();
+    signal(&daemon, "-HUP");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let h = health(port)
+        .await
+        .expect("still serving after a bad reload");
+    assert!(h["watchers"].get("broken").is_none(), "{h}");
+    assert!(h["watchers"].get("ol").is_some(), "{h}");
+    let log = std::fs::read_to_string(s.path("daemon.log")).unwrap();
+    assert!(
+        log.contains("keeping the old one") && log.contains("watchers.broken.path"),
+        "{log}"
+    );
+
+    let drop_dir = s.path("drop");
+    std::fs::create_dir(&drop_dir).unwrap();
+    std::fs::write(
+        s.config(),
+        format!(
+            "{good}\n[watchers.drop]\nkind = \"directory\"\npath = {:?}\n",
+            drop_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    signal(&daemon, "-HUP");
+    wait_for("the new watcher", Duration::from_secs(10), async || {
+        health(port)
+            .await
+            .is_some_and(|h| h["watchers"]["drop"]["kind"] == "directory")
+    })
+    .await;
+    signal(&daemon, "-TERM");
+    assert!(daemon.wait().await.unwrap().success());
+}
+
+#[tokio::test]
+async fn a_bad_config_at_start_exits_2_naming_the_key() {
+    let s = Scratch::with_config("[watchers.w]\nkind = \"directory\"\nschedule = \"* * *\"\n");
+    let out = s.run(&["run"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("`watchers.w.schedule`") && err.contains("`watchers.w.path`"),
+        "{err}"
+    );
+}
