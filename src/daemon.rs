@@ -660,6 +660,7 @@ impl Daemon {
         };
 
         // The baseline: configured, else what the registry names.
+        let mut baseline_dir: Option<std::path::PathBuf> = None;
         let baseline: Option<(ModelRef, Arc<dyn crate::backend::Backend>)> =
             match (&plan.baseline, &cp.baseline) {
                 (Some(spec), _) => {
@@ -681,6 +682,9 @@ impl Daemon {
                         .fetch(base, &self.cache)
                         .await
                         .map_err(|e| err(format!("baseline {}: {e}", base.key())))?;
+                    if let Target::Onnx { dir } = &t {
+                        baseline_dir = Some(dir.clone());
+                    }
                     let b = resolver
                         .target(&t, plan.backend.as_deref())
                         .map_err(|e| err(e.to_string()))?;
@@ -711,6 +715,20 @@ impl Daemon {
                 }
                 (None, None) => None,
             };
+
+        // Keep the cache under its limit, never evicting what is about to run.
+        let mut keep: Vec<&std::path::Path> = baseline_dir.iter().map(|d| d.as_path()).collect();
+        if let Target::Onnx { dir } = &target {
+            keep.push(dir);
+        }
+        match self.cache.evict(&keep) {
+            Ok(0) => {}
+            Ok(freed) => info!(
+                freed_mb = freed / (1024 * 1024),
+                "evicted least recently used checkpoints from the cache"
+            ),
+            Err(e) => warn!(error = %e, "cannot evict from the download cache"),
+        }
 
         let job = |model: ModelRef, backend: Arc<dyn crate::backend::Backend>| Job {
             model,
