@@ -99,7 +99,8 @@ pub struct WatcherHealth {
 struct Health {
     watchers: BTreeMap<String, WatcherHealth>,
     evaluating: Option<String>,
-    evaluator_beat: Option<Instant>,
+    /// The evaluator loop ended while the daemon was not stopping.
+    evaluator_dead: bool,
 }
 
 /// The daemon's state shared by its tasks.
@@ -381,11 +382,11 @@ impl Daemon {
         self.config.read().unwrap().clone()
     }
 
-    /// The store answers and the evaluator loop is alive.
+    /// The store answers and the evaluator loop is alive (evaluations may
+    /// take hours; what matters is that the loop has not died).
     fn healthy(&self) -> bool {
         let store_ok = self.store.runs_len().is_ok();
-        let beat = self.health.lock().unwrap().evaluator_beat;
-        let evaluator_ok = beat.is_none_or(|b| b.elapsed() < Duration::from_secs(3600));
+        let evaluator_ok = !self.health.lock().unwrap().evaluator_dead;
         store_ok && evaluator_ok
     }
 
@@ -547,8 +548,17 @@ impl Daemon {
 
     /// Takes queued checkpoints one at a time until the daemon stops.
     async fn evaluator(self: Arc<Self>) {
+        struct Alive<'a>(&'a Daemon);
+        impl Drop for Alive<'_> {
+            fn drop(&mut self) {
+                if !self.0.cancel.is_cancelled() {
+                    error!("the evaluator stopped unexpectedly");
+                    self.0.health.lock().unwrap().evaluator_dead = true;
+                }
+            }
+        }
+        let _alive = Alive(&self);
         loop {
-            self.health.lock().unwrap().evaluator_beat = Some(Instant::now());
             if self.cancel.is_cancelled() {
                 return;
             }
@@ -580,7 +590,30 @@ impl Daemon {
                 }
                 continue;
             };
-            self.process(record).await;
+            // Each evaluation runs in its own task so that a panic (a bug, a
+            // hostile input nobody foresaw) fails that checkpoint, not the
+            // evaluator.
+            let key = record.key.clone();
+            let me = self.clone();
+            if let Err(e) = tokio::spawn(async move { me.process(record).await }).await {
+                error!(checkpoint = %key, error = %e, "the evaluation crashed; will retry");
+                self.fail_after_crash(&key, e.to_string());
+            }
+        }
+    }
+
+    /// Records a crashed evaluation as failed, to be retried with backoff.
+    fn fail_after_crash(&self, key: &str, error: String) {
+        let Ok(records) = self.store.checkpoints() else {
+            return;
+        };
+        if let Some(mut r) = records.into_iter().find(|r| r.key == key) {
+            let delay = (30_000u64 << r.attempts.min(7)).min(3_600_000);
+            r.status = CheckpointStatus::Queued;
+            r.next_attempt_ms = now_ms() + delay;
+            r.last_error = Some(format!("crashed: {error}"));
+            r.updated = now_rfc3339();
+            let _ = self.store.put_checkpoint(&r);
         }
     }
 
@@ -605,6 +638,14 @@ impl Daemon {
                 record.last_error = None;
                 let drift = run.drift.as_ref().is_some_and(|d| d.detected);
                 info!(checkpoint = %record.checkpoint.key(), run = %run.id, drift, "evaluated");
+            }
+            Err(Failure::Superseded) => {
+                record.status = CheckpointStatus::Done;
+                record.last_error = Some(
+                    "superseded: the evaluation plan changed; queued again under the new plan"
+                        .into(),
+                );
+                info!(checkpoint = %record.checkpoint.key(), "skipped: queued under an old evaluation plan");
             }
             Err(Failure::Stopped) => {
                 record.status = CheckpointStatus::Queued;
@@ -642,6 +683,9 @@ impl Daemon {
         })?;
         let slot = &slots[index];
         let plan = &slot.plan;
+        if record.eval_key != plan.key {
+            return Err(Failure::Superseded);
+        }
         let resolver = self.resolver.read().unwrap().clone();
         let err = |e: String| Failure::Error(e);
 
@@ -779,10 +823,34 @@ impl Daemon {
             None => None,
         };
         let cand_job = job(model_ref, candidate);
-        let (mut run, results) =
-            pipeline::evaluate(&self.store, &cand_job, concurrency, &progress, &self.cancel)
-                .await
-                .map_err(stopped)?;
+        // A completed run of this very checkpoint (a crash came after it
+        // completed) is not evaluated again, and its alert is not repeated; a
+        // completed run of the same model (evaluated as another checkpoint's
+        // baseline) is reused.
+        let identity = pipeline::identity(&cand_job);
+        let (mut run, results) = match self
+            .store
+            .completed_run(&identity)
+            .map_err(|e| err(e.to_string()))?
+        {
+            Some(run) if run.checkpoint.as_deref() == Some(cp.key().as_str()) => {
+                info!(checkpoint = %cp.key(), run = %run.id, "already evaluated before a restart");
+                let baseline = run.baseline_run.clone();
+                return Ok((run, baseline));
+            }
+            Some(run) => {
+                let results = self
+                    .store
+                    .results(&run.id)
+                    .map_err(|e| err(e.to_string()))?;
+                (run, results)
+            }
+            None => {
+                pipeline::evaluate(&self.store, &cand_job, concurrency, &progress, &self.cancel)
+                    .await
+                    .map_err(stopped)?
+            }
+        };
         run.checkpoint = Some(cp.key());
         let baseline_id = baseline_done.as_ref().map(|(b, _)| b.id.clone());
         let doc = match &baseline_done {
@@ -885,6 +953,9 @@ impl Daemon {
 
 /// Why an evaluation attempt ended without a run.
 enum Failure {
+    /// Queued under an evaluation plan the config no longer has; the
+    /// watcher queues the checkpoint again under the new plan.
+    Superseded,
     /// Stopped by shutdown at a prompt boundary: resumes on the next start.
     Stopped,
     Error(String),

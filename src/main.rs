@@ -320,12 +320,14 @@ async fn eval(args: EvalArgs) -> u8 {
 
     let doc = match &baseline_done {
         Some((base_run, base_results)) => {
+            let doc = Run::compared(&run, &results, base_run, base_results, &rules);
             run.baseline_run = Some(base_run.id.clone());
+            run.drift = doc.drift.clone();
             if let Err(e) = store.put_run(&run) {
                 eprintln!("error: {e}");
                 return EXIT_BACKEND;
             }
-            Run::compared(&run, &results, base_run, base_results, &rules)
+            doc
         }
         None => Run::new(&run, &results),
     };

@@ -193,15 +193,19 @@ fn pairs<'a>(baseline: &'a [ResultRecord], candidate: &'a [ResultRecord]) -> Vec
             .as_ref()
             .and_then(|v| v.score.map(|s| (s, v.refused)))
     };
-    let base: HashMap<(&str, &str), (u8, bool)> = baseline
+    // Both runs answer the same work list (same benchmarks, same limit), so
+    // a prompt's position identifies it even when two benchmarks share a
+    // name and ids; the id is kept in the key as a check.
+    let key = |r: &'a ResultRecord| (r.index, r.benchmark.as_str(), r.prompt_id.as_str());
+    let base: HashMap<(u32, &str, &str), (u8, bool)> = baseline
         .iter()
-        .filter_map(|r| scored(r).map(|s| ((r.benchmark.as_str(), r.prompt_id.as_str()), s)))
+        .filter_map(|r| scored(r).map(|s| (key(r), s)))
         .collect();
     candidate
         .iter()
         .filter_map(|r| {
             let cand = scored(r)?;
-            let base = *base.get(&(r.benchmark.as_str(), r.prompt_id.as_str()))?;
+            let base = *base.get(&key(r))?;
             Some(Pair {
                 category: &r.category,
                 benign: r.benign,
@@ -459,6 +463,29 @@ mod tests {
             ..DriftConfig::default()
         };
         assert!(!compare(&base, &cand, &rules).detected);
+    }
+
+    #[test]
+    fn prompts_pair_by_position_even_when_benchmarks_share_names_and_ids() {
+        // Two benchmarks both named "b" with ids p0..p19; the candidate
+        // answers exactly like the baseline, so nothing may change.
+        let mut base = Vec::new();
+        for i in 0..40u32 {
+            let mut r = r(
+                &format!("p{}", i % 20),
+                "x",
+                false,
+                Some(if i < 20 { 1 } else { 5 }),
+                i < 20,
+            );
+            r.index = i;
+            base.push(r);
+        }
+        let d = compare(&base, &base.clone(), &DriftConfig::default());
+        let rate = &d.findings[0];
+        assert_eq!(rate.pairs, 40);
+        assert_eq!(rate.p_value, 1.0);
+        assert!(!d.detected);
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Resolver {
         })
     }
 
-    /// Loads a local model (once per run: the same directory is loaded once).
+    /// Loads a local model once per resolver (an eval run), unless `fresh`.
     fn onnx_model(
         &self,
         dir: &Path,
@@ -155,6 +155,16 @@ impl Resolver {
         if let Some(b) = self.local.lock().unwrap().get(&key) {
             return Ok(b.clone());
         }
+        let backend = self.load_onnx(dir, config)?;
+        self.local.lock().unwrap().insert(key, backend.clone());
+        Ok(backend)
+    }
+
+    fn load_onnx(
+        &self,
+        dir: &Path,
+        config: Option<&OnnxBackendConfig>,
+    ) -> Result<Arc<dyn Backend>, ResolveError> {
         let mut options = OnnxOptions::default();
         if let Some(c) = config {
             options.device = if c.device == "cuda" {
@@ -174,10 +184,9 @@ impl Resolver {
                 max_period: c.repetition_max_period.unwrap_or(d.max_period),
             };
         }
-        let backend: Arc<dyn Backend> =
-            Arc::new(OnnxBackend::load(dir, options).map_err(|e| ResolveError(e.message))?);
-        self.local.lock().unwrap().insert(key, backend.clone());
-        Ok(backend)
+        Ok(Arc::new(
+            OnnxBackend::load(dir, options).map_err(|e| ResolveError(e.message))?,
+        ))
     }
 
     /// Resolves what a watcher found: a local directory (run with the
@@ -195,7 +204,10 @@ impl Resolver {
                     Some(BackendConfig::Onnx(o)) => Some(o),
                     _ => None,
                 });
-                self.onnx_model(dir, onnx)
+                // Loaded afresh each time: a checkpoint folder rewritten in
+                // place is a new model, and the daemon frees each model (its
+                // session and thread) when its evaluation ends.
+                self.load_onnx(dir, onnx)
             }
             Target::OpenAi {
                 base_url,

@@ -232,6 +232,16 @@ async fn exact_metrics_and_drift_for_a_scripted_run() {
         server.max_in_flight()
     );
 
+    // The drift decision is stored with the candidate's run.
+    let store = safedrift::store::Store::open(&s.data_dir()).unwrap();
+    let stored = store.get_run(run["id"].as_str().unwrap()).unwrap().unwrap();
+    assert_eq!(
+        stored.baseline_run.as_deref(),
+        run["baseline"]["id"].as_str()
+    );
+    assert!(stored.drift.as_ref().is_some_and(|d| d.detected));
+    drop(store);
+
     // --results: one line per prompt and model.
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&results)
         .unwrap()

@@ -209,6 +209,24 @@ impl OpenAiClient {
         }
     }
 
+    /// Removes the API key from text a server may have echoed it into.
+    fn redact(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) if key.len() >= 4 => text.replace(key.as_str(), "***"),
+            _ => text.to_string(),
+        }
+    }
+
+    /// The endpoint's base URLs, part of a model's identity: the same model
+    /// name on two servers is two models.
+    pub fn endpoint(&self) -> String {
+        self.replicas
+            .iter()
+            .map(|r| r.base_url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Sends one chat completion with retries.
     pub async fn chat(
         &self,
@@ -228,7 +246,9 @@ impl OpenAiClient {
         });
         body[self.max_tokens_field.as_str()] = decoding.max_new_tokens.into();
         let prompt_chars: usize = messages.iter().map(|m| m.content.len()).sum();
-        let estimate = (prompt_chars / 4) as u32 + decoding.max_new_tokens;
+        let estimate = u32::try_from(prompt_chars / 4)
+            .unwrap_or(u32::MAX)
+            .saturating_add(decoding.max_new_tokens);
         let mut attempt = 0;
         loop {
             self.throttle(estimate).await;
@@ -250,7 +270,10 @@ impl OpenAiClient {
                 Disposition::Fatal { kind, message } => {
                     return Err(BackendError {
                         kind,
-                        message: format!("model `{model}` at {}: {message}", replica.base_url),
+                        message: self.redact(&format!(
+                            "model `{model}` at {}: {message}",
+                            replica.base_url
+                        )),
                     });
                 }
                 Disposition::Retry { hint, reason } => {
@@ -258,11 +281,11 @@ impl OpenAiClient {
                     if attempt >= self.retry.max_retries {
                         return Err(BackendError {
                             kind: "exhausted",
-                            message: format!(
+                            message: self.redact(&format!(
                                 "model `{model}` at {}: gave up after {} attempts: {reason}",
                                 replica.base_url,
                                 attempt + 1
-                            ),
+                            )),
                         });
                     }
                     let delay = self.retry.delay(attempt, hint);
@@ -329,7 +352,7 @@ pub struct OpenAiModel {
 #[async_trait]
 impl Backend for OpenAiModel {
     fn identity(&self) -> String {
-        format!("openai:{}", self.model)
+        format!("openai:{}@{}", self.model, self.client.endpoint())
     }
 
     async fn generate(

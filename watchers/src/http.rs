@@ -135,13 +135,14 @@ pub fn transport_reason(err: &reqwest::Error) -> String {
 pub fn retry_hint(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+        if let Ok(d) = Duration::try_from_secs_f64(ms / 1000.0) {
+            return Some(d);
         }
     }
     let value = get("retry-after")?.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        // Absurd values (negative, NaN, beyond Duration) are ignored.
+        return Duration::try_from_secs_f64(secs).ok();
     }
     let when = httpdate_parse(value)?;
     Some(when.duration_since(SystemTime::now()).unwrap_or_default())
@@ -274,6 +275,20 @@ mod tests {
             assert!(d.as_secs_f64() <= nominal * 1.25 + 1e-9, "{attempt}: {d:?}");
         }
         assert_eq!(p.delay(0, Some(Duration::from_secs(600))), p.max_hint);
+    }
+
+    #[test]
+    fn absurd_hints_are_ignored_not_fatal() {
+        for v in ["99999999999999999999", "-5", "NaN", "inf"] {
+            assert_eq!(retry_hint(&headers(&[("retry-after", v)])), None, "{v}");
+        }
+        for v in ["1e30", "-5", "NaN", "inf"] {
+            assert_eq!(retry_hint(&headers(&[("retry-after-ms", v)])), None, "{v}");
+        }
+        // Huge but representable: capped by the policy.
+        let p = RetryPolicy::default();
+        let hint = retry_hint(&headers(&[("retry-after-ms", "99999999999999999999")]));
+        assert_eq!(p.delay(0, hint), p.max_hint);
     }
 
     #[test]

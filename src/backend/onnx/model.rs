@@ -95,6 +95,12 @@ impl ModelDir {
         };
         let layers = need(&["num_hidden_layers", "n_layer", "num_layers"])?;
         let heads = need(&["num_attention_heads", "n_head"])?;
+        if heads == 0 || layers == 0 {
+            return Err(ModelError(format!(
+                "{}: `num_attention_heads` and `num_hidden_layers` must be at least 1",
+                config_path.display()
+            )));
+        }
         let kv_heads = usize_key(&config, &["num_key_value_heads"]).unwrap_or(heads);
         let head_dim = match usize_key(&config, &["head_dim"]) {
             Some(d) => d,
