@@ -107,9 +107,12 @@ fn fingerprint(dir: &Path) -> String {
                 .duration_since(std::time::UNIX_EPOCH)
                 .ok()?
                 .as_nanos();
-            meta.is_file().then(|| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Dot-files are bookkeeping (the download cache's `.complete`
+            // and `.last-used`), not the model.
+            (meta.is_file() && !name.starts_with('.')).then(|| {
                 (
-                    e.file_name().to_string_lossy().into_owned(),
+                    name,
                     meta.len(),
                     modified,
                 )
