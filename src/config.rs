@@ -686,24 +686,10 @@ fn is_judge_spec(s: &str) -> bool {
 }
 
 /// Reads a secret from the file or environment variable a config names.
-/// Errors name the key or variable, never the secret.
+/// Errors name the key or variable, never the secret. (One implementation,
+/// shared with the watchers.)
 pub fn read_secret(env: Option<&str>, file: Option<&Path>) -> Result<Option<String>, String> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
-        let secret = text.trim().to_string();
-        if secret.is_empty() {
-            return Err(format!("secret file {} is empty", path.display()));
-        }
-        return Ok(Some(secret));
-    }
-    if let Some(var) = env {
-        return match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
-            _ => Err(format!("environment variable {var} is not set")),
-        };
-    }
-    Ok(None)
+    safedrift_watchers::read_secret(env, file).map_err(|e| e.message)
 }
 
 #[cfg(test)]

@@ -110,13 +110,7 @@ fn fingerprint(dir: &Path) -> String {
             let name = e.file_name().to_string_lossy().into_owned();
             // Dot-files are bookkeeping (the download cache's `.complete`
             // and `.last-used`), not the model.
-            (meta.is_file() && !name.starts_with('.')).then(|| {
-                (
-                    name,
-                    meta.len(),
-                    modified,
-                )
-            })
+            (meta.is_file() && !name.starts_with('.')).then_some((name, meta.len(), modified))
         })
         .collect();
     entries.sort();
