@@ -173,6 +173,17 @@ fn usage(msg: impl std::fmt::Display) -> u8 {
     EXIT_USAGE
 }
 
+/// A model that cannot be used: exit 2 for a bad SPEC or config, 3 when a
+/// registry could not deliver it.
+fn resolve_failed(e: safedrift::resolve::ResolveError) -> u8 {
+    if e.registry {
+        eprintln!("error: {e}");
+        EXIT_BACKEND
+    } else {
+        usage(e)
+    }
+}
+
 fn progress_bar() -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -239,7 +250,7 @@ async fn eval(args: EvalArgs) -> u8 {
     };
     let candidate = match resolver.model(&args.model) {
         Ok(m) => m,
-        Err(e) => return usage(e),
+        Err(e) => return resolve_failed(e),
     };
     let baseline = match args
         .baseline
@@ -248,7 +259,7 @@ async fn eval(args: EvalArgs) -> u8 {
         .transpose()
     {
         Ok(b) => b,
-        Err(e) => return usage(e),
+        Err(e) => return resolve_failed(e),
     };
     let template_name = args
         .template

@@ -29,8 +29,21 @@ pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com/v1";
 
 /// A SPEC that cannot be used; the message says which and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ResolveError(pub String);
+#[error("{message}")]
+pub struct ResolveError {
+    pub message: String,
+    /// A registry could not deliver the model (exit 3), rather than a bad
+    /// SPEC or config (exit 2).
+    pub registry: bool,
+}
+
+/// A bad SPEC or config (exit 2).
+fn invalid(message: String) -> ResolveError {
+    ResolveError {
+        message,
+        registry: false,
+    }
+}
 
 /// A model ready to be asked.
 pub struct ResolvedModel {
@@ -82,7 +95,7 @@ impl Resolver {
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let client = Arc::new(OpenAiClient::new(make()?).map_err(|e| ResolveError(e.message))?);
+        let client = Arc::new(OpenAiClient::new(make()?).map_err(|e| invalid(e.message))?);
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -117,7 +130,7 @@ impl Resolver {
         let concurrency = self.concurrency;
         self.client(format!("backend {name}"), || {
             let api_key = read_secret(o.api_key_env.as_deref(), o.api_key_file.as_deref())
-                .map_err(|e| ResolveError(format!("`backends.{name}`: {e}")))?;
+                .map_err(|e| invalid(format!("`backends.{name}`: {e}")))?;
             let retry = RetryPolicy {
                 max_retries: o.max_retries.unwrap_or(RetryPolicy::default().max_retries),
                 ..RetryPolicy::default()
@@ -185,7 +198,7 @@ impl Resolver {
             };
         }
         Ok(Arc::new(
-            OnnxBackend::load(dir, options).map_err(|e| ResolveError(e.message))?,
+            OnnxBackend::load(dir, options).map_err(|e| invalid(e.message))?,
         ))
     }
 
@@ -221,7 +234,7 @@ impl Resolver {
                     format!("target {base_url} {api_key_env:?} {api_key_file:?}"),
                     || {
                         let api_key = read_secret(api_key_env.as_deref(), api_key_file.as_deref())
-                            .map_err(ResolveError)?;
+                            .map_err(invalid)?;
                         Ok(EndpointConfig {
                             base_urls: vec![base_url.clone()],
                             api_key,
@@ -233,6 +246,130 @@ impl Resolver {
                 Ok(self.openai_model(client, model))
             }
             Target::Spec(spec) => Ok(self.model(spec)?.backend),
+        }
+    }
+
+    /// The only `[backends.*]` entry of kind onnx, whose settings `onnx:`,
+    /// `hf:` and `mlflow:` models use.
+    fn only_onnx_backend(&self) -> Option<&OnnxBackendConfig> {
+        let mut onnx = self.config.backends.values().filter_map(|b| match b {
+            BackendConfig::Onnx(o) => Some(o),
+            _ => None,
+        });
+        match (onnx.next(), onnx.next()) {
+            (Some(o), None) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// Downloads `hf:OWNER/NAME[@REV]` (REV: a commit sha; default the
+    /// current head) or `mlflow:NAME/VERSION` (from the tracking server of
+    /// the config's mlflow watcher, else `$MLFLOW_TRACKING_URI`) into the
+    /// download cache, through the same watcher code the daemon uses.
+    fn fetch_from_registry(
+        &self,
+        kind: &str,
+        rest: &str,
+        spec: &str,
+    ) -> Result<std::path::PathBuf, ResolveError> {
+        use safedrift_watchers::{
+            huggingface::HuggingfaceWatcher, mlflow::MlflowWatcher, Cache, Checkpoint, Target,
+            Watcher,
+        };
+        let fail = |message: String| ResolveError {
+            message: format!("model {spec:?}: {message}"),
+            registry: true,
+        };
+        let mut table = toml::Table::new();
+        let (watcher, checkpoint): (Box<dyn Watcher>, Option<Checkpoint>) = if kind == "hf" {
+            let (repo, rev) = match rest.split_once('@') {
+                Some((repo, rev)) => (repo, Some(rev)),
+                None => (rest, None),
+            };
+            if repo.split('/').count() != 2 || repo.contains("..") {
+                return Err(invalid(format!(
+                    "model {spec:?}: expected hf:OWNER/NAME[@REVISION]"
+                )));
+            }
+            table.insert("models".into(), toml::Value::Array(vec![repo.into()]));
+            if let Some(endpoint) = env_nonempty("HF_ENDPOINT") {
+                table.insert("endpoint".into(), endpoint.into());
+            }
+            if env_nonempty("HF_TOKEN").is_some() {
+                table.insert("token_env".into(), "HF_TOKEN".into());
+            }
+            let w =
+                HuggingfaceWatcher::from_config("hf", &table).map_err(|p| invalid(p.join("; ")))?;
+            let cp = rev.map(|rev| Checkpoint {
+                watcher: "hf".into(),
+                model: repo.into(),
+                revision: rev.into(),
+                baseline: None,
+                detail: serde_json::Value::Null,
+            });
+            (Box::new(w), cp)
+        } else {
+            let Some((name, version)) = rest.rsplit_once('/') else {
+                return Err(invalid(format!(
+                    "model {spec:?}: expected mlflow:NAME/VERSION"
+                )));
+            };
+            let uri = self
+                .config
+                .watchers
+                .values()
+                .find(|w| w.kind == "mlflow")
+                .and_then(|w| w.rest.get("tracking_uri"))
+                .and_then(|v| v.as_str().map(str::to_string))
+                .or_else(|| env_nonempty("MLFLOW_TRACKING_URI"))
+                .ok_or_else(|| invalid(format!("model {spec:?}: no MLflow server: configure an mlflow watcher or set $MLFLOW_TRACKING_URI")))?;
+            table.insert("tracking_uri".into(), uri.into());
+            table.insert("models".into(), toml::Value::Array(vec![name.into()]));
+            let w =
+                MlflowWatcher::from_config("mlflow", &table).map_err(|p| invalid(p.join("; ")))?;
+            let cp = Checkpoint {
+                watcher: "mlflow".into(),
+                model: name.into(),
+                revision: version.into(),
+                baseline: None,
+                detail: serde_json::Value::Null,
+            };
+            (Box::new(w), Some(cp))
+        };
+        let cache_dir = self
+            .config
+            .cache
+            .path
+            .clone()
+            .unwrap_or_else(|| self.config.data_dir.join("cache"));
+        let cache =
+            Cache::new(cache_dir, self.config.cache.max_bytes()).map_err(|e| fail(e.message))?;
+        let fetch = async {
+            let cp = match checkpoint {
+                Some(cp) => cp,
+                None => watcher.poll().await?.into_iter().next().ok_or_else(|| {
+                    safedrift_watchers::WatchError::new(
+                        "not_found",
+                        "the repository has no ONNX export",
+                    )
+                })?,
+            };
+            watcher.fetch(&cp, &cache).await
+        };
+        // Resolution is synchronous; the download runs on this runtime
+        // thread, which the multi-threaded runtime allows to block.
+        let target = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => tokio::task::block_in_place(|| handle.block_on(fetch)),
+            Err(_) => tokio::runtime::Runtime::new()
+                .map_err(|e| fail(e.to_string()))?
+                .block_on(fetch),
+        }
+        .map_err(|e| fail(e.message))?;
+        match target {
+            Target::Onnx { dir } => Ok(dir),
+            other => Err(fail(format!(
+                "the registry gave {other:?}, not a model directory"
+            ))),
         }
     }
 
@@ -249,7 +386,7 @@ impl Resolver {
             return match self.config.backends.get(&m.backend) {
                 Some(BackendConfig::Openai(o)) => {
                     let model = model.or(o.model.as_deref()).ok_or_else(|| {
-                        ResolveError(format!(
+                        invalid(format!(
                             "`models.{spec}`: set `model` (the name the endpoint serves)"
                         ))
                     })?;
@@ -264,7 +401,7 @@ impl Resolver {
                         .map(std::path::PathBuf::from)
                         .or(o.path.clone())
                         .ok_or_else(|| {
-                            ResolveError(format!(
+                            invalid(format!(
                                 "`models.{spec}`: set `model` to the model directory"
                             ))
                         })?;
@@ -273,7 +410,7 @@ impl Resolver {
                         m.template.clone().or(o.template.clone()),
                     ))
                 }
-                None => Err(ResolveError(format!(
+                None => Err(invalid(format!(
                     "`models.{spec}.backend`: no backend named {:?}",
                     m.backend
                 ))),
@@ -283,7 +420,7 @@ impl Resolver {
             return match b {
                 BackendConfig::Openai(o) => {
                     let model = o.model.as_deref().ok_or_else(|| {
-                        ResolveError(format!(
+                        invalid(format!(
                             "model {spec:?}: `backends.{spec}` has no `model`; use {spec}:MODEL"
                         ))
                     })?;
@@ -295,7 +432,7 @@ impl Resolver {
                 }
                 BackendConfig::Onnx(o) => {
                     let dir = o.path.as_ref().ok_or_else(|| {
-                        ResolveError(format!(
+                        invalid(format!(
                             "model {spec:?}: `backends.{spec}` has no `path`; use {spec}:DIR"
                         ))
                     })?;
@@ -305,9 +442,9 @@ impl Resolver {
         }
         let (kind, rest) = spec
             .split_once(':')
-            .ok_or_else(|| ResolveError(format!("model {spec:?}: expected openai:MODEL, onnx:DIR, hf:OWNER/NAME, mlflow:NAME/VERSION or a configured name")))?;
+            .ok_or_else(|| invalid(format!("model {spec:?}: expected openai:MODEL, onnx:DIR, hf:OWNER/NAME, mlflow:NAME/VERSION or a configured name")))?;
         if rest.trim().is_empty() {
-            return Err(ResolveError(format!(
+            return Err(invalid(format!(
                 "model {spec:?}: the model name after `{kind}:` is empty"
             )));
         }
@@ -317,24 +454,21 @@ impl Resolver {
                 Ok(resolved(self.openai_model(client, rest), None))
             }
             "onnx" => {
-                let mut onnx = self.config.backends.values().filter_map(|b| match b {
-                    BackendConfig::Onnx(o) => Some(o),
-                    _ => None,
-                });
-                let only = match (onnx.next(), onnx.next()) {
-                    (Some(o), None) => Some(o),
-                    _ => None,
-                };
+                let only = self.only_onnx_backend();
                 Ok(resolved(self.onnx_model(Path::new(rest), only)?, only.and_then(|o| o.template.clone())))
             }
-            "hf" | "mlflow" => Err(registry_unavailable(spec)),
+            "hf" | "mlflow" => {
+                let dir = self.fetch_from_registry(kind, rest.trim(), spec)?;
+                let only = self.only_onnx_backend();
+                Ok(resolved(self.onnx_model(&dir, only)?, only.and_then(|o| o.template.clone())))
+            }
             name => match self.config.backends.get(name) {
                 Some(BackendConfig::Openai(o)) => {
                     let client = self.backend_endpoint(name, o)?;
                     Ok(resolved(self.openai_model(client, rest), o.template.clone()))
                 }
                 Some(BackendConfig::Onnx(o)) => Ok(resolved(self.onnx_model(Path::new(rest), Some(o))?, o.template.clone())),
-                _ => Err(ResolveError(format!(
+                _ => Err(invalid(format!(
                     "model {spec:?}: unknown kind `{kind}` (expected openai, onnx, hf, mlflow or a configured backend)"
                 ))),
             },
@@ -355,7 +489,7 @@ impl Resolver {
         let concurrency = self.concurrency;
         self.client(format!("judge {name}"), || {
             let api_key = match read_secret(m.api_key_env.as_deref(), m.api_key_file.as_deref())
-                .map_err(|e| ResolveError(format!("`judges.{name}`: {e}")))?
+                .map_err(|e| invalid(format!("`judges.{name}`: {e}")))?
             {
                 Some(k) => Some(k),
                 None => env_nonempty("JUDGE_API_KEY").or_else(|| env_nonempty("OPENAI_API_KEY")),
@@ -393,12 +527,12 @@ impl Resolver {
             return Ok(Arc::new(KeywordJudge));
         }
         let (kind, model) = spec.split_once(':').ok_or_else(|| {
-            ResolveError(format!(
+            invalid(format!(
                 "judge {spec:?}: expected keyword, rubric:MODEL, llama-guard:MODEL, classifier:DIR or a configured name"
             ))
         })?;
         if model.trim().is_empty() {
-            return Err(ResolveError(format!(
+            return Err(invalid(format!(
                 "judge {spec:?}: the model after `{kind}:` is empty"
             )));
         }
@@ -412,7 +546,7 @@ impl Resolver {
             "rubric" => Ok(Arc::new(RubricJudge::new(model, self.openai_model(cli()?, model)))),
             "llama-guard" => Ok(Arc::new(LlamaGuardJudge::new(model, self.openai_model(cli()?, model)))),
             "classifier" => Err(classifier_unavailable(spec)),
-            _ => Err(ResolveError(format!(
+            _ => Err(invalid(format!(
                 "judge {spec:?}: unknown kind `{kind}` (expected keyword, rubric, llama-guard or classifier)"
             ))),
         }
@@ -431,7 +565,7 @@ impl Resolver {
         if name == "default" {
             return Ok(Template::default_template());
         }
-        Err(ResolveError(format!(
+        Err(invalid(format!(
             "template {name:?}: no [templates.{name}] in the config (built in: default)"
         )))
     }
@@ -454,20 +588,12 @@ impl Resolver {
 fn check_base_url(base: &str) -> Result<(), ResolveError> {
     match url::Url::parse(base) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
-        _ => Err(ResolveError(format!(
-            "API base {base:?} is not an http(s) URL"
-        ))),
+        _ => Err(invalid(format!("API base {base:?} is not an http(s) URL"))),
     }
 }
 
-fn registry_unavailable(spec: &str) -> ResolveError {
-    ResolveError(format!(
-        "model {spec:?}: hf: and mlflow: models are resolved by the daemon's registry watchers, which this build does not include yet; download the checkpoint, convert it (tools/README.md) and use onnx:DIR"
-    ))
-}
-
 fn classifier_unavailable(spec: &str) -> ResolveError {
-    ResolveError(format!(
+    invalid(format!(
         "judge {spec:?}: the local classifier judge is not in this build yet; use keyword, rubric:MODEL or llama-guard:MODEL"
     ))
 }

@@ -299,3 +299,120 @@ async fn smollm2_matches_the_python_reference_at_batch_1_and_8() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("external data"), "{}", stderr(&out));
 }
+
+/// A minimal Hugging Face Hub serving one repo (`acme/tiny`) holding the
+/// tiny model: model info, tree and resolve, in the Hub's shapes.
+async fn fake_hub(
+    dir: PathBuf,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use axum::extract::{Path as AxPath, State};
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+    let downloads = std::sync::Arc::new(AtomicUsize::new(0));
+    let files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    let info = serde_json::json!({
+        "id": "acme/tiny", "sha": SHA, "cardData": {},
+        "siblings": files.iter().map(|(f, _)| serde_json::json!({"rfilename": f})).collect::<Vec<_>>(),
+    });
+    let tree = serde_json::json!(files
+        .iter()
+        .map(|(f, n)| serde_json::json!({"type": "file", "path": f, "size": n}))
+        .collect::<Vec<_>>());
+    let app = axum::Router::new()
+        .route(
+            "/api/models/acme/tiny",
+            get(move || async move { axum::Json(info) }),
+        )
+        .route(
+            "/api/models/acme/tiny/tree/{rev}",
+            get(move || async move { axum::Json(tree) }),
+        )
+        .route(
+            "/acme/tiny/resolve/{rev}/{file}",
+            get(
+                |State((dir, n)): State<(PathBuf, std::sync::Arc<AtomicUsize>)>,
+                 AxPath((_rev, file)): AxPath<(String, String)>| async move {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    std::fs::read(dir.join(file)).unwrap()
+                },
+            ),
+        )
+        .with_state((dir, downloads.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, downloads)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hf_and_mlflow_specs_fetch_through_the_registry_code() {
+    let (addr, downloads) = fake_hub(tiny().to_path_buf()).await;
+    let s = Scratch::new();
+    let run = |spec: String, endpoint: String| {
+        let mut cmd = s.command(&[
+            "eval",
+            "--model",
+            &spec,
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--output",
+            "json",
+        ]);
+        cmd.env("HF_ENDPOINT", endpoint)
+            .env_remove("HF_TOKEN")
+            .env_remove("MLFLOW_TRACKING_URI");
+        cmd
+    };
+    let out = run("hf:acme/tiny".into(), format!("http://{addr}"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(run_json(&out)["status"], "completed");
+    let fetched = downloads.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        fetched >= 4,
+        "model, config and tokenizer files were downloaded: {fetched}"
+    );
+    // The same revision again comes from the download cache.
+    let out = run(
+        "hf:acme/tiny@0123456789abcdef0123456789abcdef01234567".into(),
+        format!("http://{addr}"),
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(downloads.load(std::sync::atomic::Ordering::SeqCst), fetched);
+    // A registry that cannot be reached is exit 3; a SPEC without a registry is exit 2.
+    let out = run("hf:acme/other".into(), "http://127.0.0.1:9".into())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let out = run("mlflow:safety/3".into(), format!("http://{addr}"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("MLFLOW_TRACKING_URI"),
+        "{}",
+        stderr(&out)
+    );
+}
