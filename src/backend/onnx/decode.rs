@@ -19,6 +19,8 @@ use ort::value::TensorElementType;
 use ort::value::{DynValue, Tensor, ValueType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::time::{Duration, Instant};
+use tracing::debug;
 
 /// A decoding failure; the message says what and where.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -306,6 +308,8 @@ impl Decoder {
             .map(|_| self.empty_past(batch))
             .collect::<Result<_, _>>()?;
         let mut step_len = width;
+        let started = Instant::now();
+        let (mut steps, mut in_run, mut in_compact) = (0usize, Duration::ZERO, Duration::ZERO);
         loop {
             let b = rows.len();
             let mask: Vec<i64> = rows.iter().flat_map(|r| r.mask.iter().copied()).collect();
@@ -337,10 +341,13 @@ impl Decoder {
             for (name, value) in self.past_names.iter().zip(past.drain(..)) {
                 inputs.push((Cow::Borrowed(name.as_str()), SessionInputValue::from(value)));
             }
+            let run_started = Instant::now();
             let mut outputs = self
                 .session
                 .run(inputs)
                 .map_err(ort_err("ONNX Runtime failed"))?;
+            in_run += run_started.elapsed();
+            steps += 1;
 
             // Next token of every row.
             let logits = outputs.get("logits").expect("checked in new()");
@@ -392,9 +399,20 @@ impl Decoder {
                 }
             }
             if keep.iter().all(|k| !k) {
+                let total = started.elapsed();
+                debug!(
+                    batch,
+                    steps,
+                    total_ms = total.as_secs_f64() * 1e3,
+                    run_ms = in_run.as_secs_f64() * 1e3,
+                    compact_ms = in_compact.as_secs_f64() * 1e3,
+                    other_ms = (total - in_run - in_compact).as_secs_f64() * 1e3,
+                    "batch decoded"
+                );
                 return Ok(());
             }
             let compact = keep.iter().any(|k| !k);
+            let compact_started = Instant::now();
             past = if compact {
                 presents
                     .iter()
@@ -403,6 +421,7 @@ impl Decoder {
             } else {
                 presents
             };
+            in_compact += compact_started.elapsed();
             let mut kept_rows = Vec::with_capacity(b);
             ids = Vec::with_capacity(b);
             positions = Vec::with_capacity(b);
@@ -483,18 +502,33 @@ fn pick_all<T>(
         .collect())
 }
 
-/// Index of the first maximum.
+/// Index of the first maximum (0 when nothing is above negative infinity,
+/// NaNs never win). Two passes the compiler vectorizes, because a running
+/// `best` index makes each step wait for the last: a vocabulary of 49k is
+/// scanned for every row at every step.
 fn argmax<T>(logits: &[T], to_f32: impl Fn(&T) -> f32) -> u32 {
-    let mut best = 0;
-    let mut best_value = f32::NEG_INFINITY;
-    for (i, v) in logits.iter().enumerate() {
-        let v = to_f32(v);
-        if v > best_value {
-            best = i;
-            best_value = v;
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = logits.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            let v = to_f32(v);
+            *lane = if v > *lane { v } else { *lane };
         }
     }
-    best as u32
+    let mut max = f32::NEG_INFINITY;
+    for v in lanes
+        .into_iter()
+        .chain(chunks.remainder().iter().map(&to_f32))
+    {
+        if v > max {
+            max = v;
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    logits.iter().position(|v| to_f32(v) == max).unwrap_or(0) as u32
 }
 
 /// Samples with temperature and top-p.
@@ -561,6 +595,32 @@ mod tests {
     fn argmax_takes_the_first_maximum() {
         assert_eq!(argmax(&[0.0f32, 3.0, 3.0, 1.0], |x| *x), 1);
         assert_eq!(argmax(&[-1.0f32], |x| *x), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NAN], |x| *x), 0);
+        assert_eq!(argmax(&[f32::NAN, 2.0, f32::INFINITY, 5.0], |x| *x), 2);
+        // Longer than the lanes, with the maximum in the remainder and ties.
+        let mut long = vec![0.5f32; 40];
+        long[37] = 9.0;
+        long[38] = 9.0;
+        assert_eq!(argmax(&long, |x| *x), 37);
+        long[3] = 9.0;
+        assert_eq!(argmax(&long, |x| *x), 3);
+        let reference = |v: &[f32]| {
+            let (mut best, mut value) = (0, f32::NEG_INFINITY);
+            for (i, x) in v.iter().enumerate() {
+                if *x > value {
+                    (best, value) = (i, *x);
+                }
+            }
+            best as u32
+        };
+        let mut rng = StdRng::seed_from_u64(7);
+        for len in [1, 15, 16, 17, 100, 49_152] {
+            // Few distinct values, so that ties are common.
+            let v: Vec<f32> = (0..len).map(|_| (rng.gen::<u8>() % 7) as f32).collect();
+            assert_eq!(argmax(&v, |x| *x), reference(&v), "len {len}");
+            let h: Vec<f16> = v.iter().map(|x| f16::from_f32(*x)).collect();
+            assert_eq!(argmax(&h, |x| x.to_f32()), reference(&v), "f16, len {len}");
+        }
     }
 
     #[test]

@@ -225,6 +225,34 @@ impl OnnxBackend {
     }
 }
 
+/// The prompt token ids of a chat, as the backend decodes them: the model's
+/// chat template rendered with the generation prompt, then tokenized without
+/// added special tokens.
+pub fn prompt_ids(model: &ModelDir, messages: &[Message]) -> Result<Vec<u32>, BackendError> {
+    let messages: Vec<ChatMessage> = messages
+        .iter()
+        .map(|m| ChatMessage {
+            role: m.role.as_str(),
+            content: m.content.as_str(),
+        })
+        .collect();
+    let text = model
+        .chat_template
+        .render(&messages, true)
+        .map_err(|e| BackendError {
+            kind: "template",
+            message: e.to_string(),
+        })?;
+    let encoding = model
+        .tokenizer
+        .encode(text, false)
+        .map_err(|e| BackendError {
+            kind: "tokenizer",
+            message: format!("cannot tokenize the prompt: {e}"),
+        })?;
+    Ok(encoding.get_ids().to_vec())
+}
+
 struct Worker {
     model: ModelDir,
     decoder: Decoder,
@@ -314,31 +342,7 @@ impl Worker {
 
     /// Renders the chat template and tokenizes.
     fn prepare(&self, job: &Job) -> Result<(Vec<u32>, usize, Sampling), BackendError> {
-        let messages: Vec<ChatMessage> = job
-            .messages
-            .iter()
-            .map(|m| ChatMessage {
-                role: m.role.as_str(),
-                content: m.content.as_str(),
-            })
-            .collect();
-        let text = self
-            .model
-            .chat_template
-            .render(&messages, true)
-            .map_err(|e| BackendError {
-                kind: "template",
-                message: e.to_string(),
-            })?;
-        let encoding = self
-            .model
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| BackendError {
-                kind: "tokenizer",
-                message: format!("cannot tokenize the prompt: {e}"),
-            })?;
-        let ids = encoding.get_ids().to_vec();
+        let ids = prompt_ids(&self.model, &job.messages)?;
         let mut max_new = job.decoding.max_new_tokens as usize;
         if let Some(cap) = self.options.max_new_tokens {
             max_new = max_new.min(cap);
