@@ -199,3 +199,37 @@ pub fn kind_table(table: &toml::Table) -> toml::Table {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
+
+/// Deserializes the kind-specific part of `[watchers.NAME]` into a watcher's
+/// config struct; the one problem it reports names its key path
+/// (`watchers.NAME.key`).
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    name: &str,
+    table: &toml::Table,
+) -> Result<T, Vec<String>> {
+    serde_path_to_error::deserialize(toml::Value::Table(kind_table(table))).map_err(|e| {
+        let path = e.path().to_string();
+        // toml appends "in `key`" on a second line; the key leads anyway.
+        let message = e.into_inner().to_string();
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let key = if path.is_empty() || path == "." {
+            // deny_unknown_fields and missing fields fail on the table, not the key.
+            message
+                .strip_prefix("unknown field `")
+                .or_else(|| message.strip_prefix("missing field `"))
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string)
+        } else {
+            Some(path)
+        };
+        vec![match key {
+            Some(key) => format!("`watchers.{name}.{key}`: {message}"),
+            None => format!("`watchers.{name}`: {message}"),
+        }]
+    })
+}

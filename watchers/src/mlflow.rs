@@ -178,7 +178,7 @@ impl MlflowWatcher {
     /// Builds the watcher from its `[watchers.NAME]` table (common keys are
     /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
     pub fn from_config(name: &str, table: &toml::Table) -> Result<MlflowWatcher, Vec<String>> {
-        let config: Config = parse_config(name, table)?;
+        let config: Config = crate::parse_config(name, table)?;
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
 
@@ -908,29 +908,6 @@ fn is_missing_alias(status: Option<StatusCode>, body: &str) -> bool {
         }
         _ => false,
     }
-}
-
-/// Deserializes the kind-specific part of a watcher table, the failing key
-/// named as `watchers.NAME.key`.
-fn parse_config<T: DeserializeOwned>(name: &str, table: &toml::Table) -> Result<T, Vec<String>> {
-    serde_path_to_error::deserialize(toml::Value::Table(crate::kind_table(table))).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.into_inner().to_string().trim().to_string();
-        let key = if path.is_empty() || path == "." {
-            // deny_unknown_fields fails on the table, not the key.
-            message
-                .strip_prefix("unknown field `")
-                .or_else(|| message.strip_prefix("missing field `"))
-                .and_then(|rest| rest.split('`').next())
-                .map(str::to_string)
-        } else {
-            Some(path)
-        };
-        vec![match key {
-            Some(key) => format!("`watchers.{name}.{key}`: {message}"),
-            None => format!("`watchers.{name}`: {message}"),
-        }]
-    })
 }
 
 #[cfg(test)]

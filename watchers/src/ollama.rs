@@ -57,7 +57,7 @@ impl OllamaWatcher {
     /// Builds the watcher from its `[watchers.NAME]` table (common keys are
     /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
     pub fn from_config(name: &str, table: &toml::Table) -> Result<Self, Vec<String>> {
-        let config: Config = parse_config(name, table)?;
+        let config: Config = crate::parse_config(name, table)?;
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
         let base_url = config
@@ -231,35 +231,6 @@ impl Watcher for OllamaWatcher {
             api_key_file: None,
         })
     }
-}
-
-/// Deserializes the kind-specific part of a watcher table, the failing key
-/// named as `watchers.NAME.key`.
-fn parse_config<T: DeserializeOwned>(name: &str, table: &toml::Table) -> Result<T, Vec<String>> {
-    serde_path_to_error::deserialize(toml::Value::Table(crate::kind_table(table))).map_err(|e| {
-        let path = e.path().to_string();
-        // toml appends "in `key`" on a second line; the key leads anyway.
-        let message = e.into_inner().to_string();
-        let message = message
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let key = if path.is_empty() || path == "." {
-            // deny_unknown_fields fails on the table, not the key.
-            message
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split('`').next())
-                .map(str::to_string)
-        } else {
-            Some(path)
-        };
-        vec![match key {
-            Some(key) => format!("`watchers.{name}.{key}`: {message}"),
-            None => format!("`watchers.{name}`: {message}"),
-        }]
-    })
 }
 
 #[cfg(test)]
