@@ -10,22 +10,18 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Scratch;
 use safedrift::store::{CheckpointStatus, RunStatus, Store};
+use safedrift_testkit::mlflow::{python, MlflowServer};
 
 const MODEL: &str = "safety-candidate";
 const SECRET: &str = "whsec-daemon-test-only";
 const SECRET_ENV: &str = "ML_HOOK_SECRET";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -35,199 +31,38 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn python(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed (are mlflow and tools/requirements.txt installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// A running `mlflow server`, in its own process group (the server starts
-/// uvicorn workers as children), killed with the group on drop.
-struct MlflowServer {
-    child: Child,
-    uri: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// Registers `dir` as a new version; returns the version and when the
+/// registering script returned.
+fn register(
+    server: &MlflowServer,
+    name: &str,
+    dir: &Path,
+    alias: Option<&str>,
+) -> (String, SystemTime) {
+    let version = tokio::task::block_in_place(|| server.register(name, dir, alias, &[]));
+    (version, SystemTime::now())
 }
 
-impl MlflowServer {
-    async fn start() -> MlflowServer {
-        use std::os::unix::process::CommandExt;
-
-        let dir = tempfile::tempdir().unwrap();
-        let key = python(&[
-            "-c",
-            "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())",
-        ]);
-        let port = free_port();
-        let uri = format!("http://127.0.0.1:{port}");
-        let log = dir.path().join("server.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let started = Instant::now();
-        let child = Command::new("python3")
-            .args(["-m", "mlflow", "server", "--backend-store-uri"])
-            .arg(format!(
-                "sqlite:///{}",
-                dir.path().join("mlflow.db").display()
-            ))
-            .arg("--artifacts-destination")
-            .arg(dir.path().join("mlartifacts"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--workers",
-                "1",
-            ])
-            // One key for all workers, or deliveries fail to decrypt secrets.
-            .env("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", key.trim())
-            // Let webhooks reach the daemon on plain http at 127.0.0.1.
-            .env("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
-            .env("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
-            // Webhooks are looked up per event through a cache (60 s by
-            // default): keep it short so a new webhook is used at once.
-            .env("MLFLOW_WEBHOOK_CACHE_TTL", "1")
-            // The background job runner (huey) is not needed here.
-            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .process_group(0)
-            .spawn()
-            .expect("python3 -m mlflow server starts");
-        let mut server = MlflowServer {
-            child,
-            uri,
-            log,
-            _dir: dir,
-        };
-        let client = reqwest::Client::new();
-        let deadline = started + Duration::from_secs(120);
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("mlflow server exited with {status}:\n{}", server.log_tail());
-            }
-            let health = client
-                .get(format!("{}/health", server.uri))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mlflow server not healthy after 120 s:\n{}",
-                server.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        eprintln!(
-            "mlflow server ready at {} after {:.1?}",
-            server.uri,
-            started.elapsed()
-        );
-        server
-    }
-
-    fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// Stops the whole process group: TERM, then KILL if it lingers.
-    fn stop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let signal = |sig: &str| {
-            let _ = Command::new("kill")
-                .args([sig, "--", &group])
-                .stderr(Stdio::null())
-                .status();
-        };
-        if self.child.try_wait().ok().flatten().is_none() {
-            signal("-TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        // Workers may outlive the leader.
-        signal("-KILL");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Registers the files of `dir` as a new version of `name`; returns the
-    /// version and when the registering script returned.
-    async fn register(&self, name: &str, dir: &Path, alias: Option<&str>) -> (String, SystemTime) {
-        let mut args: Vec<String> = [
-            "tools/mlflow_register.py",
-            "--tracking-uri",
-            &self.uri,
-            "--name",
-            name,
-            "--dir",
-            dir.to_str().unwrap(),
-        ]
-        .map(str::to_string)
-        .to_vec();
-        if let Some(alias) = alias {
-            args.extend(["--alias".to_string(), alias.to_string()]);
-        }
-        let out = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            python(&args)
-        })
+/// `creation_timestamp` (unix ms, set by the server) of a version.
+async fn created_ms(server: &MlflowServer, name: &str, version: &str) -> i64 {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/2.0/mlflow/model-versions/get", server.uri))
+        .query(&[("name", name), ("version", version)])
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
         .await
         .unwrap();
-        let returned = SystemTime::now();
-        let version = out.lines().last().unwrap_or_default().trim().to_string();
-        assert!(version.parse::<u32>().is_ok(), "register printed {out:?}");
-        (version, returned)
-    }
-
-    /// `creation_timestamp` (unix ms, set by the server) of a version.
-    async fn created_ms(&self, name: &str, version: &str) -> i64 {
-        let v: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/api/2.0/mlflow/model-versions/get", self.uri))
-            .query(&[("name", name), ("version", version)])
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["model_version"]["creation_timestamp"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("no creation_timestamp in {v}"))
-    }
-}
-
-impl Drop for MlflowServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    v["model_version"]["creation_timestamp"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no creation_timestamp in {v}"))
 }
 
 /// The tiny random-weight ONNX model of `seed`, written into `dir`.
@@ -357,7 +192,7 @@ judge = "keyword"
     );
 
     // v1, the champion, exists before the daemon starts.
-    let (v1, _) = server.register(MODEL, &v1_dir, Some("champion")).await;
+    let (v1, _) = register(&server, MODEL, &v1_dir, Some("champion"));
     assert_eq!(v1, "1");
 
     let log = std::fs::File::create(s.path("daemon.log")).unwrap();
@@ -465,9 +300,9 @@ judge = "keyword"
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // v2: its evaluation starts at the webhook, not at a scheduled poll.
-    let (v2, returned) = server.register(MODEL, &v2_dir, None).await;
+    let (v2, returned) = register(&server, MODEL, &v2_dir, None);
     assert_eq!(v2, "2");
-    let created_ms = server.created_ms(MODEL, "2").await;
+    let created_ms = created_ms(&server, MODEL, "2").await;
     wait_for(
         &s,
         "v2's evaluation to start",

@@ -81,6 +81,8 @@
 //! # }
 //! ```
 
+pub mod mlflow;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::net::SocketAddr;

@@ -7,10 +7,8 @@
 //! webhooks are real deliveries from MLflow to a receiver in this test.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +17,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
+use safedrift_testkit::mlflow::MlflowServer;
 use safedrift_watchers::cache::Cache;
 use safedrift_watchers::http::RetryPolicy;
 use safedrift_watchers::mlflow::MlflowWatcher;
@@ -27,13 +26,7 @@ use tokio::sync::mpsc;
 
 const MODEL: &str = "safety-candidate";
 const SECRET: &str = "whsec-for-tests-only";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+const BASE_TAG: &str = "base_model=meta-llama/Llama-3.1-8B-Instruct";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -41,172 +34,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn python(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed (is mlflow installed? `python3 -m pip install mlflow`):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A running `mlflow server`, in its own process group (the server starts
-/// uvicorn workers as children), killed with the group on drop.
-struct MlflowServer {
-    child: Child,
-    uri: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl MlflowServer {
-    async fn start() -> MlflowServer {
-        use std::os::unix::process::CommandExt;
-
-        let dir = tempfile::tempdir().unwrap();
-        let key = python(&[
-            "-c",
-            "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())",
-        ]);
-        let port = free_port();
-        let uri = format!("http://127.0.0.1:{port}");
-        let log = dir.path().join("server.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let started = Instant::now();
-        let child = Command::new("python3")
-            .args(["-m", "mlflow", "server", "--backend-store-uri"])
-            .arg(format!(
-                "sqlite:///{}",
-                dir.path().join("mlflow.db").display()
-            ))
-            .arg("--artifacts-destination")
-            .arg(dir.path().join("mlartifacts"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--workers",
-                "1",
-            ])
-            // One key for all workers, or deliveries fail to decrypt secrets.
-            .env("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", key.trim())
-            // Let webhooks reach the receiver on plain http at 127.0.0.1.
-            .env("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
-            .env("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
-            // Webhooks are looked up per event through a cache (60 s by
-            // default): keep it short so a new webhook is used at once.
-            .env("MLFLOW_WEBHOOK_CACHE_TTL", "1")
-            // The background job runner (huey) is not needed here.
-            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .process_group(0)
-            .spawn()
-            .expect("python3 -m mlflow server starts");
-        let mut server = MlflowServer {
-            child,
-            uri,
-            log,
-            _dir: dir,
-        };
-        let client = reqwest::Client::new();
-        let deadline = started + Duration::from_secs(120);
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("mlflow server exited with {status}:\n{}", server.log_tail());
-            }
-            let health = client
-                .get(format!("{}/health", server.uri))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mlflow server not healthy after 120 s:\n{}",
-                server.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        eprintln!(
-            "mlflow server ready at {} after {:.1?}",
-            server.uri,
-            started.elapsed()
-        );
-        server
-    }
-
-    fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// Stops the whole process group: TERM, then KILL if it lingers.
-    fn stop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let signal = |sig: &str| {
-            let _ = Command::new("kill")
-                .args([sig, "--", &group])
-                .stderr(Stdio::null())
-                .status();
-        };
-        if self.child.try_wait().ok().flatten().is_none() {
-            signal("-TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        // Workers may outlive the leader.
-        signal("-KILL");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Registers the files of `dir` as a new version of `name`.
-    fn register(&self, name: &str, dir: &Path, alias: Option<&str>) -> String {
-        let mut args = vec![
-            "tools/mlflow_register.py",
-            "--tracking-uri",
-            &self.uri,
-            "--name",
-            name,
-            "--dir",
-            dir.to_str().unwrap(),
-            "--tag",
-            "base_model=meta-llama/Llama-3.1-8B-Instruct",
-        ];
-        if let Some(alias) = alias {
-            args.extend(["--alias", alias]);
-        }
-        let out = python(&args);
-        let version = out.lines().last().unwrap_or_default().trim().to_string();
-        assert!(version.parse::<u32>().is_ok(), "register printed {out:?}");
-        version
-    }
-}
-
-impl Drop for MlflowServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// A webhook delivery as the receiver got it.
@@ -397,8 +224,11 @@ async fn real_mlflow_registry() {
     model_files(&v1_dir, 1);
     model_files(&v2_dir, 2);
     model_files(&v3_dir, 3);
-    assert_eq!(server.register(MODEL, &v1_dir, Some("champion")), "1");
-    assert_eq!(server.register(MODEL, &v2_dir, None), "2");
+    assert_eq!(
+        server.register(MODEL, &v1_dir, Some("champion"), &[BASE_TAG]),
+        "1"
+    );
+    assert_eq!(server.register(MODEL, &v2_dir, None, &[BASE_TAG]), "2");
 
     let reg = watcher(
         "reg",
@@ -478,7 +308,7 @@ async fn real_mlflow_registry() {
         assert!(d.check(&reg, &d.body).unwrap());
     }
     // v3: a genuine delivery verifies and announces a watched model.
-    assert_eq!(server.register(MODEL, &v3_dir, None), "3");
+    assert_eq!(server.register(MODEL, &v3_dir, None, &[BASE_TAG]), "3");
     let d3 = delivery_for(&mut deliveries, MODEL, "3").await;
     assert!(
         d3.headers["x-mlflow-signature"].starts_with("v1,"),
@@ -529,8 +359,14 @@ async fn real_mlflow_registry() {
     // takes any model's delivery and finds models by search (names with a
     // quote included), page by page.
     let quoted = "safety-it's";
-    assert_eq!(server.register("other-model", &v1_dir, None), "1");
-    assert_eq!(server.register(quoted, &v2_dir, Some("champion")), "1");
+    assert_eq!(
+        server.register("other-model", &v1_dir, None, &[BASE_TAG]),
+        "1"
+    );
+    assert_eq!(
+        server.register(quoted, &v2_dir, Some("champion"), &[BASE_TAG]),
+        "1"
+    );
     let other = delivery_for(&mut deliveries, "other-model", "1").await;
     assert!(!other.check(&reg, &other.body).unwrap());
     let mut by_filter = watcher(
