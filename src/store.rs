@@ -231,14 +231,17 @@ pub struct Store {
     dirty: Arc<Notify>,
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         message: e.to_string(),
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records always serialize")
 }
 
@@ -320,6 +323,17 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A named tree of the same database, for modules that keep their own
+    /// records (the alert outbox). Writes to it are flushed with the rest.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Marks the store dirty so the background flusher fsyncs soon.
+    pub fn touch(&self) {
+        self.dirty.notify_one();
     }
 
     /// Starts the background flusher: each burst of writes is followed by one

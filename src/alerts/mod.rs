@@ -2,6 +2,8 @@
 //! [`run_completed`]. Delivery (email, webhooks, the durable outbox) is built
 //! on this hook; until then a drift decision is logged.
 
+pub mod record;
+
 use tracing::warn;
 
 use crate::report::Run;

@@ -1,0 +1,103 @@
+//! What the outbox stores about an alert, and how the API lists it.
+//!
+//! One [`AlertRecord`] per alert (a firing group, a resolved notice or a
+//! test message), in the sled tree [`TREE`], keyed by its id. Alert ids are
+//! ULIDs, so the tree's key order is creation order. Each record carries the
+//! delivery state of every target it was routed to.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
+
+/// The sled tree holding the alerts.
+pub const TREE: &str = "alerts";
+
+/// Why the alert exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// Drift found in one or more checkpoints of a lineage.
+    Firing,
+    /// A later checkpoint of a drifted lineage is back within the thresholds.
+    Resolved,
+    /// Sent by `safedrift alert test`.
+    Test,
+}
+
+/// Where one target's delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Not delivered yet (waiting for its next attempt).
+    Pending,
+    /// A delivery attempt has started and not finished (after a crash: the
+    /// target may or may not have it).
+    Sending,
+    /// The target accepted it.
+    Delivered,
+    /// Given up after the target's dead-letter time.
+    Dead,
+}
+
+/// One target's delivery of one alert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Unix ms before which the next attempt does not start.
+    pub next_attempt_ms: u64,
+    pub delivered_at: Option<String>,
+}
+
+/// An alert in the outbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    /// `a_` + ULID; the idempotency key sent to every target.
+    pub id: String,
+    pub kind: AlertKind,
+    /// The lineage (watcher and base model) the alert groups by.
+    pub lineage: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// One line for subjects and titles.
+    pub summary: String,
+    /// The runs the alert is about (the newest last).
+    pub run_ids: Vec<String>,
+    /// The models (spec@revision) the alert is about.
+    pub models: Vec<String>,
+    pub created_at: String,
+    /// Target name -> delivery state.
+    pub deliveries: BTreeMap<String, Delivery>,
+}
+
+/// Newest first, at most `limit`, starting after the alert id `before`
+/// (a cursor from the previous page).
+pub fn list(
+    store: &Store,
+    limit: usize,
+    before: Option<&str>,
+) -> Result<Vec<AlertRecord>, StoreError> {
+    let tree = store.tree(TREE)?;
+    let iter = match before {
+        Some(b) => tree.range(..b.as_bytes().to_vec()),
+        None => tree.range::<Vec<u8>, _>(..),
+    };
+    let mut out = Vec::new();
+    for item in iter.rev().take(limit) {
+        let (k, v) = item?;
+        out.push(crate::store::decode(&k, &v)?);
+    }
+    Ok(out)
+}
+
+/// One alert by id.
+pub fn get(store: &Store, id: &str) -> Result<Option<AlertRecord>, StoreError> {
+    let tree = store.tree(TREE)?;
+    match tree.get(id.as_bytes())? {
+        Some(v) => Ok(Some(crate::store::decode(id.as_bytes(), &v)?)),
+        None => Ok(None),
+    }
+}
