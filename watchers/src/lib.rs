@@ -145,13 +145,27 @@ pub trait Watcher: Send + Sync {
     }
 }
 
+/// Where a `*_file` key's secret is read from. Under systemd, a bare name
+/// (no `/`) is a credential id: the file of that name in
+/// `$CREDENTIALS_DIRECTORY` (the unit's `LoadCredential=`). Anything else is
+/// a path.
+pub fn secret_path(file: &std::path::Path) -> std::path::PathBuf {
+    let bare = file.components().count() == 1 && file.is_relative();
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if bare && !dir.is_empty() => std::path::Path::new(&dir).join(file),
+        _ => file.to_path_buf(),
+    }
+}
+
 /// Reads a secret named by a `*_env` or `*_file` key; errors name the key
 /// or variable, never the secret.
 pub fn read_secret(
     env: Option<&str>,
     file: Option<&std::path::Path>,
 ) -> Result<Option<String>, WatchError> {
-    if let Some(path) = file {
+    if let Some(file) = file {
+        let path = secret_path(file);
+        let path = path.as_path();
         let text = std::fs::read_to_string(path).map_err(|e| {
             WatchError::new(
                 "config",
