@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod backend;
+pub mod backup;
 pub mod benchmark;
 pub mod config;
 pub mod daemon;

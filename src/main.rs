@@ -63,6 +63,30 @@ enum Command {
         #[arg(long, env = "SAFEDRIFT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Write the whole store (data_dir) as JSON lines, for backups and moves.
+    /// Stop the daemon first: the store is open in one process at a time.
+    Export {
+        #[arg(long, env = "SAFEDRIFT_CONFIG")]
+        config: Option<PathBuf>,
+        /// The store to export (default: the config's data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Output file (default: standard output). Written to FILE.partial
+        /// and renamed once complete.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Restore an export into a new store; the target must not exist or be
+    /// empty (imports never merge into or overwrite a store).
+    Import {
+        /// The export file (`-` for standard input).
+        file: PathBuf,
+        #[arg(long, env = "SAFEDRIFT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where to create the store (default: the config's data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -137,6 +161,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Export {
+            config,
+            data_dir,
+            out,
+        } => export(config, data_dir, out),
+        Command::Import {
+            file,
+            config,
+            data_dir,
+        } => import(file, config, data_dir),
         Command::Eval(args) => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(eval(*args))
@@ -165,6 +199,95 @@ fn check_config(flag: Option<PathBuf>) -> u8 {
             eprintln!("{} problem(s) found", e.problems.len());
             EXIT_USAGE
         }
+    }
+}
+
+fn store_dir(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<PathBuf, u8> {
+    match data_dir {
+        Some(d) => Ok(d),
+        None => Ok(load_config(config)?.data_dir.clone()),
+    }
+}
+
+fn export(config: Option<PathBuf>, data_dir: Option<PathBuf>, out: Option<PathBuf>) -> u8 {
+    let dir = match store_dir(config, data_dir) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    if !dir.exists() {
+        return usage(format!(
+            "{}: no store here (nothing to export)",
+            dir.display()
+        ));
+    }
+    let store = match safedrift::store::Store::open(&dir) {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let written = match &out {
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = std::io::BufWriter::new(stdout.lock());
+            safedrift::backup::export(&store, &mut lock)
+        }
+        Some(path) => {
+            let partial = path.with_extension("partial");
+            let result = std::fs::File::create(&partial)
+                .map_err(safedrift::backup::BackupError::Write)
+                .and_then(|f| {
+                    let mut w = std::io::BufWriter::new(f);
+                    let n = safedrift::backup::export(&store, &mut w)?;
+                    let f = w
+                        .into_inner()
+                        .map_err(|e| safedrift::backup::BackupError::Write(e.into_error()))?;
+                    f.sync_all()
+                        .map_err(safedrift::backup::BackupError::Write)?;
+                    std::fs::rename(&partial, path)
+                        .map_err(safedrift::backup::BackupError::Write)?;
+                    Ok(n)
+                });
+            if result.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            result
+        }
+    };
+    match written {
+        Ok(n) => {
+            eprintln!("exported {n} records from {}", dir.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_BACKEND
+        }
+    }
+}
+
+fn import(file: PathBuf, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> u8 {
+    let dir = match store_dir(config, data_dir) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let result = if file.as_os_str() == "-" {
+        let stdin = std::io::stdin();
+        safedrift::backup::import(&mut stdin.lock(), "<stdin>", &dir)
+    } else {
+        match std::fs::File::open(&file) {
+            Ok(f) => safedrift::backup::import(
+                &mut std::io::BufReader::new(f),
+                &file.display().to_string(),
+                &dir,
+            ),
+            Err(e) => return usage(format!("{}: cannot read: {e}", file.display())),
+        }
+    };
+    match result {
+        Ok(n) => {
+            eprintln!("imported {n} records into {}", dir.display());
+            0
+        }
+        Err(e) => usage(e),
     }
 }
 

@@ -267,6 +267,29 @@ impl Store {
             path: path.to_path_buf(),
             message,
         };
+        let restore = format!(
+            "to restore: stop safedrift, move {} aside, then `safedrift import BACKUP.jsonl --data-dir {}` (see systemd/README.md)",
+            path.display(),
+            path.display()
+        );
+        // A store whose database file is gone (sled's other files remain)
+        // is damaged: it is never silently replaced by an empty one.
+        let sled_files = ["conf", "blobs", "snap"];
+        if !path.join("db").exists() {
+            if let Ok(entries) = std::fs::read_dir(path) {
+                let leftovers = entries.flatten().any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    sled_files
+                        .iter()
+                        .any(|f| name == *f || name.starts_with("snap."))
+                });
+                if leftovers {
+                    return Err(open_err(format!(
+                        "the store's database file `db` is missing but its other files remain: the store is damaged; nothing was changed; {restore}"
+                    )));
+                }
+            }
+        }
         std::fs::create_dir_all(path)
             .map_err(|e| open_err(format!("cannot create the directory: {e}")))?;
         let db = sled::Config::new()
@@ -279,7 +302,7 @@ impl Store {
                 ),
                 sled::Error::Io(io) => open_err(format!("cannot open: {io}")),
                 other => open_err(format!(
-                    "cannot open ({other}); the files may be damaged: restore from a backup or move the directory aside"
+                    "cannot open ({other}); the files may be damaged; nothing was changed; {restore}"
                 )),
             })?;
         let meta = db.open_tree("meta")?;
@@ -329,6 +352,16 @@ impl Store {
     /// records (the alert outbox). Writes to it are flushed with the rest.
     pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
+    }
+
+    /// The names of every tree holding records (for export).
+    pub fn tree_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .filter(|n| n != "__sled__default")
+            .collect()
     }
 
     /// Marks the store dirty so the background flusher fsyncs soon.
