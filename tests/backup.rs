@@ -156,7 +156,7 @@ async fn bad_exports_are_refused_and_create_nothing() {
         (
             "cut mid-line",
             text[..text.len() / 2].to_string(),
-            format!("backup-cut mid-line.jsonl:"),
+            "backup-cut mid-line.jsonl:".to_string(),
         ),
         (
             "a record dropped",
