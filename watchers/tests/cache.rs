@@ -675,3 +675,58 @@ async fn a_full_disk_is_kind_disk() {
     assert!(err.message.contains("big.bin.partial"), "{}", err.message);
     assert!(!dest.exists());
 }
+
+/// Symlinks planted in the cache (by a tarball, another program or an
+/// earlier bug) never let a download write outside it: a symlinked folder
+/// that leads out is refused, a symlinked partial file is refused, and a
+/// symlinked destination that does not verify is replaced, not written
+/// through.
+#[tokio::test]
+async fn symlinks_never_lead_a_download_out_of_the_cache() {
+    let (base, _log) = server().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let cache = cache(&tmp.path().join("cache"), u64::MAX);
+    let dir = cache.checkpoint_dir(&checkpoint("acme/model", "sym"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let client = reqwest::Client::new();
+    let digest = sha(&DATA);
+    let url = format!("{base}/file");
+    let request = |dest: &'static Path| DownloadRequest {
+        url: &url,
+        dest,
+        sha256: Some(&digest),
+        size: Some(LEN as u64),
+        bearer: None,
+    };
+
+    // A folder inside the checkpoint that is a symlink to the outside.
+    std::os::unix::fs::symlink(&outside, dir.join("onnx")).unwrap();
+    let dest: &'static Path = Box::leak(dir.join("onnx/model.onnx").into_boxed_path());
+    let err = cache.download(&client, request(dest)).await.unwrap_err();
+    assert_eq!(err.kind, "unsafe_path", "{}", err.message);
+    assert!(!outside.join("model.onnx").exists());
+
+    // The partial file is a symlink to a file outside.
+    let dest: &'static Path = Box::leak(dir.join("weights.bin").into_boxed_path());
+    std::os::unix::fs::symlink(&victim, partial_of(dest)).unwrap();
+    let err = cache.download(&client, request(dest)).await.unwrap_err();
+    assert_eq!(err.kind, "unsafe_path", "{}", err.message);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+    // The destination itself is a symlink to a file outside: it does not
+    // verify, so the link is replaced by the real download; the file it
+    // pointed at is untouched.
+    let dest: &'static Path = Box::leak(dir.join("tokenizer.json").into_boxed_path());
+    std::os::unix::fs::symlink(&victim, dest).unwrap();
+    cache.download(&client, request(dest)).await.unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(!std::fs::symlink_metadata(dest)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(dest).unwrap(), *DATA);
+}
