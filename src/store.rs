@@ -39,12 +39,24 @@ pub enum StoreError {
     Open { path: PathBuf, message: String },
     #[error("store {path}: schema version {found} is not supported by this build (it reads version {SCHEMA_VERSION}); use the safedrift release that wrote it, or export and import")]
     Schema { path: PathBuf, found: String },
-    #[error("store: {0}")]
+    #[error("store: {}", describe(.0))]
     Io(#[from] sled::Error),
     #[error("store: corrupt record under key {key}: {message}")]
     Corrupt { key: String, message: String },
     #[error("store: run {0} not found")]
     RunNotFound(String),
+}
+
+/// sled's errors, in words: an I/O error as the OS says it, a full disk
+/// with what to do.
+fn describe(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            format!("{io}: the disk holding data_dir is full; free space (nothing stored was lost)")
+        }
+        sled::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
 }
 
 impl StoreError {
