@@ -540,7 +540,8 @@ async fn drifted_checkpoints_give_one_email_and_one_signed_webhook_per_target_th
     );
     let s = setup(&server, port, &["a-drift", "b-drift", "c-safe"], "");
     alerts += &json_hook("hook", rx_port, &s, "");
-    alerts += &json_hook("hook2", rx2_port, &s, "");
+    // This one opts in to model output.
+    alerts += &json_hook("hook2", rx2_port, &s, "include_responses = true");
     let config = std::fs::read_to_string(s.config()).unwrap() + &alerts;
     std::fs::write(s.config(), config).unwrap();
     let check = s.run(&["check-config"]).await;
@@ -705,7 +706,18 @@ async fn drifted_checkpoints_give_one_email_and_one_signed_webhook_per_target_th
         assert_eq!(body["data"]["runs"][0]["run_id"], a.id.as_str());
         assert_eq!(got.bodies[1]["type"], "alert.resolved");
         let text = serde_json::to_string(&got.bodies).unwrap();
-        assert!(!text.contains(HARMFUL_ANSWER) && !text.contains(SECRET_B64));
+        assert!(!text.contains(SECRET_B64));
+    }
+    // Model output only where the target opted in.
+    let plain = serde_json::to_string(&rx.received.lock().unwrap().bodies).unwrap();
+    assert!(!plain.contains(HARMFUL_ANSWER), "{plain}");
+    {
+        let got = rx2.received.lock().unwrap();
+        let responses = got.bodies[0]["data"]["responses"].as_array().unwrap();
+        assert_eq!(responses.len(), 5);
+        assert!(responses
+            .iter()
+            .all(|r| r["response"] == HARMFUL_ANSWER && r["run_id"] == b.id.as_str()));
     }
     // Slack: one message each.
     let got = rx.received.lock().unwrap();
@@ -832,6 +844,61 @@ async fn kill_9_before_and_during_delivery_delivers_every_alert_once() {
     assert_eq!(alert.deliveries["hook"].attempts, 2);
     assert_eq!(alert.deliveries["mail"].status, DeliveryStatus::Delivered);
     assert_eq!(alert.deliveries["mail"].attempts, 1);
+}
+
+/// The state a kill between storing a drifted run and deciding on it leaves
+/// (the run stored, no decision) is decided on the next start: the alert is
+/// sent once, and a further restart sends nothing again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_stored_without_its_alert_decision_is_alerted_once_on_the_next_start() {
+    let server = models(&[("a-drift", true)]).await;
+    let (rx, rx_port) = receiver().await;
+    let port = free_port();
+    let s = setup(&server, port, &["a-drift"], "");
+    let base = std::fs::read_to_string(s.config()).unwrap() + "[alerting]\ngroup_window = \"0s\"\n";
+    std::fs::write(s.config(), &base).unwrap();
+    let mut daemon = start(&s);
+    wait_for("the drifted run", Duration::from_secs(90), || {
+        log(&s).contains("alert queued")
+    })
+    .await;
+    stop(&mut daemon).await;
+    {
+        let store = Store::open(&s.data_dir()).unwrap();
+        for tree in [
+            safedrift::alerts::grouping::DECISIONS,
+            safedrift::alerts::grouping::LINEAGES,
+            safedrift::alerts::record::TREE,
+        ] {
+            store.tree(tree).unwrap().clear().unwrap();
+        }
+        store.flush().await.unwrap();
+        assert!(safedrift::alerts::record::list(&store, 10, None)
+            .unwrap()
+            .is_empty());
+    }
+    std::fs::write(s.config(), base + &json_hook("hook", rx_port, &s, "")).unwrap();
+    let mut daemon = start(&s);
+    wait_for("the webhook", Duration::from_secs(30), || {
+        !rx.received.lock().unwrap().verified.is_empty()
+    })
+    .await;
+    stop(&mut daemon).await;
+    let mut daemon = start(&s);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop(&mut daemon).await;
+
+    let store = Store::open(&s.data_dir()).unwrap();
+    let records = safedrift::alerts::record::list(&store, 10, None).unwrap();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let got = rx.received.lock().unwrap();
+    assert_eq!(
+        got.verified,
+        [(records[0].id.clone(), 1)]
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+    );
+    assert!(log(&s).contains("deciding on a run that completed before a restart"));
 }
 
 /// A target that is down gets the alert once it is back; the others get it
