@@ -69,10 +69,16 @@ struct Mail {
 
 impl Smtp {
     async fn start(dir: PathBuf) -> Smtp {
+        Smtp::start_with(dir, &[]).await
+    }
+
+    /// `args`: the sink's options (TLS mode and certificate, credentials).
+    async fn start_with(dir: PathBuf, args: &[&str]) -> Smtp {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
         let mut child = Command::new("python3")
             .arg(&script)
             .arg(&dir)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1148,4 +1154,139 @@ retries = 3
     ] {
         assert!(err.contains(needle), "missing {needle} in\n{err}");
     }
+}
+
+/// A private CA and a certificate for `localhost` signed by it (openssl).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS tests (Debian: apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=safedrift test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// STARTTLS (`?tls=required`) and implicit TLS (`smtps://`) with AUTH: the
+/// password comes from its file and appears nowhere in the message; a
+/// server certificate from an untrusted CA is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn email_over_starttls_and_smtps_authenticates_with_the_password_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(tmp.path());
+    let password = "s3cret-smtp-password";
+    let cert = cert.to_str().unwrap();
+    let key = key.to_str().unwrap();
+    let starttls = Smtp::start_with(
+        tmp.path().join("starttls"),
+        &["--starttls", cert, key, "--auth", "alerts", password],
+    )
+    .await;
+    let smtps = Smtp::start_with(
+        tmp.path().join("smtps"),
+        &["--smtps", cert, key, "--auth", "alerts", password],
+    )
+    .await;
+    let s = Scratch::new();
+    let pw = s.write("smtp_password", format!("{password}\n"));
+    let target = |name: &str, url: String, ca: Option<&Path>| {
+        format!(
+            "[alerts.{name}]\nkind = \"email\"\nurl = \"{url}\"\nusername = \"alerts\"\npassword_file = {:?}\nfrom = \"safedrift@example.com\"\nto = [\"mlops@example.com\"]\ntimeout = \"10s\"\n{}\n",
+            pw.display().to_string(),
+            ca.map(|c| format!("ca_file = {:?}", c.display().to_string()))
+                .unwrap_or_default()
+        )
+    };
+    let config = std::fs::read_to_string(s.config()).unwrap()
+        + &target(
+            "starttls",
+            format!("smtp://localhost:{}?tls=required", starttls.port),
+            Some(&ca),
+        )
+        + &target(
+            "smtps",
+            format!("smtps://localhost:{}", smtps.port),
+            Some(&ca),
+        )
+        + &target(
+            "untrusted",
+            format!("smtps://localhost:{}", smtps.port),
+            None,
+        );
+    std::fs::write(s.config(), config).unwrap();
+
+    for (name, server) in [("starttls", &starttls), ("smtps", &smtps)] {
+        let out = s.run(&["alert", "test", name]).await;
+        assert!(out.status.success(), "{name}: {}", common::stderr(&out));
+        let mails = server.mails();
+        assert_eq!(mails.len(), 1, "{name}");
+        assert_eq!(mails[0].rcpt_tos, vec!["mlops@example.com"]);
+        assert!(!mails[0].raw.contains(password));
+        assert!(!common::stdout(&out).contains(password));
+    }
+    let out = s.run(&["alert", "test", "untrusted"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let err = common::stderr(&out);
+    assert!(err.contains("untrusted (email): failed"), "{err}");
+    assert!(!err.contains(password), "{err}");
+    assert_eq!(smtps.mails().len(), 1);
 }

@@ -9,6 +9,7 @@
 
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::record::AlertRecord;
@@ -57,9 +58,32 @@ pub fn transport(target: &TargetConfig) -> Result<AsyncSmtpTransport<Tokio1Execu
         url::Url::parse(&target.url).map_err(|_| "`url` is not a valid SMTP URL".to_string())?;
     let url_user = (!url.username().is_empty()).then(|| percent_decode(url.username()));
     let _ = url.set_username("");
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.as_str())
-        .map_err(|e| format!("`url`: {e}"))?
-        .timeout(Some(target.timeout()));
+    let mut builder = match &target.ca_file {
+        None => AsyncSmtpTransport::<Tokio1Executor>::from_url(url.as_str())
+            .map_err(|e| format!("`url`: {e}"))?,
+        Some(ca) => {
+            // The URL's TLS mode, with a private CA added to the roots.
+            let host = url.host_str().unwrap_or_default().to_string();
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("`ca_file`: cannot read {}: {e}", ca.display()))?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| {
+                format!("`ca_file`: {} is not a PEM certificate: {e}", ca.display())
+            })?;
+            let params = TlsParameters::builder(host.clone())
+                .add_root_certificate(cert)
+                .build_rustls()
+                .map_err(|e| format!("TLS: {e}"))?;
+            let (tls, port) = if url.scheme() == "smtps" {
+                (Tls::Wrapper(params), 465)
+            } else {
+                (Tls::Required(params), 587)
+            };
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+                .port(url.port().unwrap_or(port))
+                .tls(tls)
+        }
+    }
+    .timeout(Some(target.timeout()));
     let password = target.password()?;
     let user = target.username.clone().or(url_user);
     match (user, password) {

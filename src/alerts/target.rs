@@ -40,6 +40,9 @@ pub struct TargetConfig {
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// PEM file of a CA to trust (besides the public roots) for an SMTP
+    /// server with a private certificate (TLS URLs only).
+    pub ca_file: Option<PathBuf>,
     // --- webhook
     /// `json` (default), `slack` or `alertmanager`.
     pub format: Option<String>,
@@ -147,7 +150,8 @@ impl TargetConfig {
     fn check(&self, name: &str) -> Vec<String> {
         let key = |k: &str| format!("`alerts.{name}.{k}`");
         let mut p = Vec::new();
-        let email_only: [(&str, bool); 5] = [
+        let email_only: [(&str, bool); 6] = [
+            ("ca_file", self.ca_file.is_some()),
             ("from", self.from.is_some()),
             ("to", !self.to.is_empty()),
             ("username", self.username.is_some()),
@@ -211,6 +215,21 @@ impl TargetConfig {
                 for t in &self.to {
                     if t.parse::<lettre::message::Mailbox>().is_err() {
                         p.push(format!("{}: {t:?} is not an email address", key("to")));
+                    }
+                }
+                let tls = self.url.starts_with("smtps:") || self.url.contains("tls=required");
+                if let Some(f) = &self.ca_file {
+                    if !tls {
+                        p.push(format!(
+                            "{}: only TLS URLs (smtps://, ?tls=required) use a CA file",
+                            key("ca_file")
+                        ));
+                    } else if !f.is_file() {
+                        p.push(format!(
+                            "{}: {} is not a readable file",
+                            key("ca_file"),
+                            f.display()
+                        ));
                     }
                 }
                 if self.password_env.is_some() && self.password_file.is_some() {
