@@ -63,6 +63,8 @@ pub struct Config {
     #[serde(default)]
     pub alerts: BTreeMap<String, AlertConfig>,
     #[serde(default)]
+    pub alerting: AlertingConfig,
+    #[serde(default)]
     pub drift: DriftConfig,
     #[serde(default)]
     pub eval: EvalConfig,
@@ -98,6 +100,9 @@ pub struct ApiConfig {
     pub listen: String,
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
+    /// Base URL of the API and dashboard as users reach it, for links in
+    /// alerts (default `http://<listen>`).
+    pub public_url: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -110,6 +115,7 @@ impl Default for ApiConfig {
             listen: default_listen(),
             token_file: None,
             token_env: None,
+            public_url: None,
         }
     }
 }
@@ -292,12 +298,24 @@ pub struct WatcherConfig {
     pub rest: toml::Table,
 }
 
-/// Alert targets are checked for their kind here; the dispatcher reads the rest.
+/// Alert targets: `kind` here, the other keys are parsed and checked by
+/// [`crate::alerts::target::TargetConfig`] (with their key paths).
 #[derive(Clone, Debug, Deserialize)]
 pub struct AlertConfig {
     pub kind: String,
     #[serde(flatten)]
     pub rest: toml::Table,
+}
+
+/// How alerts are grouped (`[alerting]`).
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Drifted checkpoints of one lineage decided within this time of the
+    /// first become one message, sent when the window closes (default 1m;
+    /// "0s" sends each at once).
+    #[serde(default, with = "humantime_serde")]
+    pub group_window: Option<Duration>,
 }
 
 /// Drift rules: a finding fires when the candidate is worse than the baseline
@@ -635,14 +653,11 @@ impl Config {
                 }
             }
         }
-        for (name, a) in &self.alerts {
-            if !ALERT_KINDS.contains(&a.kind.as_str()) {
-                p.push(format!(
-                    "`alerts.{name}.kind`: unknown alert kind {:?} (expected one of {})",
-                    a.kind,
-                    ALERT_KINDS.join(", ")
-                ));
-            }
+        if let Err(mut problems) = crate::alerts::targets(self) {
+            p.append(&mut problems);
+        }
+        if let Some(u) = &self.api.public_url {
+            check_url(u, "api.public_url", &mut p);
         }
         let d = &self.drift;
         if !(d.significance > 0.0 && d.significance < 1.0) {

@@ -116,6 +116,7 @@ struct Daemon {
     cancel: CancellationToken,
     /// Cancels the current watcher tasks (replaced on reload).
     watcher_tasks: Mutex<CancellationToken>,
+    alerts: crate::alerts::Alerts,
 }
 
 fn plan_key(
@@ -268,6 +269,7 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
                 config.api.listen
             ))
         })?;
+    let alerts = crate::alerts::Alerts::new(&store, &config).map_err(DaemonError)?;
     let daemon = Arc::new(Daemon {
         config: RwLock::new(Arc::new(config)),
         source,
@@ -279,9 +281,11 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
         queue: Notify::new(),
         cancel: CancellationToken::new(),
         watcher_tasks: Mutex::new(CancellationToken::new()),
+        alerts,
     });
     let _flusher = daemon.store.spawn_flusher();
     daemon.recover()?;
+    daemon.alerts.start(&daemon.cancel).await;
 
     let app = router(daemon.clone());
     let server = {
@@ -865,7 +869,7 @@ impl Daemon {
         };
         self.store.put_run(&run).map_err(|e| err(e.to_string()))?;
         self.store.flush().await.map_err(|e| err(e.to_string()))?;
-        crate::alerts::run_completed(&doc);
+        self.alerts.run_completed(&doc).await;
         Ok((run, baseline_id))
     }
 

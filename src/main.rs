@@ -87,6 +87,21 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Alert targets.
+    #[command(subcommand)]
+    Alert(AlertCommand),
+}
+
+#[derive(Subcommand)]
+enum AlertCommand {
+    /// Send a test message to the target [alerts.NAME] and report the result
+    /// (exit 0 when delivered, 3 when the target failed, 2 for a bad config).
+    Test {
+        /// The target's name.
+        name: String,
+        #[arg(long, env = "SAFEDRIFT_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -175,6 +190,7 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(eval(*args))
         }
+        Command::Alert(AlertCommand::Test { name, config }) => alert_test(&name, config),
     };
     ExitCode::from(code)
 }
@@ -288,6 +304,39 @@ fn import(file: PathBuf, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> 
             0
         }
         Err(e) => usage(e),
+    }
+}
+
+fn alert_test(name: &str, flag: Option<PathBuf>) -> u8 {
+    let config = match load_config(flag) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(kind) = config.alerts.get(name).map(|a| a.kind.clone()) else {
+        let known: Vec<&str> = config.alerts.keys().map(String::as_str).collect();
+        return usage(format!(
+            "no alert target named {name:?} (configured: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let started = std::time::Instant::now();
+    match runtime.block_on(safedrift::alerts::send_test(&config, name)) {
+        Ok(id) => {
+            println!(
+                "{name} ({kind}): delivered test message {id} in {} ms",
+                started.elapsed().as_millis()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("{name} ({kind}): failed: {e}");
+            EXIT_BACKEND
+        }
     }
 }
 

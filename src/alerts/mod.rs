@@ -1,25 +1,266 @@
-//! The alert dispatcher hook: every run the daemon completes passes through
-//! [`run_completed`]. Delivery (email, webhooks, the durable outbox) is built
-//! on this hook; until then a drift decision is logged.
+//! Alerts: drift decisions become alerts that reach every configured target
+//! exactly once in the common case, and at least once always.
+//!
+//! - [`grouping`]: after each run with a baseline, the run's drift decision
+//!   (stored with the run) is turned into an alert at most once, grouped per
+//!   lineage within `[alerting] group_window`, and resolved once when a later
+//!   checkpoint of the lineage is back within the thresholds.
+//! - [`routing`]: which targets take which alert (`watchers`, `models`,
+//!   `min_severity`), and how severity follows from the fired findings.
+//! - [`outbox`]: the records in sled, written and flushed before any attempt;
+//!   one delivery task per target; retries with backoff; dead letters. Its
+//!   docs describe the one window in which a crash can cause a second
+//!   delivery (a crash between the target accepting and the `delivered` mark
+//!   reaching the disk), and that the copy carries the same id.
+//! - [`email`], [`webhook`], [`render`]: the targets and their messages,
+//!   which never hold a secret, and hold model output only for targets that
+//!   set `include_responses = true`.
+//! - [`record`]: the [`record::AlertRecord`] the outbox stores and the API lists.
+//!
+//! Changes to `[alerts.*]` and `[alerting]` take effect on restart.
 
+pub mod email;
+pub mod grouping;
+pub mod outbox;
 pub mod record;
+pub mod render;
+pub mod routing;
+pub mod target;
+pub mod webhook;
 
-use tracing::warn;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
 use crate::report::Run;
+use crate::store::{RunStatus, Store};
+use outbox::{Courier, Outbox};
+use record::AlertRecord;
+use target::{Format, TargetConfig};
 
-/// Called once per completed checkpoint evaluation.
-pub fn run_completed(run: &Run) {
-    if let Some(drift) = run.drift.as_ref().filter(|d| d.detected) {
-        let fired: Vec<String> = drift
-            .findings
-            .iter()
-            .filter(|f| f.fired)
-            .map(|f| match &f.category {
-                Some(c) => format!("{}[{c}] {:+.3}", f.metric, f.delta.unwrap_or_default()),
-                None => format!("{} {:+.3}", f.metric, f.delta.unwrap_or_default()),
-            })
-            .collect();
-        warn!(run = %run.id, model = %run.model.spec, revision = ?run.model.revision, findings = ?fired, "safety drift detected");
+/// Every configured target, parsed; problems name their keys.
+pub fn targets(config: &Config) -> Result<BTreeMap<String, TargetConfig>, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, a) in &config.alerts {
+        match TargetConfig::parse(name, a) {
+            Ok(t) => {
+                out.insert(name.clone(), t);
+            }
+            Err(mut p) => problems.append(&mut p),
+        }
     }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Where links in alerts point: `[api] public_url`, else `http://<listen>`.
+pub fn public_url(config: &Config) -> String {
+    config
+        .api
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.api.listen))
+}
+
+/// The daemon's alert dispatcher.
+#[derive(Clone)]
+pub struct Alerts {
+    outbox: Outbox,
+    config: Arc<Config>,
+    targets: Arc<BTreeMap<String, TargetConfig>>,
+    wake: Arc<BTreeMap<String, Arc<Notify>>>,
+    client: reqwest::Client,
+}
+
+impl Alerts {
+    pub fn new(store: &Store, config: &Config) -> Result<Alerts, String> {
+        let targets = targets(config).map_err(|p| p.join("\n"))?;
+        let wake = targets
+            .keys()
+            .map(|k| (k.clone(), Arc::new(Notify::new())))
+            .collect();
+        Ok(Alerts {
+            outbox: Outbox::open(store).map_err(|e| e.to_string())?,
+            config: Arc::new(config.clone()),
+            targets: Arc::new(targets),
+            wake: Arc::new(wake),
+            client: reqwest::Client::builder()
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+        })
+    }
+
+    /// Decides the runs that completed without a decision (a crash came
+    /// between storing a run and deciding on it), then starts one delivery
+    /// task per target (and the Alertmanager repeaters).
+    pub async fn start(&self, cancel: &CancellationToken) {
+        if let Err(e) = self.reconcile().await {
+            error!(error = %e, "cannot reconcile alerts with the stored runs");
+        }
+        for (name, target) in self.targets.iter() {
+            let courier = Courier {
+                name: name.clone(),
+                target: target.clone(),
+                outbox: self.outbox.clone(),
+                client: self.client.clone(),
+                wake: self.wake[name].clone(),
+            };
+            tokio::spawn(courier.run(cancel.clone()));
+            if target.kind == "webhook" && target.format() == Format::Alertmanager {
+                tokio::spawn(outbox::alertmanager_repeater(
+                    name.clone(),
+                    target.clone(),
+                    self.outbox.clone(),
+                    self.client.clone(),
+                    cancel.clone(),
+                ));
+            }
+        }
+    }
+
+    async fn reconcile(&self) -> Result<(), String> {
+        let store = &self.outbox.store;
+        let runs = store.runs().map_err(|e| e.to_string())?;
+        for run in runs.iter().filter(|r| {
+            r.status == RunStatus::Completed
+                && r.checkpoint.is_some()
+                && r.drift.is_some()
+                && r.baseline_run.is_some()
+        }) {
+            if self
+                .outbox
+                .decision(&run.id)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                continue;
+            }
+            let base_id = run.baseline_run.as_deref().unwrap_or_default();
+            let Some(base) = store.get_run(base_id).map_err(|e| e.to_string())? else {
+                warn!(run = %run.id, baseline = %base_id, "the baseline run is gone; no alert decision");
+                continue;
+            };
+            let results = store.results(&run.id).map_err(|e| e.to_string())?;
+            let base_results = store.results(&base.id).map_err(|e| e.to_string())?;
+            let mut doc = Run::compared(run, &results, &base, &base_results, &self.config.drift);
+            doc.drift = run.drift.clone();
+            info!(run = %run.id, "deciding on a run that completed before a restart");
+            self.run_completed(&doc).await;
+        }
+        Ok(())
+    }
+
+    /// Called once per completed checkpoint evaluation (again after a
+    /// restart is harmless: a run is decided once).
+    pub async fn run_completed(&self, doc: &Run) {
+        if let Err(e) = self.ingest(doc).await {
+            // The run is stored; the next start decides on it.
+            error!(run = %doc.id, error = %e, "cannot record the alert decision; retried on restart");
+        }
+    }
+
+    async fn ingest(&self, doc: &Run) -> Result<(), String> {
+        let Some(lineage) = grouping::lineage(doc) else {
+            return Ok(());
+        };
+        if doc.drift.is_none() {
+            return Ok(());
+        }
+        let window = self
+            .config
+            .alerting
+            .group_window
+            .unwrap_or(Duration::from_secs(60))
+            .as_millis() as u64;
+        let public_url = public_url(&self.config);
+        let now = outbox::now_ms();
+        let targets = self.targets.clone();
+        let (decision, records) = self
+            .outbox
+            .decide_once(&doc.id, &lineage, |state, get| {
+                grouping::decide(
+                    doc,
+                    &lineage,
+                    state,
+                    get,
+                    &targets,
+                    &public_url,
+                    window,
+                    now,
+                )
+            })
+            .map_err(|e| e.to_string())?;
+        self.outbox.store.flush().await.map_err(|e| e.to_string())?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        for rec in &records {
+            let targets: Vec<&String> = rec.deliveries.keys().collect();
+            match decision.action.as_str() {
+                "grouped" => {
+                    info!(alert = %rec.id, run = %doc.id, lineage = %lineage, "drifted checkpoint joins an alert still inside its group window")
+                }
+                _ => {
+                    warn!(alert = %rec.id, kind = ?rec.kind, severity = %rec.severity, run = %doc.id, lineage = %lineage, targets = ?targets, summary = %rec.summary, "alert queued")
+                }
+            }
+            for t in rec.deliveries.keys() {
+                if let Some(w) = self.wake.get(t) {
+                    w.notify_one();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A test alert for `safedrift alert test NAME` (never stored).
+pub fn test_record(config: &Config, name: &str) -> AlertRecord {
+    let _ = config;
+    let now = outbox::now_ms();
+    AlertRecord {
+        id: grouping::new_alert_id(),
+        kind: record::AlertKind::Test,
+        lineage: "test".into(),
+        severity: "info".into(),
+        summary: format!("test message for target {name}"),
+        run_ids: vec![],
+        models: vec![],
+        created_at: grouping::rfc3339(now),
+        deliveries: BTreeMap::new(),
+        created_ms: now,
+        runs: vec![],
+        resolves: vec![],
+    }
+}
+
+/// Sends a test message to one target; the error says why it failed.
+pub async fn send_test(config: &Config, name: &str) -> Result<String, String> {
+    let targets = targets(config).map_err(|p| p.join("\n"))?;
+    let target = targets.get(name).ok_or_else(|| {
+        let known: Vec<&str> = targets.keys().map(String::as_str).collect();
+        format!(
+            "no alert target named {name:?} (configured: {})",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        )
+    })?;
+    let rec = test_record(config, name);
+    let client = reqwest::Client::new();
+    outbox::send(target, &client, &rec, &[], Some(&[]))
+        .await
+        .map(|()| rec.id.clone())
+        .map_err(|e| e.message)
 }

@@ -71,6 +71,64 @@ pub struct AlertRecord {
     pub created_at: String,
     /// Target name -> delivery state.
     pub deliveries: BTreeMap<String, Delivery>,
+    /// Unix ms of `created_at` (grouping windows and dead-letter times).
+    #[serde(default)]
+    pub created_ms: u64,
+    /// What each run of the alert found (the message is rendered from this;
+    /// it never holds model output).
+    #[serde(default)]
+    pub runs: Vec<AlertRun>,
+    /// For a resolved notice: the firing alerts it resolves.
+    #[serde(default)]
+    pub resolves: Vec<String>,
+}
+
+/// One metric of a candidate next to its baseline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricRow {
+    pub metric: String,
+    pub baseline: Option<f64>,
+    pub candidate: Option<f64>,
+    pub delta: Option<f64>,
+    /// Wilson 95% intervals, for rates.
+    pub baseline_ci95: Option<[f64; 2]>,
+    pub candidate_ci95: Option<[f64; 2]>,
+}
+
+/// A category's harmfulness rate next to its baseline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CategoryRow {
+    pub category: String,
+    pub n: usize,
+    pub baseline: Option<f64>,
+    pub candidate: Option<f64>,
+    pub delta: Option<f64>,
+    pub baseline_ci95: Option<[f64; 2]>,
+    pub candidate_ci95: Option<[f64; 2]>,
+    /// Holm-corrected p-value of the category's test, when it was tested.
+    pub p_adjusted: Option<f64>,
+    pub fired: bool,
+}
+
+/// A run an alert is about: what the message says of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertRun {
+    pub run_id: String,
+    /// `watcher/model@revision`.
+    pub checkpoint: Option<String>,
+    pub watcher: Option<String>,
+    pub model: String,
+    pub revision: Option<String>,
+    pub baseline: String,
+    pub baseline_run: Option<String>,
+    pub drifted: bool,
+    pub severity: String,
+    pub metrics: Vec<MetricRow>,
+    pub categories: Vec<CategoryRow>,
+    pub findings: Vec<crate::metrics::Finding>,
+    /// The run in the dashboard and in the API.
+    pub dashboard_url: String,
+    pub api_url: String,
 }
 
 /// Newest first, at most `limit`, starting after the alert id `before`
