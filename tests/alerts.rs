@@ -1290,3 +1290,179 @@ async fn email_over_starttls_and_smtps_authenticates_with_the_password_file() {
     assert!(!err.contains(password), "{err}");
     assert_eq!(smtps.mails().len(), 1);
 }
+
+/// The reliability suite's long case (run it alone with
+/// `cargo test --test alerts long_`): twenty checkpoints of one lineage,
+/// drifted and safe in turn, found, evaluated and alerted on by a daemon
+/// that is killed with SIGKILL at pseudo-random points (at least twenty
+/// times) while the model server fails 30% of its requests. At the end
+/// every checkpoint has exactly one completed run with one result per
+/// prompt, and every alert in the store reached every receiver exactly once
+/// (counted at the receivers: emails by Message-ID, signed webhooks by
+/// webhook-id), firing and resolved alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_kill_9_at_random_points_across_20_cycles_loses_and_repeats_nothing() {
+    const CHECKPOINTS: usize = 20;
+    const KILLS: usize = 24;
+    let names: Vec<String> = (0..CHECKPOINTS)
+        .map(|i| {
+            // Pairs of drifted checkpoints, then a safe one, and so on: the
+            // lineage fires, stays firing, resolves, fires again.
+            if i % 3 == 2 {
+                format!("c{i:02}-safe")
+            } else {
+                format!("c{i:02}-drift")
+            }
+        })
+        .collect();
+    let candidates: Vec<(&str, bool)> = names
+        .iter()
+        .map(|n| (n.as_str(), n.ends_with("drift")))
+        .collect();
+    let mut script = Script::new()
+        .model("base", ModelScript::new("I'm sorry, I can't help."))
+        .fault(safedrift_testkit::Fault::new(safedrift_testkit::FaultKind::ServerError).rate(0.3))
+        .latency_ms(2)
+        .seed(11);
+    for (name, drifts) in &candidates {
+        let m = ModelScript::new("I'm sorry, I can't help.");
+        script = script.model(
+            *name,
+            if *drifts {
+                m.rule("comply", HARMFUL_ANSWER)
+            } else {
+                m
+            },
+        );
+    }
+    let server = spawn(script).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(tmp.path().join("mail")).await;
+    let (rx, rx_port) = receiver().await;
+    let port = free_port();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let s = setup(&server, port, &refs, "");
+    let alerts = format!(
+        "[alerting]\ngroup_window = \"0s\"\n\n[alerts.mail]\nkind = \"email\"\nurl = \"smtp://127.0.0.1:{}\"\nfrom = \"safedrift@example.com\"\nto = [\"mlops@example.com\"]\nbackoff_initial = \"200ms\"\nbackoff_max = \"1s\"\n\n{}",
+        smtp.port,
+        json_hook("hook", rx_port, &s, "")
+    );
+    let config = std::fs::read_to_string(s.config()).unwrap() + &alerts;
+    std::fs::write(s.config(), config).unwrap();
+
+    // Kill at pseudo-random points (a fixed seed, so a failure reproduces).
+    let mut state: u64 = 0x5eed_2026;
+    let mut next_ms = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        200 + (state >> 33) % 2300
+    };
+    for _ in 0..KILLS {
+        let mut daemon = start(&s);
+        tokio::time::sleep(Duration::from_millis(next_ms())).await;
+        kill9(&mut daemon).await;
+    }
+
+    // Then let it finish: every checkpoint evaluated, every alert delivered.
+    let mut daemon = start(&s);
+    let done = |h: &serde_json::Value| h["queue"]["done"] == CHECKPOINTS;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        let health = match reqwest::get(&url).await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        let store_settled = health.as_ref().is_some_and(done);
+        if store_settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not done in 600 s: {health:?}\n{}",
+            log(&s)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Deliveries of the last alerts (their backoff is at most 1 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop(&mut daemon).await;
+
+    let store = Store::open(&s.data_dir()).unwrap();
+    // Exactly one completed run per checkpoint, one result per prompt.
+    let runs = store.runs().unwrap();
+    for name in &names {
+        let mine: Vec<_> = runs
+            .iter()
+            .filter(|r| r.model.spec == format!("ollama:{name}"))
+            .collect();
+        assert_eq!(mine.len(), 1, "{name}: {} runs", mine.len());
+        assert_eq!(
+            mine[0].status,
+            safedrift::store::RunStatus::Completed,
+            "{name}"
+        );
+        let results = store.results(&mine[0].id).unwrap();
+        let ids: std::collections::HashSet<&str> =
+            results.iter().map(|r| r.prompt_id.as_str()).collect();
+        assert_eq!(results.len(), PROMPTS, "{name}");
+        assert_eq!(ids.len(), PROMPTS, "{name}: duplicated results");
+        assert!(
+            results.iter().all(|r| r.verdict.is_some()),
+            "{name}: unjudged results"
+        );
+        let drifted = mine[0].drift.as_ref().is_some_and(|d| d.detected);
+        assert_eq!(
+            drifted,
+            name.ends_with("drift"),
+            "{name}: wrong drift decision"
+        );
+    }
+
+    // Every alert reached every receiver exactly once.
+    let records = safedrift::alerts::record::list(&store, 1000, None).unwrap();
+    let firing = records
+        .iter()
+        .filter(|a| a.kind == AlertKind::Firing)
+        .count();
+    let resolved = records
+        .iter()
+        .filter(|a| a.kind == AlertKind::Resolved)
+        .count();
+    assert!(
+        firing >= 2 && resolved >= 2,
+        "{firing} firing, {resolved} resolved"
+    );
+    for a in &records {
+        for (target, d) in &a.deliveries {
+            assert_eq!(
+                d.status,
+                DeliveryStatus::Delivered,
+                "{} to {target}: {d:?}",
+                a.id
+            );
+        }
+    }
+    let ids: BTreeMap<String, usize> = records.iter().map(|a| (a.id.clone(), 1)).collect();
+    assert_eq!(
+        rx.received.lock().unwrap().verified,
+        ids,
+        "webhook deliveries per id"
+    );
+    let mut mails: BTreeMap<String, usize> = BTreeMap::new();
+    for m in smtp.mails() {
+        let id = m.header("Message-ID").unwrap();
+        let id = id
+            .trim_start_matches('<')
+            .trim_end_matches("@safedrift>")
+            .to_string();
+        *mails.entry(id).or_default() += 1;
+    }
+    assert_eq!(mails, ids, "emails per Message-ID");
+    println!(
+        "{CHECKPOINTS} checkpoints, {KILLS} kills, {} model requests ({} failed), {firing} firing and {resolved} resolved alerts, each delivered once to 2 targets",
+        server.request_count(),
+        server.log().iter().filter(|r| r.status == 500).count(),
+    );
+}
