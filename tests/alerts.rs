@@ -919,7 +919,7 @@ async fn a_target_that_is_down_gets_the_alert_when_back_without_delaying_others(
     let port = free_port();
     let s = setup(&server, port, &["a-drift"], "");
     let alerts = format!(
-        "[alerting]\ngroup_window = \"0s\"\n\n{}{}{}",
+        "[alerting]\ngroup_window = \"0s\"\n\n{}{}{}[alerts.am]\nkind = \"webhook\"\nformat = \"alertmanager\"\nurl = \"http://127.0.0.1:{up_port}/\"\nrepeat_interval = \"1s\"\n",
         json_hook("up", up_port, &s, ""),
         json_hook("down", down_port, &s, "dead_letter_after = \"10m\""),
         json_hook("dead", dead_port, &s, "dead_letter_after = \"2s\""),
@@ -989,6 +989,27 @@ async fn a_target_that_is_down_gets_the_alert_when_back_without_delaying_others(
             .contains("connect"),
         "{:?}",
         r.deliveries["dead"]
+    );
+    // Alertmanager: the lineage is still firing, so its alert was sent
+    // again every repeat_interval, always active (endsAt ahead of each send).
+    let am: Vec<serde_json::Value> = up
+        .received
+        .lock()
+        .unwrap()
+        .alertmanager
+        .iter()
+        .flat_map(|v| v.as_array().unwrap().clone())
+        .collect();
+    assert!(am.len() >= 3, "firing alerts are repeated: {am:#?}");
+    for a in &am {
+        assert_eq!(a["labels"]["alert_id"], r.id.as_str());
+        assert_eq!(a["startsAt"], r.created_at.as_str());
+    }
+    let ends: Vec<&str> = am.iter().map(|a| a["endsAt"].as_str().unwrap()).collect();
+    assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{ends:?}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(ends[ends.len() - 1]).unwrap() > chrono::Utc::now(),
+        "{ends:?}"
     );
     let counts: Vec<usize> = [&up, &down]
         .iter()
