@@ -542,12 +542,15 @@ async fn drifted_checkpoints_give_one_email_and_one_signed_webhook_per_target_th
         smtp.port
     );
     alerts += &format!(
-        "[alerts.chat]\nkind = \"webhook\"\nformat = \"slack\"\nurl = \"http://127.0.0.1:{rx_port}/slack\"\n\n[alerts.am]\nkind = \"webhook\"\nformat = \"alertmanager\"\nurl = \"http://127.0.0.1:{rx_port}\"\nrepeat_interval = \"1s\"\nresolve_resend = \"3s\"\n\n"
+        "[alerts.chat]\nkind = \"webhook\"\nformat = \"slack\"\nurl_file = \"SLACK_URL_FILE\"\n\n[alerts.am]\nkind = \"webhook\"\nformat = \"alertmanager\"\nurl = \"http://127.0.0.1:{rx_port}\"\nrepeat_interval = \"1s\"\nresolve_resend = \"3s\"\n\n"
     );
     let s = setup(&server, port, &["a-drift", "b-drift", "c-safe"], "");
     alerts += &json_hook("hook", rx_port, &s, "");
     // This one opts in to model output.
     alerts += &json_hook("hook2", rx2_port, &s, "include_responses = true");
+    // A Slack webhook URL is itself a secret: it comes from a file.
+    let slack_url = s.write("slack_url", format!("http://127.0.0.1:{rx_port}/slack\n"));
+    let alerts = alerts.replace("SLACK_URL_FILE", slack_url.to_str().unwrap());
     let config = std::fs::read_to_string(s.config()).unwrap() + &alerts;
     std::fs::write(s.config(), config).unwrap();
     let check = s.run(&["check-config"]).await;
@@ -1158,6 +1161,10 @@ kind = "webhook"
 url = "https://hooks.example.com/x"
 format = "slack"
 retries = 3
+
+[alerts.nourl]
+kind = "webhook"
+format = "slack"
 "#,
     );
     let out = s.run(&["check-config"]).await;
@@ -1172,6 +1179,7 @@ retries = 3
         "`alerts.w.min_severity`",
         "`alerts.w.models`",
         "`alerts.t.retries`: unknown field `retries`",
+        "`alerts.nourl.url`: set exactly one of `url`, `url_env` or `url_file`",
     ] {
         assert!(err.contains(needle), "missing {needle} in\n{err}");
     }

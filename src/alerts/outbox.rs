@@ -436,41 +436,38 @@ pub async fn send(
             .map_err(|_| fail("SMTP: timed out".into()))?
             .map_err(fail)
         }
-        _ => match target.format() {
-            Format::Json => {
-                let key = target
-                    .signing_key()
-                    .map_err(fail)?
-                    .ok_or_else(|| fail("no signing secret".into()))?;
-                let body = serde_json::to_vec(&render::json_payload(rec, examples)).expect("json");
-                webhook::post(
-                    client,
-                    &target.url,
-                    body,
-                    Some((&key, &rec.id)),
-                    target.timeout(),
-                    false,
-                )
-                .await
+        _ => {
+            let url = target.url().map_err(fail)?;
+            match target.format() {
+                Format::Json => {
+                    let key = target
+                        .signing_key()
+                        .map_err(fail)?
+                        .ok_or_else(|| fail("no signing secret".into()))?;
+                    let body =
+                        serde_json::to_vec(&render::json_payload(rec, examples)).expect("json");
+                    webhook::post(
+                        client,
+                        &url,
+                        body,
+                        Some((&key, &rec.id)),
+                        target.timeout(),
+                        false,
+                    )
+                    .await
+                }
+                Format::Slack => {
+                    let body =
+                        serde_json::to_vec(&render::slack_payload(rec, examples)).expect("json");
+                    webhook::post(client, &url, body, None, target.timeout(), true).await
+                }
+                Format::Alertmanager => {
+                    let alerts = am_payload(target, rec, resolved_with.unwrap_or(&[]));
+                    let body = serde_json::to_vec(&alerts).expect("json");
+                    webhook::post(client, &am_url(&url), body, None, target.timeout(), false).await
+                }
             }
-            Format::Slack => {
-                let body = serde_json::to_vec(&render::slack_payload(rec, examples)).expect("json");
-                webhook::post(client, &target.url, body, None, target.timeout(), true).await
-            }
-            Format::Alertmanager => {
-                let alerts = am_payload(target, rec, resolved_with.unwrap_or(&[]));
-                let body = serde_json::to_vec(&alerts).expect("json");
-                webhook::post(
-                    client,
-                    &am_url(&target.url),
-                    body,
-                    None,
-                    target.timeout(),
-                    false,
-                )
-                .await
-            }
-        },
+        }
     }
 }
 
@@ -574,15 +571,15 @@ pub async fn alertmanager_repeater(
             continue;
         }
         let body = serde_json::to_vec(&alerts).expect("json");
-        if let Err(e) = webhook::post(
-            &client,
-            &am_url(&target.url),
-            body,
-            None,
-            target.timeout(),
-            false,
-        )
-        .await
+        let url = match target.url() {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(alert_target = %name, error = %e, "cannot repeat alerts to Alertmanager");
+                continue;
+            }
+        };
+        if let Err(e) =
+            webhook::post(&client, &am_url(&url), body, None, target.timeout(), false).await
         {
             warn!(alert_target = %name, error = %e.message, "cannot repeat alerts to Alertmanager; trying again next interval");
         }
