@@ -237,8 +237,7 @@ impl Alerts {
 }
 
 /// A test alert for `safedrift alert test NAME` (never stored).
-pub fn test_record(config: &Config, name: &str) -> AlertRecord {
-    let _ = config;
+pub fn test_record(name: &str) -> AlertRecord {
     let now = outbox::now_ms();
     AlertRecord {
         id: grouping::new_alert_id(),
@@ -270,7 +269,7 @@ pub async fn send_test(config: &Config, name: &str) -> Result<String, String> {
             }
         )
     })?;
-    let rec = test_record(config, name);
+    let rec = test_record(name);
     let client = reqwest::Client::new();
     outbox::send(target, &client, &rec, &[], Some(&[]))
         .await
