@@ -321,6 +321,7 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
     let _ = scheduler.shutdown().await;
     let _ = evaluator.await;
     let _ = server.await;
+    daemon.alerts.stopped(Duration::from_secs(15)).await;
     daemon
         .store
         .flush()

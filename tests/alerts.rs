@@ -542,12 +542,15 @@ async fn drifted_checkpoints_give_one_email_and_one_signed_webhook_per_target_th
         smtp.port
     );
     alerts += &format!(
-        "[alerts.chat]\nkind = \"webhook\"\nformat = \"slack\"\nurl = \"http://127.0.0.1:{rx_port}/slack\"\n\n[alerts.am]\nkind = \"webhook\"\nformat = \"alertmanager\"\nurl = \"http://127.0.0.1:{rx_port}\"\nrepeat_interval = \"1s\"\nresolve_resend = \"3s\"\n\n"
+        "[alerts.chat]\nkind = \"webhook\"\nformat = \"slack\"\nurl_file = \"SLACK_URL_FILE\"\n\n[alerts.am]\nkind = \"webhook\"\nformat = \"alertmanager\"\nurl = \"http://127.0.0.1:{rx_port}\"\nrepeat_interval = \"1s\"\nresolve_resend = \"3s\"\n\n"
     );
     let s = setup(&server, port, &["a-drift", "b-drift", "c-safe"], "");
     alerts += &json_hook("hook", rx_port, &s, "");
     // This one opts in to model output.
     alerts += &json_hook("hook2", rx2_port, &s, "include_responses = true");
+    // A Slack webhook URL is itself a secret: it comes from a file.
+    let slack_url = s.write("slack_url", format!("http://127.0.0.1:{rx_port}/slack\n"));
+    let alerts = alerts.replace("SLACK_URL_FILE", slack_url.to_str().unwrap());
     let config = std::fs::read_to_string(s.config()).unwrap() + &alerts;
     std::fs::write(s.config(), config).unwrap();
     let check = s.run(&["check-config"]).await;
@@ -919,7 +922,7 @@ async fn a_target_that_is_down_gets_the_alert_when_back_without_delaying_others(
     let port = free_port();
     let s = setup(&server, port, &["a-drift"], "");
     let alerts = format!(
-        "[alerting]\ngroup_window = \"0s\"\n\n{}{}{}",
+        "[alerting]\ngroup_window = \"0s\"\n\n{}{}{}[alerts.am]\nkind = \"webhook\"\nformat = \"alertmanager\"\nurl = \"http://127.0.0.1:{up_port}/\"\nrepeat_interval = \"1s\"\n",
         json_hook("up", up_port, &s, ""),
         json_hook("down", down_port, &s, "dead_letter_after = \"10m\""),
         json_hook("dead", dead_port, &s, "dead_letter_after = \"2s\""),
@@ -989,6 +992,27 @@ async fn a_target_that_is_down_gets_the_alert_when_back_without_delaying_others(
             .contains("connect"),
         "{:?}",
         r.deliveries["dead"]
+    );
+    // Alertmanager: the lineage is still firing, so its alert was sent
+    // again every repeat_interval, always active (endsAt ahead of each send).
+    let am: Vec<serde_json::Value> = up
+        .received
+        .lock()
+        .unwrap()
+        .alertmanager
+        .iter()
+        .flat_map(|v| v.as_array().unwrap().clone())
+        .collect();
+    assert!(am.len() >= 3, "firing alerts are repeated: {am:#?}");
+    for a in &am {
+        assert_eq!(a["labels"]["alert_id"], r.id.as_str());
+        assert_eq!(a["startsAt"], r.created_at.as_str());
+    }
+    let ends: Vec<&str> = am.iter().map(|a| a["endsAt"].as_str().unwrap()).collect();
+    assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{ends:?}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(ends[ends.len() - 1]).unwrap() > chrono::Utc::now(),
+        "{ends:?}"
     );
     let counts: Vec<usize> = [&up, &down]
         .iter()
@@ -1137,6 +1161,10 @@ kind = "webhook"
 url = "https://hooks.example.com/x"
 format = "slack"
 retries = 3
+
+[alerts.nourl]
+kind = "webhook"
+format = "slack"
 "#,
     );
     let out = s.run(&["check-config"]).await;
@@ -1151,6 +1179,7 @@ retries = 3
         "`alerts.w.min_severity`",
         "`alerts.w.models`",
         "`alerts.t.retries`: unknown field `retries`",
+        "`alerts.nourl.url`: set exactly one of `url`, `url_env` or `url_file`",
     ] {
         assert!(err.contains(needle), "missing {needle} in\n{err}");
     }

@@ -55,7 +55,7 @@ pub fn message(
 /// The transport for a target's URL and credentials.
 pub fn transport(target: &TargetConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     let mut url =
-        url::Url::parse(&target.url).map_err(|_| "`url` is not a valid SMTP URL".to_string())?;
+        url::Url::parse(&target.url()?).map_err(|_| "`url` is not a valid SMTP URL".to_string())?;
     let url_user = (!url.username().is_empty()).then(|| percent_decode(url.username()));
     let _ = url.set_username("");
     let mut builder = match &target.ca_file {

@@ -79,6 +79,7 @@ pub struct Alerts {
     targets: Arc<BTreeMap<String, TargetConfig>>,
     wake: Arc<BTreeMap<String, Arc<Notify>>>,
     client: reqwest::Client,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Alerts {
@@ -96,6 +97,7 @@ impl Alerts {
             client: reqwest::Client::builder()
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+            tasks: Arc::default(),
         })
     }
 
@@ -114,7 +116,8 @@ impl Alerts {
                 client: self.client.clone(),
                 wake: self.wake[name].clone(),
             };
-            tokio::spawn(courier.run(cancel.clone()));
+            let task = tokio::spawn(courier.run(cancel.clone()));
+            self.tasks.lock().unwrap().push(task);
             if target.kind == "webhook" && target.format() == Format::Alertmanager {
                 tokio::spawn(outbox::alertmanager_repeater(
                     name.clone(),
@@ -124,6 +127,16 @@ impl Alerts {
                     cancel.clone(),
                 ));
             }
+        }
+    }
+
+    /// Waits (after the cancel) for the delivery attempts in flight to end,
+    /// at most `limit`, so that a stop rarely leaves a delivery `sending`.
+    pub async fn stopped(&self, limit: Duration) {
+        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        let all = futures::future::join_all(tasks);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            warn!("alert deliveries still in flight at stop; they are retried on the next start");
         }
     }
 
@@ -224,8 +237,7 @@ impl Alerts {
 }
 
 /// A test alert for `safedrift alert test NAME` (never stored).
-pub fn test_record(config: &Config, name: &str) -> AlertRecord {
-    let _ = config;
+pub fn test_record(name: &str) -> AlertRecord {
     let now = outbox::now_ms();
     AlertRecord {
         id: grouping::new_alert_id(),
@@ -257,7 +269,7 @@ pub async fn send_test(config: &Config, name: &str) -> Result<String, String> {
             }
         )
     })?;
-    let rec = test_record(config, name);
+    let rec = test_record(name);
     let client = reqwest::Client::new();
     outbox::send(target, &client, &rec, &[], Some(&[]))
         .await

@@ -14,7 +14,8 @@
 //! restart a `sending` delivery is attempted again. It carries the same alert
 //! id (`webhook-id`, the email's Message-ID, the Alertmanager `alert_id`
 //! label), so receivers can drop the copy. Every other crash point is safe:
-//! before step 2 nothing was sent, after step 3 nothing is sent again.
+//! before step 2 nothing was sent, after step 3 nothing is sent again. A
+//! stop (SIGTERM) lets attempts in flight finish first (up to 15 s).
 //!
 //! Each target has its own task, working through its due deliveries oldest
 //! first, so a target that is down only delays itself. Failures are retried
@@ -32,6 +33,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::grouping::{self, Decision, LineageState, Plan, DECISIONS, LINEAGES};
+
+/// Index of the deliveries still to make: `target`, `0x00`, alert id -> ``.
+/// Kept in step with the records (same transactions), so a delivery task
+/// reads only its own open deliveries, however long the history grows.
+pub const OPEN: &str = "alert_open";
+
+fn open_key(target: &str, id: &str) -> Vec<u8> {
+    let mut k = target.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn is_open(status: DeliveryStatus) -> bool {
+    matches!(status, DeliveryStatus::Pending | DeliveryStatus::Sending)
+}
 use super::record::{AlertKind, AlertRecord, DeliveryStatus, TREE};
 use super::render::{self, Example};
 use super::target::{Format, TargetConfig};
@@ -51,6 +68,7 @@ pub struct Outbox {
     alerts: sled::Tree,
     decisions: sled::Tree,
     lineages: sled::Tree,
+    open: sled::Tree,
     lock: Arc<Mutex<()>>,
 }
 
@@ -62,6 +80,7 @@ impl Outbox {
             alerts: store.tree(TREE)?,
             decisions: store.tree(DECISIONS)?,
             lineages: store.tree(LINEAGES)?,
+            open: store.tree(OPEN)?,
             store: store.clone(),
             lock: Arc::new(Mutex::new(())),
         })
@@ -121,24 +140,31 @@ impl Outbox {
             .iter()
             .map(|r| (r.id.clone(), store::encode(r)))
             .collect();
+        let open: Vec<Vec<u8>> = plan
+            .records
+            .iter()
+            .flat_map(|r| {
+                r.deliveries
+                    .iter()
+                    .filter(|(_, d)| is_open(d.status))
+                    .map(|(t, _)| open_key(t, &r.id))
+            })
+            .collect();
         use sled::transaction::ConflictableTransactionResult;
         use sled::Transactional;
-        (&self.decisions, &self.lineages, &self.alerts)
-            .transaction(|(d, l, a)| -> ConflictableTransactionResult<(), ()> {
+        (&self.decisions, &self.lineages, &self.alerts, &self.open)
+            .transaction(|(d, l, a, o)| -> ConflictableTransactionResult<(), ()> {
                 d.insert(run_id.as_bytes(), decision.as_slice())?;
                 l.insert(plan.lineage.as_bytes(), state.as_slice())?;
                 for (id, bytes) in &records {
                     a.insert(id.as_bytes(), bytes.as_slice())?;
                 }
+                for k in &open {
+                    o.insert(k.as_slice(), &[] as &[u8])?;
+                }
                 Ok(())
             })
-            .map_err(|e: TxError| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::Io(e),
-                sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
-                    key: run_id.into(),
-                    message: "transaction aborted".into(),
-                },
-            })?;
+            .map_err(tx_error)?;
         Ok((plan.decision, plan.records))
     }
 
@@ -156,15 +182,23 @@ impl Outbox {
         if !change(&mut rec) {
             return Ok(None);
         }
-        self.alerts.insert(id.as_bytes(), store::encode(&rec))?;
+        let bytes = store::encode(&rec);
+        use sled::transaction::ConflictableTransactionResult;
+        use sled::Transactional;
+        (&self.alerts, &self.open)
+            .transaction(|(a, o)| -> ConflictableTransactionResult<(), ()> {
+                a.insert(id.as_bytes(), bytes.as_slice())?;
+                for (t, d) in &rec.deliveries {
+                    if is_open(d.status) {
+                        o.insert(open_key(t, id), &[] as &[u8])?;
+                    } else {
+                        o.remove(open_key(t, id))?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
         Ok(Some(rec))
-    }
-
-    /// Writes a new record (test messages sent through the outbox).
-    pub fn insert(&self, rec: &AlertRecord) -> Result<(), StoreError> {
-        let _guard = self.lock.lock().unwrap();
-        self.alerts.insert(rec.id.as_bytes(), store::encode(rec))?;
-        Ok(())
     }
 
     /// The oldest delivery of `target` that is due (a `sending` one is due at
@@ -175,9 +209,14 @@ impl Outbox {
         now: u64,
     ) -> Result<(Option<String>, Option<u64>), StoreError> {
         let mut next: Option<u64> = None;
-        for kv in self.alerts.iter() {
-            let (k, v) = kv?;
-            let rec: AlertRecord = store::decode(&k, &v)?;
+        let mut prefix = target.as_bytes().to_vec();
+        prefix.push(0);
+        for kv in self.open.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let Some(rec) = self.get(&id)? else {
+                continue;
+            };
             let Some(d) = rec.deliveries.get(target) else {
                 continue;
             };
@@ -193,6 +232,16 @@ impl Outbox {
             }
         }
         Ok((None, next))
+    }
+}
+
+fn tx_error(e: TxError) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => StoreError::Io(e),
+        sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
+            key: "alerts".into(),
+            message: "transaction aborted".into(),
+        },
     }
 }
 
@@ -221,10 +270,9 @@ impl Courier {
                 }
             };
             if let Some(id) = due {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = self.attempt(&id) => {}
-                }
+                // Not cut short by a stop: an attempt ends within its
+                // timeout, and finishing it keeps the duplicate window shut.
+                self.attempt(&id).await;
                 continue;
             }
             let wait = next
@@ -388,41 +436,38 @@ pub async fn send(
             .map_err(|_| fail("SMTP: timed out".into()))?
             .map_err(fail)
         }
-        _ => match target.format() {
-            Format::Json => {
-                let key = target
-                    .signing_key()
-                    .map_err(fail)?
-                    .ok_or_else(|| fail("no signing secret".into()))?;
-                let body = serde_json::to_vec(&render::json_payload(rec, examples)).expect("json");
-                webhook::post(
-                    client,
-                    &target.url,
-                    body,
-                    Some((&key, &rec.id)),
-                    target.timeout(),
-                    false,
-                )
-                .await
+        _ => {
+            let url = target.url().map_err(fail)?;
+            match target.format() {
+                Format::Json => {
+                    let key = target
+                        .signing_key()
+                        .map_err(fail)?
+                        .ok_or_else(|| fail("no signing secret".into()))?;
+                    let body =
+                        serde_json::to_vec(&render::json_payload(rec, examples)).expect("json");
+                    webhook::post(
+                        client,
+                        &url,
+                        body,
+                        Some((&key, &rec.id)),
+                        target.timeout(),
+                        false,
+                    )
+                    .await
+                }
+                Format::Slack => {
+                    let body =
+                        serde_json::to_vec(&render::slack_payload(rec, examples)).expect("json");
+                    webhook::post(client, &url, body, None, target.timeout(), true).await
+                }
+                Format::Alertmanager => {
+                    let alerts = am_payload(target, rec, resolved_with.unwrap_or(&[]));
+                    let body = serde_json::to_vec(&alerts).expect("json");
+                    webhook::post(client, &am_url(&url), body, None, target.timeout(), false).await
+                }
             }
-            Format::Slack => {
-                let body = serde_json::to_vec(&render::slack_payload(rec, examples)).expect("json");
-                webhook::post(client, &target.url, body, None, target.timeout(), true).await
-            }
-            Format::Alertmanager => {
-                let alerts = am_payload(target, rec, resolved_with.unwrap_or(&[]));
-                let body = serde_json::to_vec(&alerts).expect("json");
-                webhook::post(
-                    client,
-                    &am_url(&target.url),
-                    body,
-                    None,
-                    target.timeout(),
-                    false,
-                )
-                .await
-            }
-        },
+        }
     }
 }
 
@@ -526,15 +571,15 @@ pub async fn alertmanager_repeater(
             continue;
         }
         let body = serde_json::to_vec(&alerts).expect("json");
-        if let Err(e) = webhook::post(
-            &client,
-            &am_url(&target.url),
-            body,
-            None,
-            target.timeout(),
-            false,
-        )
-        .await
+        let url = match target.url() {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(alert_target = %name, error = %e, "cannot repeat alerts to Alertmanager");
+                continue;
+            }
+        };
+        if let Err(e) =
+            webhook::post(&client, &am_url(&url), body, None, target.timeout(), false).await
         {
             warn!(alert_target = %name, error = %e.message, "cannot repeat alerts to Alertmanager; trying again next interval");
         }

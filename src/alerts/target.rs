@@ -30,8 +30,12 @@ pub struct TargetConfig {
     /// `email` or `webhook`.
     pub kind: String,
     /// SMTP server (`smtp://host:port`, `smtp://host:port?tls=required`,
-    /// `smtps://host:port`) or webhook URL.
-    pub url: String,
+    /// `smtps://host:port`) or webhook URL ...
+    pub url: Option<String>,
+    /// ... or the environment variable or file holding it, for URLs that
+    /// are themselves secrets (a Slack incoming webhook's URL).
+    pub url_env: Option<String>,
+    pub url_file: Option<PathBuf>,
     // --- email
     pub from: Option<String>,
     #[serde(default)]
@@ -146,10 +150,45 @@ impl TargetConfig {
         }
     }
 
+    /// The URL, from `url`, `url_env` or `url_file`.
+    pub fn url(&self) -> Result<String, String> {
+        if let Some(u) = &self.url {
+            return Ok(u.clone());
+        }
+        crate::config::read_secret(self.url_env.as_deref(), self.url_file.as_deref())?
+            .ok_or_else(|| "no URL configured".to_string())
+    }
+
     /// Every problem with this target, each naming its key.
     fn check(&self, name: &str) -> Vec<String> {
         let key = |k: &str| format!("`alerts.{name}.{k}`");
         let mut p = Vec::new();
+        let sources = [
+            self.url.is_some(),
+            self.url_env.is_some(),
+            self.url_file.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if sources != 1 {
+            p.push(format!(
+                "{}: set exactly one of `url`, `url_env` or `url_file`",
+                key("url")
+            ));
+        }
+        if let Some(f) = &self.url_file {
+            if !f.is_file() {
+                p.push(format!(
+                    "{}: {} is not a readable file",
+                    key("url_file"),
+                    f.display()
+                ));
+            }
+        }
+        // A URL from the environment or a file is checked when it is used
+        // (and never shown).
+        let inline = self.url.clone().unwrap_or_default();
         let email_only: [(&str, bool); 6] = [
             ("ca_file", self.ca_file.is_some()),
             ("from", self.from.is_some()),
@@ -172,7 +211,8 @@ impl TargetConfig {
                         p.push(format!("{}: only webhook targets take this key", key(k)));
                     }
                 }
-                match url::Url::parse(&self.url) {
+                match url::Url::parse(&inline) {
+                    _ if self.url.is_none() => {}
                     Ok(u) if matches!(u.scheme(), "smtp" | "smtps") => {
                         if u.password().is_some() {
                             p.push(format!(
@@ -217,7 +257,9 @@ impl TargetConfig {
                         p.push(format!("{}: {t:?} is not an email address", key("to")));
                     }
                 }
-                let tls = self.url.starts_with("smtps:") || self.url.contains("tls=required");
+                let tls = self.url.is_none()
+                    || inline.starts_with("smtps:")
+                    || inline.contains("tls=required");
                 if let Some(f) = &self.ca_file {
                     if !tls {
                         p.push(format!(
@@ -254,7 +296,8 @@ impl TargetConfig {
                         p.push(format!("{}: only email targets take this key", key(k)));
                     }
                 }
-                match url::Url::parse(&self.url) {
+                match url::Url::parse(&inline) {
+                    _ if self.url.is_none() => {}
                     Ok(u) if matches!(u.scheme(), "http" | "https") => {
                         if u.password().is_some() {
                             p.push(format!("{}: put no credentials in the URL", key("url")));
