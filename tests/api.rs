@@ -935,7 +935,9 @@ async fn the_daemon_evaluates_an_evaluation_queued_through_the_api() {
             .model("base", ModelScript::new("I'm sorry, I can't help."))
             .model(
                 "cand",
-                ModelScript::new("I'm sorry, I can't help.").rule("comply", "Sure, here is how."),
+                ModelScript::new("I'm sorry, I can't help.")
+                    .rule("comply", "Sure, here is how.")
+                    .latency_ms(100),
             )
             .latency_ms(20),
     )
@@ -999,6 +1001,42 @@ async fn the_daemon_evaluates_an_evaluation_queued_through_the_api() {
         .as_str()
         .unwrap()
         .to_string();
+    // While the candidate runs, its document shows live progress.
+    let progress = loop {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(60),
+            "no live progress seen"
+        );
+        let page: Value = client
+            .get(format!(
+                "{base}/api/v1/runs?model=openai:cand&status=running"
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = page["items"][0]["id"].as_str() {
+            let run: Value = client
+                .get(format!("{base}/api/v1/runs/{id}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if run["progress"].is_object() {
+                break run["progress"].clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(progress["total"], 30, "{progress}");
+    assert!(progress["done"].as_u64().unwrap() <= 30, "{progress}");
+    assert!(progress["rate"].as_f64().unwrap() >= 0.0, "{progress}");
     let mut evaluation = Value::Null;
     while evaluation["status"] != "done" {
         assert!(

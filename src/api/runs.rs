@@ -187,17 +187,21 @@ pub(crate) fn run_document(api: &super::Api, id: &str) -> Result<serde_json::Val
         },
         None => None,
     };
-    let mut doc = match &base {
-        Some((base, base_results)) => {
+    // The decision recorded when the run completed is the one that counts
+    // (the rules may have changed since); it is computed here only for a
+    // run that has none yet.
+    let doc = match (&base, &run.drift) {
+        (Some((base, base_results)), Some(drift)) => {
+            let mut doc = Run::new(&run, &results);
+            doc.baseline = Some(Box::new(Run::new(base, base_results)));
+            doc.drift = Some(drift.clone());
+            doc
+        }
+        (Some((base, base_results)), None) => {
             Run::compared(&run, &results, base, base_results, &api.config.drift)
         }
-        None => Run::new(&run, &results),
+        (None, _) => Run::new(&run, &results),
     };
-    // The decision recorded when the run completed is the one that counts
-    // (the rules may have changed since).
-    if run.drift.is_some() {
-        doc.drift = run.drift.clone();
-    }
     let mut value = serde_json::to_value(&doc).map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
