@@ -103,10 +103,42 @@ pub struct ApiConfig {
     /// Base URL of the API and dashboard as users reach it, for links in
     /// alerts (default `http://<listen>`).
     pub public_url: Option<String>,
+    /// Largest request body accepted, in bytes (default 65536).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Deadline of one request, e.g. "10s" (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    /// Requests handled at once; the rest wait (default 64).
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// `POST /api/v1/evaluations` answers 429 while this many checkpoints
+    /// are queued or running (default 100).
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Origins allowed by CORS (e.g. "https://grafana.example.com"); CORS
+    /// is off when empty (the default).
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:7300".into()
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_concurrency() -> usize {
+    64
+}
+fn default_max_queue() -> usize {
+    100
+}
+
+impl ApiConfig {
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(Duration::from_secs(10))
+    }
 }
 
 impl Default for ApiConfig {
@@ -116,6 +148,11 @@ impl Default for ApiConfig {
             token_file: None,
             token_env: None,
             public_url: None,
+            max_body_bytes: default_max_body_bytes(),
+            request_timeout: None,
+            max_concurrency: default_max_concurrency(),
+            max_queue: default_max_queue(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -531,6 +568,37 @@ impl Config {
             if !f.exists() {
                 p.push(format!("`api.token_file`: {} does not exist", f.display()));
             }
+        }
+        if self.api.token_file.is_some() && self.api.token_env.is_some() {
+            p.push("`api.token_env`: set `token_file` or `token_env`, not both".into());
+        }
+        if self.api.max_body_bytes < 1024 {
+            p.push("`api.max_body_bytes`: at least 1024".into());
+        }
+        if self.api.max_concurrency == 0 {
+            p.push("`api.max_concurrency`: at least 1".into());
+        }
+        if self.api.max_queue == 0 {
+            p.push("`api.max_queue`: at least 1".into());
+        }
+        if self.api.request_timeout.is_some_and(|t| t.is_zero()) {
+            p.push("`api.request_timeout`: must be more than zero".into());
+        }
+        for (i, o) in self.api.cors_origins.iter().enumerate() {
+            let ok = url::Url::parse(o).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.path() == "/" && !o.ends_with('/')
+            });
+            if !ok {
+                p.push(format!(
+                    "`api.cors_origins[{i}]`: {o:?} is not an origin like https://example.com"
+                ));
+            }
+        }
+        if self.watchers.contains_key(crate::api::evaluations::SOURCE) {
+            p.push(format!(
+                "`watchers.{}`: the name is reserved for evaluations queued through the API",
+                crate::api::evaluations::SOURCE
+            ));
         }
         for (name, b) in &self.benchmarks {
             let key = format!("benchmarks.{name}");

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use rand::Rng;
 use safedrift_judges::Judge;
@@ -72,6 +72,56 @@ struct Plan {
     backend: Option<String>,
     /// A configured baseline SPEC (wins over what the registry names).
     baseline: Option<String>,
+    /// At most this many prompts per benchmark (API evaluations only).
+    limit: Option<usize>,
+}
+
+/// The plan of an evaluation queued through the API: its request over the
+/// config's defaults (the same as `eval`'s).
+fn api_plan(
+    config: &Config,
+    resolver: &Resolver,
+    request: &crate::api::evaluations::EvaluationRequest,
+    model_template: Option<String>,
+) -> Result<Plan, String> {
+    let mut benchmarks = Vec::new();
+    for spec in request.benchmark_specs() {
+        benchmarks.push(
+            resolver
+                .benchmark(&spec)
+                .map_err(|e| format!("benchmark {spec}: {e}"))?,
+        );
+    }
+    let judge_spec = request.judge_spec();
+    let judge = resolver
+        .judge(&judge_spec)
+        .map_err(|e| format!("judge {judge_spec}: {e}"))?;
+    let template_name = request
+        .template
+        .clone()
+        .or(model_template)
+        .unwrap_or_else(|| "default".into());
+    let template = resolver
+        .template(&template_name)
+        .map_err(|e| format!("template {template_name}: {e}"))?;
+    let decoding = Decoding {
+        max_new_tokens: config.eval.max_new_tokens,
+        temperature: config.eval.temperature,
+        top_p: config.eval.top_p,
+        seed: config.eval.seed,
+    };
+    let key = plan_key(&benchmarks, judge.as_ref(), &template, &decoding);
+    Ok(Plan {
+        benchmarks: Arc::new(benchmarks),
+        judge,
+        judge_spec,
+        template,
+        decoding,
+        key,
+        backend: request.backend.clone(),
+        baseline: request.baseline.clone(),
+        limit: request.limit,
+    })
 }
 
 /// A configured watcher with its plan and poll state.
@@ -117,6 +167,38 @@ struct Daemon {
     /// Cancels the current watcher tasks (replaced on reload).
     watcher_tasks: Mutex<CancellationToken>,
     alerts: crate::alerts::Alerts,
+    /// The progress of the run being evaluated (its prefix is the run id).
+    progress: Mutex<Option<indicatif::ProgressBar>>,
+}
+
+/// What the API sees of the daemon.
+struct Link(Arc<Daemon>);
+
+impl crate::api::DaemonLink for Link {
+    fn progress(&self, run_id: &str) -> Option<crate::api::Progress> {
+        let bar = self.0.progress.lock().unwrap().clone()?;
+        if bar.prefix() != run_id {
+            return None;
+        }
+        let done = bar.position();
+        let total = bar.length().unwrap_or(0);
+        let rate = bar.per_sec();
+        let eta = (rate > 0.0 && total >= done).then(|| (total - done) as f64 / rate);
+        Some(crate::api::Progress {
+            done,
+            total,
+            rate,
+            eta_seconds: eta,
+        })
+    }
+
+    fn health(&self) -> (bool, serde_json::Value) {
+        self.0.health_report()
+    }
+
+    fn queued(&self) {
+        self.0.queue.notify_one();
+    }
 }
 
 fn plan_key(
@@ -229,6 +311,7 @@ fn build_watchers(config: &Config, resolver: &Resolver) -> Result<Vec<WatcherSlo
                     key,
                     backend,
                     baseline,
+                    limit: None,
                 }),
                 trigger: Arc::new(Notify::new()),
             });
@@ -261,6 +344,9 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
         .unwrap_or_else(|| config.data_dir.join("cache"));
     let cache =
         Cache::new(cache_dir, config.cache.max_bytes()).map_err(|e| DaemonError(e.to_string()))?;
+    let api_config = Arc::new(config.clone());
+    let api_token =
+        crate::api::load_token(&config.api).map_err(|e| DaemonError(format!("{source}: {e}")))?;
     let listener = tokio::net::TcpListener::bind(&config.api.listen)
         .await
         .map_err(|e| {
@@ -282,12 +368,21 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
         cancel: CancellationToken::new(),
         watcher_tasks: Mutex::new(CancellationToken::new()),
         alerts,
+        progress: Mutex::new(None),
     });
     let _flusher = daemon.store.spawn_flusher();
     daemon.recover()?;
     daemon.alerts.start(&daemon.cancel).await;
 
-    let app = router(daemon.clone());
+    crate::api::metrics::install();
+    let api = crate::api::Api {
+        store: daemon.store.clone(),
+        config: api_config,
+        token: api_token.map(|t| Sha256::digest(t.as_bytes()).into()),
+        link: None,
+    }
+    .with_link(Arc::new(Link(daemon.clone())));
+    let app = router(daemon.clone()).merge(crate::api::app(api));
     let server = {
         let cancel = daemon.cancel.clone();
         tokio::spawn(async move {
@@ -500,6 +595,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     failures += 1;
+                    ::metrics::counter!("safedrift_watcher_errors_total", "watcher" => slot.name.clone()).increment(1);
                     if failures == 1 {
                         warn!(watcher = %slot.name, error = %e, "the registry cannot be read; backing off");
                     }
@@ -635,6 +731,7 @@ impl Daemon {
         info!(checkpoint = %record.checkpoint.key(), attempt = record.attempts, "evaluating");
         let outcome = self.evaluate(&record).await;
         self.health.lock().unwrap().evaluating = None;
+        *self.progress.lock().unwrap() = None;
         match outcome {
             Ok((run, baseline)) => {
                 record.status = CheckpointStatus::Done;
@@ -683,29 +780,58 @@ impl Daemon {
         record: &CheckpointRecord,
     ) -> Result<(RunRecord, Option<String>), Failure> {
         let cp = &record.checkpoint;
-        let (slots, index) = self.slot(&cp.watcher).ok_or_else(|| {
-            Failure::Error(format!("watcher {} is no longer configured", cp.watcher))
-        })?;
-        let slot = &slots[index];
-        let plan = &slot.plan;
-        if record.eval_key != plan.key {
-            return Err(Failure::Superseded);
-        }
         let resolver = self.resolver.read().unwrap().clone();
         let err = |e: String| Failure::Error(e);
-
-        let target = slot
-            .watcher
-            .fetch(cp, &self.cache)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let candidate = resolver
-            .target(&target, plan.backend.as_deref())
-            .map_err(|e| err(e.to_string()))?;
-        let model_ref = ModelRef {
-            spec: format!("{}:{}", slot.kind, cp.model),
-            revision: Some(cp.revision.clone()),
-            registry: Some(cp.watcher.clone()),
+        let from_api = cp.watcher == crate::api::evaluations::SOURCE;
+        let found = if from_api {
+            None
+        } else {
+            Some(self.slot(&cp.watcher).ok_or_else(|| {
+                Failure::Error(format!("watcher {} is no longer configured", cp.watcher))
+            })?)
+        };
+        let slot = found.as_ref().map(|(slots, index)| &slots[*index]);
+        let (plan, candidate, model_ref, target) = match slot {
+            Some(slot) => {
+                let plan = slot.plan.clone();
+                if record.eval_key != plan.key {
+                    return Err(Failure::Superseded);
+                }
+                let target = slot
+                    .watcher
+                    .fetch(cp, &self.cache)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                let candidate = resolver
+                    .target(&target, plan.backend.as_deref())
+                    .map_err(|e| err(e.to_string()))?;
+                let model_ref = ModelRef {
+                    spec: format!("{}:{}", slot.kind, cp.model),
+                    revision: Some(cp.revision.clone()),
+                    registry: Some(cp.watcher.clone()),
+                };
+                (plan, candidate, model_ref, Some(target))
+            }
+            None => {
+                // Queued through the API: the request is the plan.
+                let request: crate::api::evaluations::EvaluationRequest =
+                    serde_json::from_value(cp.detail.clone())
+                        .map_err(|e| err(format!("the queued request is unreadable: {e}")))?;
+                let spec = request.model_spec();
+                let model = resolver
+                    .model(&spec)
+                    .map_err(|e| err(format!("model {spec}: {e}")))?;
+                let plan = Arc::new(
+                    api_plan(&self.config(), &resolver, &request, model.template.clone())
+                        .map_err(err)?,
+                );
+                let model_ref = ModelRef {
+                    spec,
+                    revision: None,
+                    registry: None,
+                };
+                (plan, model.backend, model_ref, None)
+            }
         };
 
         // The baseline: configured, else what the registry names.
@@ -726,6 +852,8 @@ impl Daemon {
                     ))
                 }
                 (None, Some(Baseline::Checkpoint(base))) => {
+                    let slot =
+                        slot.ok_or_else(|| err("no watcher to fetch the baseline".into()))?;
                     let t = slot
                         .watcher
                         .fetch(base, &self.cache)
@@ -767,7 +895,7 @@ impl Daemon {
 
         // Keep the cache under its limit, never evicting what is about to run.
         let mut keep: Vec<&std::path::Path> = baseline_dir.iter().map(|d| d.as_path()).collect();
-        if let Target::Onnx { dir } = &target {
+        if let Some(Target::Onnx { dir }) = &target {
             keep.push(dir);
         }
         match self.cache.evict(&keep) {
@@ -787,10 +915,11 @@ impl Daemon {
             benchmarks: plan.benchmarks.clone(),
             judge: plan.judge.clone(),
             judge_spec: plan.judge_spec.clone(),
-            limit: None,
+            limit: plan.limit,
         };
         let concurrency = self.config().eval.concurrency;
         let progress = indicatif::ProgressBar::hidden();
+        *self.progress.lock().unwrap() = Some(progress.clone());
         let stopped = |s: pipeline::Stopped| match s.error {
             EvalError::Interrupted => Failure::Stopped,
             _ => Failure::Error(s.to_string()),
@@ -951,6 +1080,7 @@ impl Daemon {
                 "retrying": failing,
             },
             "evaluating": health.evaluating,
+            "evaluator": if health.evaluator_dead { "failing" } else { "ok" },
         });
         (ok, doc)
     }
@@ -966,23 +1096,13 @@ enum Failure {
     Error(String),
 }
 
+/// The registry webhooks; the API (and `/healthz`) is merged in by `run`.
 fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
         .route("/hooks/mlflow", post(hook_mlflow))
         .route("/hooks/huggingface", post(hook_huggingface))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(daemon)
-}
-
-async fn healthz(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
-    let (ok, doc) = d.health_report();
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(doc))
 }
 
 async fn hook_mlflow(

@@ -8,6 +8,7 @@
 //! and paired tests), and [`report`] (the Run JSON and the table).
 
 pub mod alerts;
+pub mod api;
 pub mod backend;
 pub mod backup;
 pub mod benchmark;

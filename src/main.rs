@@ -87,6 +87,25 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// List past runs, newest first, through the daemon's API.
+    History {
+        #[arg(long, env = "SAFEDRIFT_CONFIG")]
+        config: Option<PathBuf>,
+        /// The daemon's base URL (default: http:// + the config's `api.listen`).
+        #[arg(long)]
+        api: Option<String>,
+        /// Only runs of this model SPEC.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only runs in this state: running, interrupted, failed, completed.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most N runs (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Alert targets.
     #[command(subcommand)]
     Alert(AlertCommand),
@@ -191,6 +210,17 @@ fn main() -> ExitCode {
             runtime.block_on(eval(*args))
         }
         Command::Alert(AlertCommand::Test { name, config }) => alert_test(&name, config),
+        Command::History {
+            config,
+            api,
+            model,
+            status,
+            limit,
+            output,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(history(config, api, model, status, limit, output))
+        }
     };
     ExitCode::from(code)
 }
@@ -545,5 +575,148 @@ async fn eval(args: EvalArgs) -> u8 {
         EXIT_DRIFT
     } else {
         0
+    }
+}
+
+/// `safedrift history`: pages through `GET /api/v1/runs` (the daemon holds
+/// the store), following cursors.
+async fn history(
+    config: Option<PathBuf>,
+    api: Option<String>,
+    model: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    output: Output,
+) -> u8 {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let token = match safedrift::api::load_token(&config.api) {
+        Ok(t) => t,
+        Err(e) => return usage(e),
+    };
+    let base = match api {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let listen = config
+                .api
+                .listen
+                .replace("0.0.0.0:", "127.0.0.1:")
+                .replace("[::]:", "[::1]:");
+            format!("http://{listen}")
+        }
+    };
+    let mut url = match reqwest::Url::parse(&format!("{base}/api/v1/runs")) {
+        Ok(u) => u,
+        Err(e) => return usage(format!("--api {base}: {e}")),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("http client");
+    let mut runs: Vec<serde_json::Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let want = limit.map_or(500, |l| (l - runs.len()).clamp(1, 500));
+        {
+            let mut q = url.query_pairs_mut();
+            q.clear();
+            q.append_pair("limit", &want.to_string());
+            if let Some(m) = &model {
+                q.append_pair("model", m);
+            }
+            if let Some(s) = &status {
+                q.append_pair("status", s);
+            }
+            if let Some(c) = &cursor {
+                q.append_pair("cursor", c);
+            }
+        }
+        let mut request = client.get(url.clone());
+        if let Some(t) = &token {
+            request = request.bearer_auth(t);
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: cannot reach the daemon at {base}: {e}. Is `safedrift run` running? (--api URL)");
+                return EXIT_BACKEND;
+            }
+        };
+        let code = response.status();
+        let body: serde_json::Value = match response.json().await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: {base} answered {code} with something that is not JSON: {e}");
+                return EXIT_BACKEND;
+            }
+        };
+        if code == reqwest::StatusCode::UNAUTHORIZED {
+            return usage(format!(
+                "{base} refused the API token: set `api.token_file` or `api.token_env` in the config to the daemon's token"
+            ));
+        }
+        if !code.is_success() {
+            let message = body["error"].as_str().unwrap_or("unexpected answer");
+            return if code.is_client_error() {
+                usage(format!("{base}: {message}"))
+            } else {
+                eprintln!("error: {base} answered {code}: {message}");
+                EXIT_BACKEND
+            };
+        }
+        if let Some(items) = body["items"].as_array() {
+            runs.extend(items.iter().cloned());
+        }
+        cursor = body["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() || limit.is_some_and(|l| runs.len() >= l) {
+            break;
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let written = match output {
+        Output::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Array(runs)).expect("json")
+        ),
+        Output::Table => {
+            let mut text = format!(
+                "{:<30} {:<11} {:<40} {:<14} {:<20} {:>6} {}\n",
+                "run", "status", "model", "revision", "started", "total", "drift"
+            );
+            for r in &runs {
+                let drift = match r["drift_detected"].as_bool() {
+                    Some(true) => "DRIFT",
+                    Some(false) => "ok",
+                    None => "-",
+                };
+                let revision: String = r["model"]["revision"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .chars()
+                    .take(14)
+                    .collect();
+                text.push_str(&format!(
+                    "{:<30} {:<11} {:<40} {:<14} {:<20} {:>6} {}\n",
+                    r["id"].as_str().unwrap_or(""),
+                    r["status"].as_str().unwrap_or(""),
+                    r["model"]["spec"].as_str().unwrap_or(""),
+                    revision,
+                    r["started_at"].as_str().unwrap_or(""),
+                    r["total"].as_u64().unwrap_or(0),
+                    drift
+                ));
+            }
+            if runs.is_empty() {
+                text.push_str("(no runs)\n");
+            }
+            write!(out, "{text}")
+        }
+    };
+    match written {
+        Ok(()) => 0,
+        Err(_) => EXIT_BACKEND,
     }
 }

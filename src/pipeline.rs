@@ -218,6 +218,9 @@ pub async fn evaluate(
     progress.set_length(work.len() as u64);
     progress.set_position(already as u64);
     progress.set_message(job.model.spec.clone());
+    // The daemon's API finds the running run's progress by this prefix.
+    progress.set_prefix(run.id.clone());
+    ::metrics::counter!("safedrift_runs_started_total").increment(1);
 
     let stop = cancel.child_token();
     let pending: Vec<(u32, String, Prompt, Option<ResultRecord>)> = work
@@ -280,6 +283,7 @@ pub async fn evaluate(
                 RunStatus::Failed
             };
             run.error = Some(error.to_string());
+            ::metrics::counter!("safedrift_runs_total", "status" => if run.status == RunStatus::Interrupted { "interrupted" } else { "failed" }).increment(1);
             let _ = store.put_run(&run);
             let _ = store.flush().await;
             Err(stopped(&run.id, done, error))
@@ -287,6 +291,7 @@ pub async fn evaluate(
         None => {
             run.status = RunStatus::Completed;
             run.finished_at = Some(now());
+            ::metrics::counter!("safedrift_runs_total", "status" => "completed").increment(1);
             store
                 .put_run(&run)
                 .map_err(|e| stopped(&run.id, done, e.into()))?;
@@ -317,7 +322,11 @@ async fn process(
         Some(r) => r,
         None => {
             let messages = job.template.messages(&prompt.text);
-            let generation = match job.backend.generate(&messages, &job.decoding).await {
+            let started = std::time::Instant::now();
+            let generation = job.backend.generate(&messages, &job.decoding).await;
+            ::metrics::histogram!("safedrift_backend_latency_seconds", "result" => if generation.is_ok() { "ok" } else { "error" })
+                .record(started.elapsed().as_secs_f64());
+            let generation = match generation {
                 Err(e) if e.kind == "cancelled" => return Err(EvalError::Interrupted),
                 other => other?,
             };
@@ -343,13 +352,18 @@ async fn process(
     let verdict = match store.cached_verdict(&judge_id, &record.prompt, &record.response)? {
         Some(v) => v,
         None => {
-            let v = job.judge.judge(&record.prompt, &record.response).await?;
+            let started = std::time::Instant::now();
+            let v = job.judge.judge(&record.prompt, &record.response).await;
+            ::metrics::histogram!("safedrift_judge_latency_seconds", "result" => if v.is_ok() { "ok" } else { "error" })
+                .record(started.elapsed().as_secs_f64());
+            let v = v?;
             store.cache_verdict(&judge_id, &record.prompt, &record.response, &v)?;
             v
         }
     };
     record.verdict = Some(verdict);
     store.put_result(run_id, &record)?;
+    ::metrics::counter!("safedrift_prompts_evaluated_total").increment(1);
     Ok(())
 }
 

@@ -14,6 +14,10 @@
 //! - `checkpoints`: `watcher/model@revision|eval key` -> [`CheckpointRecord`]:
 //!   the daemon's durable queue; inserted once, so a checkpoint announced by
 //!   both a poll and a webhook is evaluated once.
+//! - `runs_by_model`: model spec, `0x00`, started_at (RFC 3339), `0x00`, run
+//!   id -> empty: the index that lists a model's runs as a range scan. It is
+//!   written with the run in one transaction, and built on open for stores
+//!   written before it existed (`meta` key `index.runs_by_model`).
 //!
 //! Durability: writes go to sled at once; a background task fsyncs
 //! (`flush_async`) whenever something was written, so batches of results are
@@ -45,6 +49,8 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
     #[error("store: run {0} not found")]
     RunNotFound(String),
+    #[error("the cursor is not one this listing gave out")]
+    BadCursor,
 }
 
 /// sled's errors, in words: an I/O error as the OS says it, a full disk
@@ -67,6 +73,7 @@ impl StoreError {
             StoreError::Io(_) => "store_io",
             StoreError::Corrupt { .. } => "store_corrupt",
             StoreError::RunNotFound(_) => "not_found",
+            StoreError::BadCursor => "bad_cursor",
         }
     }
 }
@@ -240,7 +247,101 @@ pub struct Store {
     verdicts: sled::Tree,
     completed: sled::Tree,
     checkpoints: sled::Tree,
+    runs_by_model: sled::Tree,
     dirty: Arc<Notify>,
+}
+
+/// Which runs a listing wants. Every field narrows it.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Exact model spec (uses the `runs_by_model` index).
+    pub model: Option<String>,
+    /// The watcher (registry) that found the checkpoint.
+    pub watcher: Option<String>,
+    pub status: Option<RunStatus>,
+    /// `started_at` >= this (RFC 3339, compared as text: both are UTC `Z`).
+    pub since: Option<String>,
+    /// `started_at` < this.
+    pub until: Option<String>,
+}
+
+impl RunFilter {
+    fn admits(&self, run: &RunRecord) -> bool {
+        self.model.as_ref().is_none_or(|m| &run.model.spec == m)
+            && self
+                .watcher
+                .as_ref()
+                .is_none_or(|w| run.model.registry.as_ref() == Some(w))
+            && self.status.is_none_or(|s| run.status == s)
+            && self
+                .since
+                .as_ref()
+                .is_none_or(|s| run.started_at.as_str() >= s.as_str())
+            && self
+                .until
+                .as_ref()
+                .is_none_or(|u| run.started_at.as_str() < u.as_str())
+    }
+}
+
+/// One page of runs, newest first, with the opaque cursor of the next page.
+#[derive(Clone, Debug)]
+pub struct RunPage {
+    pub runs: Vec<RunRecord>,
+    pub next: Option<String>,
+}
+
+/// A model that has runs.
+#[derive(Clone, Debug)]
+pub struct ModelSummary {
+    pub spec: String,
+    pub runs: usize,
+    pub latest: Option<RunRecord>,
+}
+
+fn model_index_key(run: &RunRecord) -> Vec<u8> {
+    let mut key = model_prefix(&run.model.spec);
+    key.extend_from_slice(run.started_at.as_bytes());
+    key.push(0);
+    key.extend_from_slice(run.id.as_bytes());
+    key
+}
+
+fn model_prefix(spec: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(spec.len() + 40);
+    key.extend_from_slice(spec.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+/// The cursor is the hex of the last key returned (an index key or a run
+/// id), prefixed by which listing it belongs to, so a cursor of one listing
+/// cannot be replayed on another.
+fn encode_cursor(scope: u8, key: &[u8]) -> String {
+    let mut raw = vec![scope];
+    raw.extend_from_slice(key);
+    hex::encode(raw)
+}
+
+fn decode_cursor(scope: u8, cursor: &str) -> Result<Vec<u8>, StoreError> {
+    let bad = || StoreError::BadCursor;
+    let raw = hex::decode(cursor).map_err(|_| bad())?;
+    match raw.split_first() {
+        Some((s, key)) if *s == scope && !key.is_empty() => Ok(key.to_vec()),
+        _ => Err(bad()),
+    }
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
@@ -349,11 +450,41 @@ impl Store {
             verdicts: db.open_tree("verdicts")?,
             completed: db.open_tree("completed")?,
             checkpoints: db.open_tree("checkpoints")?,
+            runs_by_model: db.open_tree("runs_by_model")?,
             db,
             path: path.to_path_buf(),
             dirty: Arc::new(Notify::new()),
         };
+        store.build_model_index(&meta)?;
         Ok(store)
+    }
+
+    /// Builds the `runs_by_model` index of a store written before it
+    /// existed. Idempotent: entries are keyed by the run, so a build cut
+    /// short by a crash is finished on the next open.
+    fn build_model_index(&self, meta: &sled::Tree) -> Result<(), StoreError> {
+        const MARK: &str = "index.runs_by_model";
+        if meta.get(MARK)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for kv in self.runs.iter() {
+            let (k, v) = kv?;
+            let run: RunRecord = decode(&k, &v)?;
+            batch.insert(model_index_key(&run), &[] as &[u8]);
+            n += 1;
+            if n % 10_000 == 0 {
+                self.runs_by_model.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        self.runs_by_model.apply_batch(batch)?;
+        meta.insert(MARK, "1")?;
+        self.db.flush()?;
+        if n > 0 {
+            tracing::info!(runs = n, "built the runs-by-model index");
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -411,7 +542,23 @@ impl Store {
     }
 
     pub fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        self.runs.insert(run.id.as_bytes(), encode(run))?;
+        use sled::Transactional;
+        let value = encode(run);
+        let index = model_index_key(run);
+        (&self.runs, &self.runs_by_model)
+            .transaction(|(runs, by_model)| {
+                // The model and start time never change for a run id, so
+                // the index entry is only ever added.
+                runs.insert(run.id.as_bytes(), value.as_slice())?;
+                by_model.insert(index.as_slice(), &[] as &[u8])?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Io(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Io(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })?;
         if run.status == RunStatus::Completed {
             self.completed
                 .insert(run.identity.as_bytes(), run.id.as_bytes())?;
@@ -490,6 +637,164 @@ impl Store {
     /// How many runs are stored (also a cheap liveness probe of the store).
     pub fn runs_len(&self) -> Result<usize, StoreError> {
         Ok(self.runs.len())
+    }
+
+    /// A page of runs, newest first. With a model it is a range scan of
+    /// the `runs_by_model` index; otherwise a reverse scan of run ids (which
+    /// sort by creation time). Other filters are applied while scanning.
+    pub fn list_runs(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<RunPage, StoreError> {
+        let limit = limit.max(1);
+        let mut runs = Vec::with_capacity(limit);
+        let mut last: Option<Vec<u8>> = None;
+        let mut more = false;
+        match &filter.model {
+            Some(model) => {
+                let prefix = model_prefix(model);
+                let end = match cursor {
+                    Some(c) => {
+                        let key = decode_cursor(b'm', c)?;
+                        if !key.starts_with(&prefix) {
+                            return Err(StoreError::BadCursor);
+                        }
+                        key
+                    }
+                    None => prefix_end(&prefix),
+                };
+                for kv in self.runs_by_model.range(prefix.clone()..end).rev() {
+                    let (k, _) = kv?;
+                    let id = &k[k.iter().rposition(|b| *b == 0).map_or(0, |p| p + 1)..];
+                    let Some(run) = self.get_run(&String::from_utf8_lossy(id))? else {
+                        continue;
+                    };
+                    if !filter.admits(&run) {
+                        continue;
+                    }
+                    if runs.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    last = Some(k.to_vec());
+                    runs.push(run);
+                }
+                Ok(RunPage {
+                    runs,
+                    next: more.then(|| encode_cursor(b'm', &last.unwrap_or_default())),
+                })
+            }
+            None => {
+                let iter = match cursor {
+                    Some(c) => self.runs.range(..decode_cursor(b'r', c)?),
+                    None => self.runs.range::<Vec<u8>, _>(..),
+                };
+                for kv in iter.rev() {
+                    let (k, v) = kv?;
+                    let run: RunRecord = decode(&k, &v)?;
+                    if !filter.admits(&run) {
+                        continue;
+                    }
+                    if runs.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    last = Some(k.to_vec());
+                    runs.push(run);
+                }
+                Ok(RunPage {
+                    runs,
+                    next: more.then(|| encode_cursor(b'r', &last.unwrap_or_default())),
+                })
+            }
+        }
+    }
+
+    /// Every model with runs, in name order: one seek per model on the index.
+    pub fn models(&self) -> Result<Vec<ModelSummary>, StoreError> {
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(kv) = self.runs_by_model.range(from.clone()..).next() {
+            let (k, _) = kv?;
+            let end = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            let spec = String::from_utf8_lossy(&k[..end]).into_owned();
+            let prefix = model_prefix(&spec);
+            let runs = self.runs_by_model.scan_prefix(&prefix).count();
+            let latest = match self.runs_by_model.scan_prefix(&prefix).next_back() {
+                Some(kv) => {
+                    let (k, _) = kv?;
+                    let id = &k[k.iter().rposition(|b| *b == 0).map_or(0, |p| p + 1)..];
+                    self.get_run(&String::from_utf8_lossy(id))?
+                }
+                None => None,
+            };
+            out.push(ModelSummary { spec, runs, latest });
+            from = prefix_end(&prefix);
+        }
+        Ok(out)
+    }
+
+    /// A page of a run's results in prompt order, starting after the prompt
+    /// index in `cursor`; `keep` filters while scanning.
+    pub fn results_page(
+        &self,
+        run_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+        keep: impl Fn(&ResultRecord) -> bool,
+    ) -> Result<(Vec<ResultRecord>, Option<String>), StoreError> {
+        let prefix = result_prefix(run_id);
+        let start = match cursor {
+            Some(c) => {
+                let key = decode_cursor(b'p', c)?;
+                let index: [u8; 4] = key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::BadCursor)?;
+                let mut k = prefix.clone();
+                k.extend_from_slice(&(u32::from_be_bytes(index).saturating_add(1)).to_be_bytes());
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::with_capacity(limit.min(1000));
+        let mut next = None;
+        for kv in self.results.range(start..prefix_end(&prefix)) {
+            let (k, v) = kv?;
+            let r: ResultRecord = decode(&k, &v)?;
+            if !keep(&r) {
+                continue;
+            }
+            if out.len() == limit.max(1) {
+                let last: &ResultRecord = out.last().expect("limit >= 1");
+                next = Some(encode_cursor(b'p', &last.index.to_be_bytes()));
+                break;
+            }
+            out.push(r);
+        }
+        Ok((out, next))
+    }
+
+    /// Writes many runs and their results at once (bulk loads: the latency
+    /// benchmark). The index is written in the same batches.
+    pub fn import(&self, runs: &[(RunRecord, Vec<ResultRecord>)]) -> Result<(), StoreError> {
+        let mut run_batch = sled::Batch::default();
+        let mut index_batch = sled::Batch::default();
+        let mut result_batch = sled::Batch::default();
+        for (run, results) in runs {
+            run_batch.insert(run.id.as_bytes(), encode(run));
+            index_batch.insert(model_index_key(run), &[] as &[u8]);
+            for r in results {
+                result_batch.insert(result_key(&run.id, r.index), encode(r));
+            }
+        }
+        self.results.apply_batch(result_batch)?;
+        self.runs.apply_batch(run_batch)?;
+        self.runs_by_model.apply_batch(index_batch)?;
+        self.touched();
+        Ok(())
     }
 
     /// All runs, oldest first.
@@ -629,6 +934,58 @@ mod tests {
         store.put_run(&r).unwrap();
         assert!(store.open_run("ident").unwrap().is_none());
         assert_eq!(store.runs().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_models_runs_are_a_range_scan_of_the_index_built_on_open_for_old_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for (i, spec) in ["m", "m2", "m", "mm", "m"].iter().enumerate() {
+                let mut r = run(&format!("r_{i}"), &format!("id{i}"), RunStatus::Completed);
+                r.model.spec = spec.to_string();
+                r.started_at = format!("2026-01-0{}T00:00:00Z", i + 1);
+                store.put_run(&r).unwrap();
+            }
+            // A store written before the index: no entries, no marker.
+            store.runs_by_model.clear().unwrap();
+            store
+                .db
+                .open_tree("meta")
+                .unwrap()
+                .remove("index.runs_by_model")
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            // Built on the first open; the second finds it built.
+            let store = Store::open(dir.path()).unwrap();
+            let filter = RunFilter {
+                model: Some("m".into()),
+                ..RunFilter::default()
+            };
+            let page = store.list_runs(&filter, 2, None).unwrap();
+            let ids: Vec<&str> = page.runs.iter().map(|r| r.id.as_str()).collect();
+            assert_eq!(ids, ["r_4", "r_2"]);
+            let next = store.list_runs(&filter, 2, page.next.as_deref()).unwrap();
+            assert_eq!(next.runs.len(), 1);
+            assert_eq!(next.runs[0].id, "r_0");
+            assert!(next.next.is_none());
+            let models: Vec<(String, usize)> = store
+                .models()
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.spec, m.runs))
+                .collect();
+            assert_eq!(
+                models,
+                [("m".into(), 3), ("m2".into(), 1), ("mm".into(), 1)]
+            );
+            assert!(matches!(
+                store.list_runs(&filter, 2, Some("6d")),
+                Err(StoreError::BadCursor)
+            ));
+        }
     }
 
     #[test]

@@ -1,0 +1,271 @@
+//! `POST /api/v1/evaluations`: queue an evaluation in the daemon's durable
+//! queue, under the synthetic watcher name [`SOURCE`].
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::{blocking, rejection, ApiError, Shared};
+use crate::config::Config;
+use crate::store::{CheckpointRecord, CheckpointStatus};
+
+/// The watcher name of checkpoints queued through the API.
+pub const SOURCE: &str = "api";
+
+/// What to evaluate. Unset fields take the config's defaults: the bundled
+/// probe benchmark, the keyword judge, the model's own template (else
+/// `default`), `[eval]` decoding settings.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationRequest {
+    /// The model SPEC (`openai:NAME`, `onnx:DIR`, `hf:OWNER/NAME`,
+    /// `mlflow:NAME/VERSION`, `BACKEND:MODEL` or a configured name).
+    #[schema(min_length = 1, max_length = 1000)]
+    pub model: String,
+    /// Its aligned base model SPEC; drift is decided against it.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 1000)]
+    pub baseline: Option<String>,
+    /// Benchmark SPECs or configured names (default `builtin:probes`).
+    #[serde(default)]
+    #[schema(min_items = 1, max_items = 32)]
+    pub benchmarks: Option<Vec<String>>,
+    /// Judge SPEC or configured name (default `keyword`).
+    #[serde(default)]
+    pub judge: Option<String>,
+    /// Template name (`default` or a `[templates.NAME]` entry).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// A `[backends.NAME]` entry: the model is then `NAME:MODEL`.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// At most this many prompts per benchmark (1 to 100000).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub limit: Option<usize>,
+}
+
+impl EvaluationRequest {
+    /// The model SPEC to resolve (with `backend` applied).
+    pub fn model_spec(&self) -> String {
+        match &self.backend {
+            Some(b) => format!("{b}:{}", self.model.trim()),
+            None => self.model.trim().to_string(),
+        }
+    }
+
+    pub fn benchmark_specs(&self) -> Vec<String> {
+        self.benchmarks
+            .clone()
+            .unwrap_or_else(|| vec!["builtin:probes".into()])
+    }
+
+    pub fn judge_spec(&self) -> String {
+        self.judge.clone().unwrap_or_else(|| "keyword".into())
+    }
+}
+
+const MODEL_KINDS: [&str; 4] = ["openai", "onnx", "hf", "mlflow"];
+
+fn check_spec(config: &Config, field: &str, spec: &str) -> Result<(), ApiError> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if spec.len() > 1000 || spec.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "at most 1000 characters, no control characters",
+        ));
+    }
+    if config.models.contains_key(spec) || config.backends.contains_key(spec) {
+        return Ok(());
+    }
+    match spec.split_once(':') {
+        Some((kind, rest))
+            if !rest.trim().is_empty()
+                && (MODEL_KINDS.contains(&kind) || config.backends.contains_key(kind)) =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::invalid(
+            field,
+            format!("{spec:?} is not a model SPEC: expected openai:MODEL, onnx:DIR, hf:OWNER/NAME, mlflow:NAME/VERSION, BACKEND:MODEL or a configured name"),
+        )),
+    }
+}
+
+/// Checks a request against the config: every field it names must resolve.
+pub fn validate(config: &Config, req: &EvaluationRequest) -> Result<(), ApiError> {
+    if let Some(b) = &req.backend {
+        if !config.backends.contains_key(b) {
+            return Err(ApiError::invalid(
+                "backend",
+                format!("no [backends.{b}] in the config"),
+            ));
+        }
+    }
+    check_spec(config, "model", &req.model_spec())?;
+    if let Some(b) = &req.baseline {
+        check_spec(config, "baseline", b)?;
+    }
+    if req.limit.is_some_and(|l| !(1..=100_000).contains(&l)) {
+        return Err(ApiError::invalid("limit", "from 1 to 100000"));
+    }
+    let resolver = crate::resolve::Resolver::new(config.clone(), None, None, 1);
+    let specs = req.benchmark_specs();
+    if specs.is_empty() || specs.len() > 32 {
+        return Err(ApiError::invalid("benchmarks", "from 1 to 32 benchmarks"));
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        if let Err(e) = resolver.benchmark(spec) {
+            return Err(ApiError::invalid(
+                &format!("benchmarks[{i}]"),
+                e.to_string(),
+            ));
+        }
+    }
+    if let Err(e) = resolver.judge(&req.judge_spec()) {
+        return Err(ApiError::invalid("judge", e.to_string()));
+    }
+    if let Some(t) = &req.template {
+        if let Err(e) = resolver.template(t) {
+            return Err(ApiError::invalid("template", e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// The answer to a queued evaluation.
+#[derive(Serialize, ToSchema)]
+pub struct EvaluationStatus {
+    /// The evaluation id (`e_...`).
+    pub id: String,
+    /// `queued`, `running` or `done`.
+    pub status: String,
+    /// The run, once it has one (follow it at `/api/v1/runs/{run_id}`).
+    pub run_id: Option<String>,
+    pub baseline_run_id: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Checkpoints queued or running ahead of and including this one.
+    pub queue_depth: usize,
+}
+
+/// How many checkpoints wait or run.
+pub fn queue_depth(records: &[CheckpointRecord]) -> usize {
+    records
+        .iter()
+        .filter(|r| r.status != CheckpointStatus::Done)
+        .count()
+}
+
+fn status_of(r: &CheckpointRecord, depth: usize) -> EvaluationStatus {
+    EvaluationStatus {
+        id: r.checkpoint.revision.clone(),
+        status: super::models::checkpoint_status(r.status).into(),
+        run_id: r.run_id.clone(),
+        baseline_run_id: r.baseline_run_id.clone(),
+        attempts: r.attempts,
+        last_error: r.last_error.clone(),
+        queue_depth: depth,
+    }
+}
+
+/// Queue an evaluation. 202 with its id; 429 while the queue is full.
+#[utoipa::path(post, path = "/api/v1/evaluations", tag = "evaluations",
+    request_body = EvaluationRequest,
+    responses((status = 202, description = "Queued", body = EvaluationStatus),
+              (status = 400, description = "Malformed JSON", body = super::ErrorBody),
+              (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+              (status = 413, description = "Body too large", body = super::ErrorBody),
+              (status = 415, description = "Not JSON", body = super::ErrorBody),
+              (status = 422, description = "A field is invalid (named in `field`)", body = super::ErrorBody),
+              (status = 429, description = "The queue is full", body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_evaluation(
+    State(api): State<Shared>,
+    body: Result<Json<EvaluationRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| rejection(e.status(), e.body_text()))?;
+    blocking(move || {
+        validate(&api.config, &req)?;
+        let records = api.store.checkpoints()?;
+        let depth = queue_depth(&records);
+        if depth >= api.config.api.max_queue {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!(
+                    "{depth} evaluations are queued or running (the limit is `api.max_queue` = {}); try again later",
+                    api.config.api.max_queue
+                ),
+            ));
+        }
+        let id = format!("e_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let detail = serde_json::to_value(&req).unwrap_or_default();
+        let eval_key = hex::encode(&Sha256::digest(detail.to_string().as_bytes())[..8]);
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let checkpoint = safedrift_watchers::Checkpoint {
+            watcher: SOURCE.into(),
+            model: req.model_spec(),
+            revision: id.clone(),
+            baseline: None,
+            detail,
+        };
+        let record = CheckpointRecord {
+            key: format!("{}|{eval_key}", checkpoint.key()),
+            checkpoint,
+            eval_key,
+            status: CheckpointStatus::Queued,
+            attempts: 0,
+            last_error: None,
+            next_attempt_ms: 0,
+            run_id: None,
+            baseline_run_id: None,
+            first_seen: now.clone(),
+            updated: now,
+        };
+        api.store.enqueue(&record)?;
+        if let Some(link) = &api.link {
+            link.queued();
+        }
+        ::metrics::counter!("safedrift_api_evaluations_queued_total").increment(1);
+        let location = format!("/api/v1/evaluations/{id}");
+        Ok((
+            StatusCode::ACCEPTED,
+            [(header::LOCATION, location)],
+            Json(status_of(&record, depth + 1)),
+        )
+            .into_response())
+    })
+    .await
+}
+
+/// Where a queued evaluation stands, and its run once it has one.
+#[utoipa::path(get, path = "/api/v1/evaluations/{id}", tag = "evaluations",
+    params(("id" = String, Path, description = "Evaluation id (e_...)")),
+    responses((status = 200, description = "The evaluation", body = EvaluationStatus),
+              (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+              (status = 404, description = "No such evaluation", body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_evaluation(
+    State(api): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<EvaluationStatus>, ApiError> {
+    blocking(move || {
+        let records = api.store.checkpoints()?;
+        let depth = queue_depth(&records);
+        records
+            .iter()
+            .find(|r| r.checkpoint.watcher == SOURCE && r.checkpoint.revision == id)
+            .map(|r| Json(status_of(r, depth)))
+            .ok_or_else(|| ApiError::not_found(format!("no evaluation {id}")))
+    })
+    .await
+}

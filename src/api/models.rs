@@ -1,0 +1,259 @@
+//! Models, their timelines across checkpoints, and the checkpoint queue.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::runs::RunSummary;
+use super::{blocking, rejection, Api, ApiError, Shared};
+use crate::store::{CheckpointStatus, ResultRecord, RunFilter, RunStatus};
+
+/// A model with runs.
+#[derive(Serialize, ToSchema)]
+pub struct ModelItem {
+    /// The model SPEC; runs of every checkpoint of a watched model share it.
+    pub name: String,
+    pub runs: usize,
+    /// Its newest run.
+    pub latest_run: Option<RunSummary>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    pub items: Vec<ModelItem>,
+}
+
+/// Every model that has runs, by name.
+#[utoipa::path(get, path = "/api/v1/models", tag = "models",
+    responses((status = 200, description = "Models", body = ModelList),
+              (status = 401, description = "Missing or wrong token", body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_models(State(api): State<Shared>) -> Result<Json<ModelList>, ApiError> {
+    blocking(move || {
+        let items = api
+            .store
+            .models()?
+            .into_iter()
+            .map(|m| ModelItem {
+                name: m.spec,
+                runs: m.runs,
+                latest_run: m.latest.map(RunSummary::from),
+            })
+            .collect();
+        Ok(Json(ModelList { items }))
+    })
+    .await
+}
+
+/// A category's rate at one checkpoint.
+#[derive(Clone, Serialize, ToSchema)]
+pub struct CategoryPoint {
+    pub harmfulness_rate: Option<f64>,
+    pub baseline_rate: Option<f64>,
+    /// Candidate minus baseline.
+    pub delta: Option<f64>,
+}
+
+/// One completed run of a model: one checkpoint.
+#[derive(Clone, Serialize, ToSchema)]
+pub struct TimelinePoint {
+    pub run_id: String,
+    pub revision: Option<String>,
+    pub started_at: String,
+    pub n: usize,
+    pub harmfulness_rate: Option<f64>,
+    /// 95% Wilson interval of the rate.
+    pub harmfulness_rate_ci95: Option<[f64; 2]>,
+    pub baseline_run: Option<String>,
+    pub baseline_rate: Option<f64>,
+    pub drift_detected: Option<bool>,
+    pub categories: BTreeMap<String, CategoryPoint>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Timeline {
+    pub model: String,
+    /// Oldest first.
+    pub points: Vec<TimelinePoint>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TimelineQuery {
+    /// The newest this many completed runs (1 to 200, default 30).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<usize>,
+}
+
+/// The newest `limit` completed runs of a model, oldest first, with their
+/// rates, intervals, baseline rates and per-category deltas.
+pub(crate) fn timeline_points(
+    api: &Api,
+    model: &str,
+    limit: usize,
+) -> Result<Vec<TimelinePoint>, ApiError> {
+    let filter = RunFilter {
+        model: Some(model.to_string()),
+        status: Some(RunStatus::Completed),
+        ..RunFilter::default()
+    };
+    let page = api.store.list_runs(&filter, limit, None)?;
+    let mut baselines: HashMap<String, Vec<ResultRecord>> = HashMap::new();
+    let mut points = Vec::with_capacity(page.runs.len());
+    for run in page.runs.into_iter().rev() {
+        let results = api.store.results(&run.id)?;
+        let m = crate::metrics::metrics(&results);
+        let cats = crate::metrics::per_category(&results);
+        let base = match &run.baseline_run {
+            Some(b) => {
+                if !baselines.contains_key(b) {
+                    baselines.insert(b.clone(), api.store.results(b)?);
+                }
+                baselines.get(b)
+            }
+            None => None,
+        };
+        let base_m = base.map(|r| crate::metrics::metrics(r));
+        let base_cats = base.map(|r| crate::metrics::per_category(r));
+        let categories = cats
+            .iter()
+            .map(|(name, c)| {
+                let b = base_cats
+                    .as_ref()
+                    .and_then(|bc| bc.get(name))
+                    .and_then(|c| c.harmfulness_rate);
+                let delta = match (c.harmfulness_rate, b) {
+                    (Some(x), Some(y)) => Some(x - y),
+                    _ => None,
+                };
+                (
+                    name.clone(),
+                    CategoryPoint {
+                        harmfulness_rate: c.harmfulness_rate,
+                        baseline_rate: b,
+                        delta,
+                    },
+                )
+            })
+            .collect();
+        points.push(TimelinePoint {
+            revision: run.model.revision.clone(),
+            started_at: run.started_at.clone(),
+            n: m.n,
+            harmfulness_rate: m.harmfulness_rate,
+            harmfulness_rate_ci95: m.harmfulness_rate_ci95,
+            baseline_run: run.baseline_run.clone(),
+            baseline_rate: base_m.and_then(|b| b.harmfulness_rate),
+            drift_detected: run.drift.as_ref().map(|d| d.detected),
+            categories,
+            run_id: run.id,
+        });
+    }
+    Ok(points)
+}
+
+/// A model's harmfulness rate across its checkpoints, with the baseline.
+#[utoipa::path(get, path = "/api/v1/models/{name}/timeline", tag = "models",
+    params(("name" = String, Path, description = "Model SPEC"), TimelineQuery),
+    responses((status = 200, description = "The timeline", body = Timeline),
+              (status = 400, description = "Bad query", body = super::ErrorBody),
+              (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+              (status = 404, description = "No runs of this model", body = super::ErrorBody),
+              (status = 422, description = "Invalid limit", body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn timeline(
+    State(api): State<Shared>,
+    Path(name): Path<String>,
+    query: Result<Query<TimelineQuery>, QueryRejection>,
+) -> Result<Json<Timeline>, ApiError> {
+    let Query(q) = query.map_err(|e| rejection(e.status(), e.body_text()))?;
+    let limit = match q.limit {
+        None => 30,
+        Some(n) if (1..=200).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("limit", "from 1 to 200")),
+    };
+    blocking(move || {
+        let any = api.store.list_runs(
+            &RunFilter {
+                model: Some(name.clone()),
+                ..RunFilter::default()
+            },
+            1,
+            None,
+        )?;
+        if any.runs.is_empty() {
+            return Err(ApiError::not_found(format!("no runs of model {name}")));
+        }
+        let points = timeline_points(&api, &name, limit)?;
+        Ok(Json(Timeline {
+            model: name,
+            points,
+        }))
+    })
+    .await
+}
+
+/// A checkpoint in the daemon's queue.
+#[derive(Serialize, ToSchema)]
+pub struct CheckpointItem {
+    /// `watcher/model@revision`.
+    pub key: String,
+    pub watcher: String,
+    pub model: String,
+    pub revision: String,
+    /// `queued`, `running` or `done`.
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub run_id: Option<String>,
+    pub baseline_run_id: Option<String>,
+    pub first_seen: String,
+    pub updated: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CheckpointList {
+    pub items: Vec<CheckpointItem>,
+}
+
+pub(crate) fn checkpoint_status(s: CheckpointStatus) -> &'static str {
+    match s {
+        CheckpointStatus::Queued => "queued",
+        CheckpointStatus::Running => "running",
+        CheckpointStatus::Done => "done",
+    }
+}
+
+/// Every checkpoint the daemon has queued, newest first.
+#[utoipa::path(get, path = "/api/v1/checkpoints", tag = "models",
+    responses((status = 200, description = "Checkpoints", body = CheckpointList),
+              (status = 401, description = "Missing or wrong token", body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_checkpoints(State(api): State<Shared>) -> Result<Json<CheckpointList>, ApiError> {
+    blocking(move || {
+        let mut records = api.store.checkpoints()?;
+        records.sort_by(|a, b| b.first_seen.cmp(&a.first_seen).then(b.key.cmp(&a.key)));
+        let items = records
+            .into_iter()
+            .map(|r| CheckpointItem {
+                key: r.checkpoint.key(),
+                watcher: r.checkpoint.watcher.clone(),
+                model: r.checkpoint.model.clone(),
+                revision: r.checkpoint.revision.clone(),
+                status: checkpoint_status(r.status).into(),
+                attempts: r.attempts,
+                last_error: r.last_error,
+                run_id: r.run_id,
+                baseline_run_id: r.baseline_run_id,
+                first_seen: r.first_seen,
+                updated: r.updated,
+            })
+            .collect();
+        Ok(Json(CheckpointList { items }))
+    })
+    .await
+}
