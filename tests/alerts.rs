@@ -1495,3 +1495,170 @@ async fn long_kill_9_at_random_points_across_20_cycles_loses_and_repeats_nothing
         server.log().iter().filter(|r| r.status == 500).count(),
     );
 }
+
+/// Secrets stay secret through a whole run: the model server's API key, the
+/// API token, the SMTP password and the webhook signing key are configured
+/// (as files, the way systemd credentials arrive), a drifted checkpoint is
+/// found, evaluated and alerted on by email (STARTTLS with AUTH) and signed
+/// webhook, and every API route is queried. None of the secret values
+/// appears in the daemon's log, in any API answer, in the email or in the
+/// webhook requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_appears_in_logs_api_answers_or_alerts() {
+    const MODEL_KEY: &str = "sk-model-key-4f1c9e2b7a";
+    const API_TOKEN: &str = "api-token-9d8e7f6a5b4c";
+    const SMTP_PASSWORD: &str = "smtp-password-1a2b3c4d";
+    let mut script = Script::new()
+        .api_key(MODEL_KEY)
+        .model("base", ModelScript::new("I'm sorry, I can't help."));
+    script = script.model(
+        "a-drift",
+        ModelScript::new("I'm sorry, I can't help.").rule("comply", HARMFUL_ANSWER),
+    );
+    let server = spawn(script).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(tmp.path());
+    let smtp = Smtp::start_with(
+        tmp.path().join("mail"),
+        &[
+            "--starttls",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            "--auth",
+            "alerts",
+            SMTP_PASSWORD,
+        ],
+    )
+    .await;
+    let (rx, rx_port) = receiver().await;
+    let port = free_port();
+    let s = setup(&server, port, &["a-drift"], "");
+    let model_key = s.write("model_key", format!("{MODEL_KEY}\n"));
+    let token = s.write("api_token", format!("{API_TOKEN}\n"));
+    let pw = s.write("smtp_password", format!("{SMTP_PASSWORD}\n"));
+    let config = std::fs::read_to_string(s.config())
+        .unwrap()
+        .replace(
+            "[api]\n",
+            &format!("[api]\ntoken_file = {:?}\n", token.display().to_string()),
+        )
+        .replace(
+            "kind = \"openai\"\n",
+            &format!(
+                "kind = \"openai\"\napi_key_file = {:?}\n",
+                model_key.display().to_string()
+            ),
+        )
+        .replace(
+            "kind = \"ollama\"\n",
+            &format!(
+                "kind = \"ollama\"\napi_key_file = {:?}\n",
+                model_key.display().to_string()
+            ),
+        )
+        + &format!(
+            "[alerting]\ngroup_window = \"0s\"\n\n[alerts.mail]\nkind = \"email\"\nurl = \"smtp://localhost:{}?tls=required\"\nusername = \"alerts\"\npassword_file = {:?}\nca_file = {:?}\nfrom = \"safedrift@example.com\"\nto = [\"mlops@example.com\"]\n\n{}",
+            smtp.port,
+            pw.display().to_string(),
+            ca.display().to_string(),
+            json_hook("hook", rx_port, &s, "")
+        );
+    std::fs::write(s.config(), config).unwrap();
+    let webhook_key = std::fs::read_to_string(s.path("secret")).unwrap();
+    let secrets = [
+        MODEL_KEY,
+        API_TOKEN,
+        SMTP_PASSWORD,
+        webhook_key.trim(),
+        SECRET_B64,
+    ];
+
+    let mut daemon = start(&s);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while smtp.mails().len() != 1 || rx.received.lock().unwrap().verified.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no email and webhook in 120 s; the daemon's log:\n{}",
+            log(&s)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every API route, with the token (and a wrong one, and none).
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut answers = String::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let mut text = String::new();
+            for auth in [Some(API_TOKEN), Some("wrong-token"), None] {
+                let mut req = client.get(&url);
+                if let Some(t) = auth {
+                    req = req.bearer_auth(t);
+                }
+                let resp = req.send().await.unwrap();
+                text.push_str(&format!("{:?}\n", resp.headers()));
+                text.push_str(&resp.text().await.unwrap());
+            }
+            text
+        }
+    };
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/",
+        "/api/v1/models",
+        "/api/v1/checkpoints",
+        "/api/v1/runs",
+        "/api/v1/alerts",
+        "/api/v1/openapi.json",
+    ] {
+        answers.push_str(&get(path.to_string()).await);
+    }
+    let runs: serde_json::Value = client
+        .get(format!("{base}/api/v1/runs"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<String> = runs["runs"]
+        .as_array()
+        .or_else(|| runs["items"].as_array())
+        .or_else(|| runs.as_array())
+        .expect("a list of runs")
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!ids.is_empty(), "{runs}");
+    for id in &ids {
+        answers.push_str(&get(format!("/api/v1/runs/{id}")).await);
+        answers.push_str(&get(format!("/api/v1/runs/{id}/results")).await);
+    }
+    stop(&mut daemon).await;
+
+    let mail: String = smtp.mails().iter().map(|m| m.raw.clone()).collect();
+    let hooks = {
+        let got = rx.received.lock().unwrap();
+        format!("{:?}{:?}", got.bodies, got.last)
+    };
+    assert!(mail.contains("Drift") || mail.contains("drift"), "{mail}");
+    for (what, text) in [
+        ("the daemon's log", log(&s)),
+        ("the API answers", answers),
+        ("the email", mail),
+        ("the webhook requests", hooks),
+    ] {
+        assert!(text.len() > 100, "{what} is nearly empty: {text}");
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "{what} contains the secret {secret:?}"
+            );
+        }
+    }
+}

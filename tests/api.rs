@@ -606,6 +606,9 @@ async fn models_timelines_checkpoints_and_alerts_with_delivery_states() {
             models: vec!["directory:acme/assistant-00@ckpt-0012".into()],
             created_at: "2026-01-02T00:00:00Z".into(),
             deliveries,
+            created_ms: 0,
+            runs: Vec::new(),
+            resolves: Vec::new(),
         };
         tree.insert(a.id.as_bytes(), serde_json::to_vec(&a).unwrap())
             .unwrap();

@@ -4,6 +4,7 @@
 //! Ollama's OpenAI-compatible API at `{base_url}/v1`; nothing is downloaded.
 //! Ollama names no base model: the baseline is configured.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +26,11 @@ struct Config {
     models: Option<Vec<String>>,
     /// Connect and read timeout of each request (humantime, e.g. `10s`).
     timeout: Option<String>,
+    /// A bearer token, for an Ollama behind an authenticating proxy: the
+    /// environment variable or file holding it (sent when listing models
+    /// and when the models are evaluated).
+    api_key_env: Option<String>,
+    api_key_file: Option<PathBuf>,
 }
 
 /// Watches the models of one Ollama server.
@@ -33,6 +39,8 @@ pub struct OllamaWatcher {
     base_url: String,
     models: Option<Vec<String>>,
     timeout: Duration,
+    api_key_env: Option<String>,
+    api_key_file: Option<PathBuf>,
     http: reqwest::Client,
     /// How requests are retried (public so tests can shorten it).
     pub retry: RetryPolicy,
@@ -114,6 +122,12 @@ impl OllamaWatcher {
                     "`watchers.{name}`: cannot build an HTTP client: {e}"
                 )]
             })?;
+        if config.api_key_env.is_some() && config.api_key_file.is_some() {
+            problems.push(format!(
+                "{}: set `api_key_env` or `api_key_file`, not both",
+                key("api_key_env")
+            ));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -124,6 +138,8 @@ impl OllamaWatcher {
                 .models
                 .map(|m| m.iter().map(|n| with_tag(n.trim())).collect()),
             timeout,
+            api_key_env: config.api_key_env,
+            api_key_file: config.api_key_file,
             http,
             retry: RetryPolicy::default(),
         })
@@ -139,10 +155,15 @@ impl OllamaWatcher {
     /// GETs `{base_url}{path}` under the retry policy and parses the JSON.
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, WatchError> {
         let url = format!("{}{path}", self.base_url);
+        let key = crate::read_secret(self.api_key_env.as_deref(), self.api_key_file.as_deref())?;
         let mut attempt = 0;
         loop {
             let mut transport = true;
-            let disposition = match self.http.get(&url).timeout(self.timeout).send().await {
+            let mut request = self.http.get(&url).timeout(self.timeout);
+            if let Some(key) = &key {
+                request = request.bearer_auth(key);
+            }
+            let disposition = match request.send().await {
                 Err(e) => Disposition::Retry {
                     hint: None,
                     reason: transport_reason(&e.without_url()),
@@ -227,8 +248,8 @@ impl Watcher for OllamaWatcher {
         Ok(Target::OpenAi {
             base_url: format!("{}/v1", self.base_url),
             model: checkpoint.model.clone(),
-            api_key_env: None,
-            api_key_file: None,
+            api_key_env: self.api_key_env.clone(),
+            api_key_file: self.api_key_file.clone(),
         })
     }
 }
