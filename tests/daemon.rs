@@ -300,3 +300,78 @@ async fn a_bad_config_at_start_exits_2_naming_the_key() {
         "{err}"
     );
 }
+
+/// The registry webhook endpoints under hostile requests: bodies over the
+/// 1 MiB limit get 413 before any verification, garbage and forged
+/// deliveries get a bare 4xx, a webhook for a watcher kind that takes none
+/// is refused, and the daemon stays healthy throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_endpoints_refuse_oversize_forged_and_garbage_requests() {
+    let server =
+        spawn(Script::new().model("base", ModelScript::new("I'm sorry, I can't help."))).await;
+    let port = free_port();
+    let s = setup(&server, port);
+    let mut daemon = start(&s);
+    wait_for(
+        "the daemon to answer",
+        Duration::from_secs(60),
+        async || health(port).await.is_some(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for hook in ["/hooks/mlflow", "/hooks/huggingface"] {
+        let url = format!("http://127.0.0.1:{port}{hook}");
+        // A 2 MiB body is refused once 1 MiB is read: the server answers
+        // 413 and closes while the client is still sending.
+        let status = {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (mut rd, mut wr) = tcp.into_split();
+            let head = format!(
+                "POST {hook} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                2 * 1024 * 1024
+            );
+            let writer = tokio::spawn(async move {
+                let _ = wr.write_all(head.as_bytes()).await;
+                let _ = wr.write_all(&vec![b'{'; 2 * 1024 * 1024]).await;
+                wr
+            });
+            let mut answer = vec![0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut answer))
+                .await
+                .expect("an answer to an oversize body")
+                .unwrap();
+            drop(writer.await);
+            String::from_utf8_lossy(&answer[..n]).into_owned()
+        };
+        assert!(status.starts_with("HTTP/1.1 413"), "{hook}: {status}");
+        for (headers, body) in [
+            (vec![], b"".to_vec()),
+            (vec![], b"\x00\xff garbage".to_vec()),
+            (
+                vec![
+                    ("x-mlflow-signature", "v1,AAAA"),
+                    ("x-mlflow-delivery-id", "d1"),
+                    ("x-mlflow-timestamp", "99999999999999999999"),
+                    ("x-webhook-secret", "guess"),
+                ],
+                br#"{"entity": "model_version", "action": "created", "data": {"name": "m", "version": "1"}}"#.to_vec(),
+            ),
+        ] {
+            let mut req = client.post(&url).body(body);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let r = req.send().await.unwrap();
+            assert!(r.status().is_client_error(), "{hook}: {}", r.status());
+            let text = r.text().await.unwrap();
+            assert!(text.len() < 200, "{hook}: the refusal says too much: {text}");
+        }
+    }
+    let h = health(port).await.unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
+    signal(&daemon, "-TERM");
+    assert!(daemon.wait().await.unwrap().success());
+}
