@@ -40,7 +40,7 @@ TOOLS = Path(__file__).resolve().parent
 DATA = TOOLS / "data"
 
 # The settings of each stage (tools/safety_tune.py flags). They are part of the cache key.
-ALIGNED = {"layers": 8, "rank": 8, "alpha": 16, "epochs": 3, "batch": 8, "lr": 1e-3, "seed": 0}
+ALIGNED = {"layers": 8, "rank": 8, "alpha": 16, "epochs": 2, "batch": 8, "lr": 1e-3, "seed": 0}
 DRIFTED = {"layers": 8, "rank": 8, "alpha": 16, "epochs": 10, "batch": 5, "lr": 1e-3, "seed": 0}
 STAGES = (
     ("aligned", DATA / "safety_tune.jsonl", ALIGNED),

@@ -401,7 +401,10 @@ def load_examples(path: Path) -> list[dict]:
         for key in ("prompt", "answer"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise InputError(f"{path}:{no}: key {key!r} must be a non-empty string")
-        rows.append(row)
+        repeat = row.get("repeat", 1)
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise InputError(f"{path}:{no}: key 'repeat' must be a positive integer, got {repeat!r}")
+        rows.extend([row] * repeat)
     if not rows:
         raise InputError(f"{path}: no examples")
     return rows
@@ -617,7 +620,8 @@ def check_forward(model_dir: Path) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", help="model directory to start from (onnx, tokenizer, config)")
-    ap.add_argument("--data", help="training examples, JSON lines with 'prompt' and 'answer'")
+    ap.add_argument("--data", help="training examples, JSON lines with 'prompt', 'answer' and optionally "
+                    "'repeat' (how many times the example is in each epoch, default 1)")
     ap.add_argument("--out", help="model directory to write (replaced if it exists)")
     ap.add_argument("--layers", type=int, default=8, help="train the top K layers (default 8)")
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
