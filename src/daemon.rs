@@ -72,6 +72,8 @@ struct Plan {
     backend: Option<String>,
     /// A configured baseline SPEC (wins over what the registry names).
     baseline: Option<String>,
+    /// The audit of a local classifier judge against its teacher.
+    audit: Option<pipeline::AuditPlan>,
 }
 
 /// A configured watcher with its plan and poll state.
@@ -191,6 +193,13 @@ fn build_watchers(config: &Config, resolver: &Resolver) -> Result<Vec<WatcherSlo
                 None
             }
         };
+        let audit = match resolver.audit(&judge_spec) {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(format!("`watchers.{name}.judge`: {e}"));
+                None
+            }
+        };
         let template_name =
             string_key(w, "template", &mut problems, name).unwrap_or_else(|| "default".into());
         let template = match resolver.template(&template_name) {
@@ -228,6 +237,7 @@ fn build_watchers(config: &Config, resolver: &Resolver) -> Result<Vec<WatcherSlo
                     key,
                     backend,
                     baseline,
+                    audit,
                 }),
                 trigger: Arc::new(Notify::new()),
             });
@@ -851,6 +861,9 @@ impl Daemon {
                     .map_err(stopped)?
             }
         };
+        if let Some(plan_audit) = &plan.audit {
+            pipeline::audit_run(&self.store, &mut run, &results, plan_audit, concurrency).await;
+        }
         run.checkpoint = Some(cp.key());
         let baseline_id = baseline_done.as_ref().map(|(b, _)| b.id.clone());
         let doc = match &baseline_done {
