@@ -133,7 +133,7 @@ struct EvalArgs {
     /// xstest:FILE, strongreject:FILE, jsonl:FILE, builtin:probes or a configured name.
     #[arg(long = "benchmark")]
     benchmarks: Vec<String>,
-    /// keyword, rubric:MODEL, llama-guard:MODEL or a configured name.
+    /// keyword, rubric:MODEL, llama-guard:MODEL, classifier:DIR or a configured name.
     #[arg(long, default_value = "keyword")]
     judge: String,
     /// Prompt template: default or a [templates.NAME] entry.
