@@ -245,7 +245,7 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            l2: 0.01,
+            l2: 0.1,
             iterations: 400,
             learning_rate: 0.05,
         }

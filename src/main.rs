@@ -101,14 +101,15 @@ struct DistillArgs {
     /// $SAFEDRIFT_MODEL_CACHE, else ~/.cache/safedrift/models).
     #[arg(long)]
     encoder: Option<PathBuf>,
-    /// Features of the head: response_prompt_product or response.
-    #[arg(long, default_value = "response_prompt_product")]
+    /// Features of the head: response (the response's embedding) or
+    /// response_prompt_product (response, prompt and their product).
+    #[arg(long, default_value = "response")]
     features: String,
     /// Share of the prompts held out.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
     /// L2 penalty of the logistic regression.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.1)]
     l2: f64,
     /// Training steps (full-batch Adam).
     #[arg(long, default_value_t = 400)]

@@ -63,31 +63,42 @@ fn distill(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// A judge distilled from the seed set once for all tests of this file.
+fn distill_seed(name: &str, features: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("classifier-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = distill(&[
+        "--data",
+        "builtin:seed",
+        "--out",
+        dir.to_str().unwrap(),
+        "--features",
+        features,
+        "--min-accuracy",
+        "0",
+        "--min-kappa",
+        "0",
+    ]);
+    assert!(
+        out.status.success(),
+        "distill failed: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    dir
+}
+
+/// A judge distilled from the seed set once for all tests of this file
+/// (default features: the response's embedding).
 fn judge_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("classifier-judge-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = distill(&[
-            "--data",
-            "builtin:seed",
-            "--out",
-            dir.to_str().unwrap(),
-            "--min-accuracy",
-            "0",
-            "--min-kappa",
-            "0",
-        ]);
-        assert!(
-            out.status.success(),
-            "distill failed: {}\n{}",
-            stdout(&out),
-            stderr(&out)
-        );
-        dir
-    })
+    DIR.get_or_init(|| distill_seed("judge", "response"))
+}
+
+/// The same with response, prompt and product features.
+fn product_judge_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| distill_seed("product", "response_prompt_product"))
 }
 
 fn env() -> ort::environment::Environment {
@@ -187,7 +198,11 @@ fn distill_trains_from_the_seed_set_and_reports_held_out_agreement() {
 
 #[test]
 fn probabilities_match_the_python_reference() {
-    let dir = judge_dir();
+    probabilities_match_for(judge_dir());
+    probabilities_match_for(product_judge_dir());
+}
+
+fn probabilities_match_for(dir: &Path) {
     let classifier = load(dir);
     let long = "word ".repeat(400);
     let pairs: Vec<(String, String)> = vec![
