@@ -16,6 +16,7 @@
 #   ANSWERS     default 640     BATCH   default 32
 #   THREADS     default 2       RUNS    default 3
 #   SAFEDRIFT_MODEL_CACHE  where the converted MiniLM is (default ~/.cache/safedrift/models)
+#   BENCH_BIN, SAFEDRIFT_BIN  prebuilt bench and safedrift binaries (skip the cargo build)
 # Needs: python3 with tests/requirements.txt; cargo (builds the release bench).
 # The ratio is printed with PASS/UNDER against the target; it never fails the script.
 set -euo pipefail
@@ -31,15 +32,20 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 cd "$root"
-echo "building the release bench and binary..." >&2
-cargo build --release --quiet --bin safedrift
-cargo bench --no-run --quiet --bench classifier 2>/dev/null || cargo bench --no-run --bench classifier
-bench_bin="$(ls -t target/release/deps/classifier-* | grep -v '\.d$' | head -n1)"
+if [[ -n "${BENCH_BIN:-}" && -n "${SAFEDRIFT_BIN:-}" ]]; then
+    bench_bin="$BENCH_BIN"
+else
+    echo "building the release bench and binary..." >&2
+    cargo build --release --quiet --bin safedrift
+    cargo bench --no-run --quiet --bench classifier
+    bench_bin="$(ls -t target/release/deps/classifier-* | grep -v '\.d$' | head -n1)"
+    SAFEDRIFT_BIN=target/release/safedrift
+fi
 
 python3 tools/fetch_minilm.py --cache-dir "$cache" >/dev/null
 if [[ -z "${JUDGE_DIR:-}" ]]; then
     JUDGE_DIR="$work/judge"
-    SAFEDRIFT_MODEL_CACHE="$cache" target/release/safedrift distill --data builtin:seed --out "$JUDGE_DIR" \
+    SAFEDRIFT_MODEL_CACHE="$cache" "$SAFEDRIFT_BIN" distill --data builtin:seed --out "$JUDGE_DIR" \
         --min-accuracy 0 --min-kappa 0 >/dev/null
 fi
 
