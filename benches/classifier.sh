@@ -7,7 +7,8 @@
 # The inputs are the (prompt, response) pairs of the built-in seed set,
 # repeated to ANSWERS answers. Both engines judge them in file order, BATCH
 # answers per step, each step encoding its responses and distinct prompts;
-# the session load is excluded; each engine's fastest of RUNS passes counts.
+# the session load is excluded; passes alternate between the engines, and
+# each engine's fastest of RUNS passes counts.
 # Both are pinned to the same CPUs with taskset when it is available.
 #
 # Usage: benches/classifier.sh
@@ -61,8 +62,17 @@ pin=()
 if command -v taskset >/dev/null; then
     pin=(taskset -c "0-$((THREADS - 1))")
 fi
-rust="$("${pin[@]}" "$bench_bin" "$JUDGE_DIR" "$work/input.json" --batch "$BATCH" --threads "$THREADS" --repeat "$RUNS")"
-py="$("${pin[@]}" python3 tools/classifier_reference.py bench "$JUDGE_DIR" "$work/input.json" --batch "$BATCH" --threads "$THREADS" --repeat "$RUNS")"
+# Passes alternate between the engines (rust, python, rust, python, ...) so
+# that a change in the machine's load does not favour the one that runs later.
+rust="" py=""
+for ((i = 1; i <= RUNS; i++)); do
+    r="$("${pin[@]}" "$bench_bin" "$JUDGE_DIR" "$work/input.json" --batch "$BATCH" --threads "$THREADS")"
+    p="$("${pin[@]}" python3 tools/classifier_reference.py bench "$JUDGE_DIR" "$work/input.json" --batch "$BATCH" --threads "$THREADS")"
+    echo "pass $i: rust $r" >&2
+    echo "pass $i: python $p" >&2
+    rust="$(python3 -c 'import json,sys; a=[json.loads(x) for x in sys.argv[1:] if x]; print(json.dumps(max(a, key=lambda d: d["answers_per_s"])))' "$rust" "$r")"
+    py="$(python3 -c 'import json,sys; a=[json.loads(x) for x in sys.argv[1:] if x]; print(json.dumps(max(a, key=lambda d: d["answers_per_s"])))' "$py" "$p")"
+done
 echo "rust:   $rust"
 echo "python: $py"
 python3 - "$rust" "$py" "$TARGET" <<'EOF'
