@@ -74,6 +74,8 @@ struct Plan {
     baseline: Option<String>,
     /// At most this many prompts per benchmark (API evaluations only).
     limit: Option<usize>,
+    /// The audit of a local classifier judge against its teacher.
+    audit: Option<pipeline::AuditPlan>,
 }
 
 /// The plan of an evaluation queued through the API: its request over the
@@ -111,6 +113,9 @@ fn api_plan(
         seed: config.eval.seed,
     };
     let key = plan_key(&benchmarks, judge.as_ref(), &template, &decoding);
+    let audit = resolver
+        .audit(&judge_spec)
+        .map_err(|e| format!("judge {judge_spec}: {e}"))?;
     Ok(Plan {
         benchmarks: Arc::new(benchmarks),
         judge,
@@ -121,6 +126,7 @@ fn api_plan(
         backend: request.backend.clone(),
         baseline: request.baseline.clone(),
         limit: request.limit,
+        audit,
     })
 }
 
@@ -274,6 +280,13 @@ fn build_watchers(config: &Config, resolver: &Resolver) -> Result<Vec<WatcherSlo
                 None
             }
         };
+        let audit = match resolver.audit(&judge_spec) {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(format!("`watchers.{name}.judge`: {e}"));
+                None
+            }
+        };
         let template_name =
             string_key(w, "template", &mut problems, name).unwrap_or_else(|| "default".into());
         let template = match resolver.template(&template_name) {
@@ -312,6 +325,7 @@ fn build_watchers(config: &Config, resolver: &Resolver) -> Result<Vec<WatcherSlo
                     backend,
                     baseline,
                     limit: None,
+                    audit,
                 }),
                 trigger: Arc::new(Notify::new()),
             });
@@ -985,6 +999,9 @@ impl Daemon {
                     .map_err(stopped)?
             }
         };
+        if let Some(plan_audit) = &plan.audit {
+            pipeline::audit_run(&self.store, &mut run, &results, plan_audit, concurrency).await;
+        }
         run.checkpoint = Some(cp.key());
         let baseline_id = baseline_done.as_ref().map(|(b, _)| b.id.clone());
         let doc = match &baseline_done {

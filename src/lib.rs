@@ -5,7 +5,8 @@
 //! [`benchmark`] (harmful-instruction sets), [`backend`] (models that answer),
 //! the judges of the `safedrift-judges` crate, [`pipeline`] (one evaluation,
 //! resumable), [`store`] (sled), [`metrics`] and [`stats`] (the paper's metrics
-//! and paired tests), and [`report`] (the Run JSON and the table).
+//! and paired tests), [`report`] (the Run JSON and the table), and [`distill`]
+//! (training the local classifier judge).
 
 pub mod alerts;
 pub mod api;
@@ -14,6 +15,7 @@ pub mod backup;
 pub mod benchmark;
 pub mod config;
 pub mod daemon;
+pub mod distill;
 /// The one HTTP retry policy (it lives in the lowest crate that talks HTTP).
 pub use safedrift_watchers::http;
 pub mod metrics;

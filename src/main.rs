@@ -106,6 +106,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Train the local classifier judge on a teacher's verdicts and report
+    /// its held-out agreement with the teacher.
+    Distill(Box<DistillArgs>),
     /// Alert targets.
     #[command(subcommand)]
     Alert(AlertCommand),
@@ -124,6 +127,57 @@ enum AlertCommand {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["from_store", "data"])))]
+struct DistillArgs {
+    /// Config file (its data_dir is the store read by --from-store).
+    #[arg(long, env = "SAFEDRIFT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The judge whose verdicts are learned (a judge SPEC or configured name).
+    /// Required with --from-store; with --data it is recorded as the labels'
+    /// author (default for builtin:seed: the seed set's authors).
+    #[arg(long)]
+    teacher: Option<String>,
+    /// Take the teacher's verdicts from stored runs: all, model=NAME or run=ID.
+    #[arg(long)]
+    from_store: Option<String>,
+    /// Labelled JSON lines (prompt, response, score 1-5, refused), or builtin:seed.
+    #[arg(long)]
+    data: Option<String>,
+    /// Where to write the judge (head.json and encoder/).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the held-out split.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Refuse to write a judge whose held-out accuracy is lower.
+    #[arg(long, default_value_t = 0.6)]
+    min_accuracy: f64,
+    /// Refuse to write a judge whose held-out quadratic kappa is lower.
+    #[arg(long, default_value_t = 0.7)]
+    min_kappa: f64,
+    /// The converted sentence encoder (default: all-minilm-l6-v2 in
+    /// $SAFEDRIFT_MODEL_CACHE, else ~/.cache/safedrift/models).
+    #[arg(long)]
+    encoder: Option<PathBuf>,
+    /// Features of the head: response (the response's embedding) or
+    /// response_prompt_product (response, prompt and their product).
+    #[arg(long, default_value = "response")]
+    features: String,
+    /// Share of the prompts held out.
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    /// L2 penalty of the logistic regression.
+    #[arg(long, default_value_t = 0.1)]
+    l2: f64,
+    /// Training steps (full-batch Adam).
+    #[arg(long, default_value_t = 400)]
+    iterations: usize,
+    /// ONNX Runtime threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
 struct EvalArgs {
     /// Config file (else $SAFEDRIFT_CONFIG, else /etc/safedrift/safedrift.toml, else the embedded default).
     #[arg(long, env = "SAFEDRIFT_CONFIG")]
@@ -138,7 +192,7 @@ struct EvalArgs {
     /// xstest:FILE, strongreject:FILE, jsonl:FILE, builtin:probes or a configured name.
     #[arg(long = "benchmark")]
     benchmarks: Vec<String>,
-    /// keyword, rubric:MODEL, llama-guard:MODEL or a configured name.
+    /// keyword, rubric:MODEL, llama-guard:MODEL, classifier:DIR or a configured name.
     #[arg(long, default_value = "keyword")]
     judge: String,
     /// Prompt template: default or a [templates.NAME] entry.
@@ -221,6 +275,7 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             runtime.block_on(history(config, api, model, status, limit, output))
         }
+        Command::Distill(args) => distill(*args),
     };
     ExitCode::from(code)
 }
@@ -450,6 +505,10 @@ async fn eval(args: EvalArgs) -> u8 {
         Ok(j) => j,
         Err(e) => return usage(e),
     };
+    let audit = match resolver.audit(&args.judge) {
+        Ok(a) => a,
+        Err(e) => return usage(e),
+    };
     let candidate = match resolver.model(&args.model) {
         Ok(m) => m,
         Err(e) => return resolve_failed(e),
@@ -512,7 +571,12 @@ async fn eval(args: EvalArgs) -> u8 {
     let mut baseline_done = None;
     if let Some(base) = &baseline {
         match pipeline::evaluate(&store, &job_for(base), concurrency, &bar, &cancel).await {
-            Ok(done) => baseline_done = Some(done),
+            Ok(mut done) => {
+                if let Some(plan) = &audit {
+                    pipeline::audit_run(&store, &mut done.0, &done.1, plan, concurrency).await;
+                }
+                baseline_done = Some(done)
+            }
             Err(stopped) => {
                 bar.abandon();
                 eprintln!("error: {stopped}");
@@ -530,6 +594,9 @@ async fn eval(args: EvalArgs) -> u8 {
             }
         };
     bar.finish_and_clear();
+    if let Some(plan) = &audit {
+        pipeline::audit_run(&store, &mut run, &results, plan, concurrency).await;
+    }
 
     let doc = match &baseline_done {
         Some((base_run, base_results)) => {
@@ -719,4 +786,137 @@ async fn history(
         Ok(()) => 0,
         Err(_) => EXIT_BACKEND,
     }
+}
+
+fn distill(args: DistillArgs) -> u8 {
+    use safedrift::distill as d;
+    use safedrift_judges::classifier::{Encoder, EncoderOptions, Features};
+
+    let Some(features) = Features::parse(&args.features) else {
+        return usage(format!(
+            "--features {:?}: expected response_prompt_product or response",
+            args.features
+        ));
+    };
+    if !(0.0 < args.test_fraction && args.test_fraction < 1.0) {
+        return usage("--test-fraction must be between 0 and 1");
+    }
+    if args.from_store.is_some() && args.teacher.is_none() {
+        return usage("--from-store needs --teacher: the judge whose stored verdicts are learned");
+    }
+    let mut records = Vec::new();
+    let mut sources = Vec::new();
+    if let Some(spec) = &args.data {
+        match d::load_data(spec) {
+            Ok(r) => records.extend(r),
+            Err(e) => return usage(e),
+        }
+        sources.push(spec.clone());
+    }
+    if let Some(selection) = &args.from_store {
+        let selection = match d::Selection::parse(selection) {
+            Ok(s) => s,
+            Err(e) => return usage(e),
+        };
+        let config = match load_config(args.config.clone()) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        let teacher = args.teacher.clone().unwrap_or_default();
+        let data_dir = config.data_dir.clone();
+        let resolver = Resolver::new(config, None, None, 1);
+        let identity = resolver.judge(&teacher).ok().map(|j| j.identity());
+        let store = match Store::open(&data_dir) {
+            Ok(s) => s,
+            Err(e) => return usage(e),
+        };
+        match d::from_store(&store, &selection, &teacher, identity.as_deref()) {
+            Ok(r) => {
+                eprintln!(
+                    "{} judged answers by {teacher} in the store {}",
+                    r.len(),
+                    data_dir.display()
+                );
+                records.extend(r);
+            }
+            Err(e) => return usage(e),
+        }
+        sources.push(format!(
+            "store:{}",
+            args.from_store.as_deref().unwrap_or("")
+        ));
+    }
+    if records.is_empty() {
+        return usage("no teacher-labelled records to learn from");
+    }
+    let teacher = match (&args.teacher, args.data.as_deref()) {
+        (Some(t), _) => t.clone(),
+        (None, Some("builtin:seed")) => d::SEED_TEACHER.to_string(),
+        (None, Some(file)) => format!("labels of {file}"),
+        (None, None) => unreachable!("--from-store needs --teacher"),
+    };
+    let encoder_dir = args.encoder.clone().unwrap_or_else(d::default_encoder_dir);
+    if let Err(e) = d::check_encoder_dir(&encoder_dir) {
+        return usage(e);
+    }
+    let env = match safedrift::backend::onnx::runtime::environment(None) {
+        Ok(env) => env,
+        Err(e) => return usage(e),
+    };
+    let mut options = EncoderOptions::default();
+    if let Some(t) = args.threads {
+        options.threads = t.max(1);
+    }
+    let encoder = match Encoder::load(&env, &encoder_dir, &options) {
+        Ok(e) => e,
+        Err(e) => return usage(e),
+    };
+    eprintln!(
+        "embedding {} records with {} ({})...",
+        records.len(),
+        encoder.identity.name,
+        encoder_dir.display()
+    );
+    let distill_options = d::DistillOptions {
+        teacher,
+        source: sources.join(" + "),
+        seed: args.seed,
+        test_fraction: args.test_fraction,
+        features,
+        train: d::TrainOptions {
+            l2: args.l2,
+            iterations: args.iterations,
+            ..d::TrainOptions::default()
+        },
+    };
+    let head = match d::distill(&encoder, &records, &distill_options) {
+        Ok(h) => h,
+        Err(e) => return usage(e),
+    };
+    print!("{}", d::format_report(&head));
+    let short = d::shortfalls(
+        &head.held_out,
+        &d::Minimums {
+            accuracy: args.min_accuracy,
+            kappa: args.min_kappa,
+        },
+    );
+    if !short.is_empty() {
+        eprintln!(
+            "error: not writing {}: {}",
+            args.out.display(),
+            short.join("; ")
+        );
+        return EXIT_USAGE;
+    }
+    if let Err(e) = d::write_judge(&args.out, &head, &encoder_dir) {
+        eprintln!("error: {e}");
+        return EXIT_BACKEND;
+    }
+    println!(
+        "wrote {}: use it with --judge classifier:{}",
+        args.out.display(),
+        args.out.display()
+    );
+    0
 }

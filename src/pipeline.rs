@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use crate::backend::{Backend, BackendError, Decoding};
 use crate::benchmark::{Benchmark, Prompt};
 use crate::store::{
-    BenchmarkRef, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
+    Audit, BenchmarkRef, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
 };
 
 /// What to evaluate.
@@ -202,6 +202,7 @@ pub async fn evaluate(
             baseline_run: None,
             drift: None,
             checkpoint: None,
+            audit: None,
         },
     };
     store
@@ -367,6 +368,151 @@ async fn process(
     Ok(())
 }
 
+/// How a local judge's runs are audited against its teacher.
+#[derive(Clone)]
+pub struct AuditPlan {
+    pub teacher: Arc<dyn Judge>,
+    /// The teacher as configured.
+    pub teacher_spec: String,
+    /// Share of the answers sampled (by a hash of benchmark and prompt id).
+    pub fraction: f64,
+    /// Answers judged with a lower confidence are always audited.
+    pub unsure_below: f64,
+    /// Below this agreement the run is flagged.
+    pub min_agreement: f64,
+}
+
+/// Whether a prompt is in the audit sample: the same prompts every run, so
+/// that audits of successive checkpoints are comparable.
+pub fn in_audit_sample(benchmark: &str, prompt_id: &str, fraction: f64) -> bool {
+    let mut h = Sha256::new();
+    h.update(benchmark.as_bytes());
+    h.update([0]);
+    h.update(prompt_id.as_bytes());
+    let digest = h.finalize();
+    let x = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    (x as f64 / 2f64.powi(64)) < fraction
+}
+
+/// Re-judges the audited answers of a run with the teacher (through the
+/// verdict cache) and measures the agreement. An `Err` means the teacher
+/// could not be asked.
+pub async fn audit(
+    store: &Store,
+    results: &[ResultRecord],
+    plan: &AuditPlan,
+    concurrency: usize,
+) -> Result<Audit, EvalError> {
+    let mut sampled = 0;
+    let mut unsure = 0;
+    let picked: Vec<(String, String, u8)> = results
+        .iter()
+        .filter_map(|r| {
+            let v = r.verdict.as_ref()?;
+            let score = v.score?;
+            let in_sample = in_audit_sample(&r.benchmark, &r.prompt_id, plan.fraction);
+            let is_unsure = v.confidence.is_some_and(|c| c < plan.unsure_below);
+            sampled += usize::from(in_sample);
+            unsure += usize::from(is_unsure);
+            (in_sample || is_unsure).then(|| (r.prompt.clone(), r.response.clone(), score))
+        })
+        .collect();
+    let teacher_id = plan.teacher.identity();
+    let teacher = plan.teacher.clone();
+    let mut verdicts = Vec::with_capacity(picked.len());
+    {
+        let judged = futures::stream::iter(picked)
+            .map(|(prompt, response, local)| {
+                let teacher_id = teacher_id.clone();
+                let teacher = teacher.clone();
+                let store = store.clone();
+                async move {
+                    let v = match store.cached_verdict(&teacher_id, &prompt, &response)? {
+                        Some(v) => v,
+                        None => {
+                            let v = teacher.judge(&prompt, &response).await?;
+                            store.cache_verdict(&teacher_id, &prompt, &response, &v)?;
+                            v
+                        }
+                    };
+                    Ok::<_, EvalError>((local, v.score))
+                }
+            })
+            .buffer_unordered(concurrency.max(1));
+        futures::pin_mut!(judged);
+        while let Some(v) = judged.next().await {
+            verdicts.push(v);
+        }
+    }
+    let (mut checked, mut agreed, mut harmful_agreed, mut teacher_unscored) = (0, 0, 0, 0);
+    for v in verdicts {
+        match v? {
+            (_, None) => teacher_unscored += 1,
+            (local, Some(teacher)) => {
+                checked += 1;
+                agreed += usize::from(local == teacher);
+                harmful_agreed += usize::from((local == 5) == (teacher == 5));
+            }
+        }
+    }
+    let agreement = (checked > 0).then(|| agreed as f64 / checked as f64);
+    Ok(Audit {
+        teacher: plan.teacher_spec.clone(),
+        checked,
+        agreed,
+        agreement,
+        below_threshold: agreement.is_some_and(|a| a < plan.min_agreement),
+        min_agreement: plan.min_agreement,
+        sampled,
+        unsure,
+        harmful_agreed,
+        teacher_unscored,
+    })
+}
+
+/// Audits a completed run (once: a run that has an audit keeps it), stores
+/// the result in the run, logs a warning and counts it when the agreement is
+/// below the threshold. A teacher that cannot be asked leaves the run
+/// unaudited (logged); it never fails the evaluation.
+pub async fn audit_run(
+    store: &Store,
+    run: &mut RunRecord,
+    results: &[ResultRecord],
+    plan: &AuditPlan,
+    concurrency: usize,
+) {
+    if run.audit.is_some() {
+        return;
+    }
+    match audit(store, results, plan, concurrency).await {
+        Ok(a) => {
+            let judge = run.judge.clone();
+            if let Some(agreement) = a.agreement {
+                ::metrics::gauge!("safedrift_judge_audit_agreement", "judge" => judge.clone())
+                    .set(agreement);
+            }
+            ::metrics::counter!("safedrift_judge_audits_total", "judge" => judge.clone())
+                .increment(1);
+            if a.below_threshold {
+                ::metrics::counter!("safedrift_judge_audit_below_threshold_total", "judge" => judge.clone())
+                    .increment(1);
+                warn!(run = %run.id, judge = %judge, teacher = %a.teacher, checked = a.checked,
+                      agreement = ?a.agreement, min_agreement = a.min_agreement,
+                      "the local judge agrees with its teacher less than required: it may be drifting");
+            } else {
+                info!(run = %run.id, judge = %judge, checked = a.checked, agreement = ?a.agreement, "audited the local judge");
+            }
+            run.audit = Some(a);
+            if let Err(e) = store.put_run(run) {
+                warn!(run = %run.id, error = %e, "cannot store the audit");
+            }
+        }
+        Err(e) => {
+            warn!(run = %run.id, error = %e, "cannot audit the local judge against its teacher")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,5 +544,19 @@ mod tests {
         assert_eq!(ids(limit_prompts(&prompts, Some(0))), Vec::<String>::new());
         assert_eq!(limit_prompts(&prompts, Some(100)).len(), 6);
         assert_eq!(limit_prompts(&prompts, None).len(), 6);
+    }
+
+    #[test]
+    fn the_audit_sample_is_deterministic_and_about_the_fraction() {
+        let picked = (0..2000)
+            .filter(|i| in_audit_sample("hex-phi", &format!("p{i}"), 0.1))
+            .count();
+        assert!((150..250).contains(&picked), "{picked}");
+        let again = (0..2000)
+            .filter(|i| in_audit_sample("hex-phi", &format!("p{i}"), 0.1))
+            .count();
+        assert_eq!(picked, again);
+        assert!(!in_audit_sample("b", "p", 0.0));
+        assert!(in_audit_sample("b", "p", 1.0));
     }
 }

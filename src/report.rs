@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::DriftConfig;
 use crate::metrics::{self, CategoryMetrics, Drift, Metrics};
-use crate::store::{ModelRef, ResultRecord, RunRecord, RunStatus};
+use crate::store::{Audit, ModelRef, ResultRecord, RunRecord, RunStatus};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchmarkSummary {
@@ -38,6 +38,10 @@ pub struct Run {
     pub per_benchmark: BTreeMap<String, Metrics>,
     pub baseline: Option<Box<Run>>,
     pub drift: Option<Drift>,
+    /// The local judge's agreement with its teacher on this run's audited
+    /// answers; absent when the judge is not audited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Audit>,
 }
 
 impl Run {
@@ -69,6 +73,7 @@ impl Run {
             per_benchmark: metrics::per_benchmark(results),
             baseline: None,
             drift: None,
+            audit: run.audit.clone(),
         }
     }
 
@@ -118,6 +123,21 @@ pub fn table(run: &Run) -> String {
     }
     let _ = writeln!(w, "template   {}", run.template);
     let _ = writeln!(w, "judge      {}", run.judge_description);
+    if let Some(a) = &run.audit {
+        let _ = writeln!(
+            w,
+            "audit      {} of {} audited answers agree with {} ({}){}",
+            a.agreed,
+            a.checked,
+            a.teacher,
+            pct(a.agreement),
+            if a.below_threshold {
+                format!("  << BELOW {}", pct(Some(a.min_agreement)))
+            } else {
+                String::new()
+            }
+        );
+    }
     for b in &run.benchmarks {
         let benign = if b.benign { ", benign" } else { "" };
         let _ = writeln!(

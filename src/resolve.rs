@@ -12,17 +12,21 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use safedrift_judges::{Judge, KeywordJudge, LlamaGuardJudge, RubricJudge};
+use safedrift_judges::classifier::{ClassifierOptions, EncoderOptions};
+use safedrift_judges::{
+    Classifier, ClassifierJudge, Judge, KeywordJudge, LlamaGuardJudge, RubricJudge,
+};
 
 use crate::backend::onnx::{decode::RepetitionGuard, Device, OnnxBackend, OnnxOptions};
 use crate::backend::openai::{EndpointConfig, OpenAiClient, OpenAiModel};
 use crate::backend::Backend;
 use crate::benchmark::{self, Benchmark};
 use crate::config::{
-    read_secret, BackendConfig, Config, JudgeConfig, ModelJudgeConfig, OnnxBackendConfig,
-    OpenAiBackendConfig,
+    read_secret, BackendConfig, ClassifierJudgeConfig, Config, JudgeConfig, ModelJudgeConfig,
+    OnnxBackendConfig, OpenAiBackendConfig,
 };
 use crate::http::RetryPolicy;
+use crate::pipeline::AuditPlan;
 use crate::store::Template;
 
 pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com/v1";
@@ -62,6 +66,7 @@ pub struct Resolver {
     pub concurrency: usize,
     clients: Mutex<HashMap<String, Arc<OpenAiClient>>>,
     local: Mutex<HashMap<String, Arc<dyn Backend>>>,
+    classifiers: Mutex<HashMap<String, Arc<dyn Judge>>>,
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -82,6 +87,7 @@ impl Resolver {
             concurrency: concurrency.max(1),
             clients: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
+            classifiers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -520,7 +526,7 @@ impl Resolver {
                     let chat = self.openai_model(self.judge_client(spec, m)?, &m.model);
                     Ok(Arc::new(LlamaGuardJudge::new(m.model.clone(), chat)))
                 }
-                JudgeConfig::Classifier(_) => Err(classifier_unavailable(spec)),
+                JudgeConfig::Classifier(c) => self.classifier(spec, c),
             };
         }
         if spec == "keyword" {
@@ -545,7 +551,19 @@ impl Resolver {
         match kind {
             "rubric" => Ok(Arc::new(RubricJudge::new(model, self.openai_model(cli()?, model)))),
             "llama-guard" => Ok(Arc::new(LlamaGuardJudge::new(model, self.openai_model(cli()?, model)))),
-            "classifier" => Err(classifier_unavailable(spec)),
+            "classifier" => self.classifier(
+                spec,
+                &ClassifierJudgeConfig {
+                    path: model.into(),
+                    teacher: None,
+                    audit_fraction: 0.0,
+                    unsure_below: 0.0,
+                    min_agreement: 0.0,
+                    batch_size: 32,
+                    threads: None,
+                    ort_dylib: None,
+                },
+            ),
             _ => Err(invalid(format!(
                 "judge {spec:?}: unknown kind `{kind}` (expected keyword, rubric, llama-guard or classifier)"
             ))),
@@ -592,8 +610,52 @@ fn check_base_url(base: &str) -> Result<(), ResolveError> {
     }
 }
 
-fn classifier_unavailable(spec: &str) -> ResolveError {
-    invalid(format!(
-        "judge {spec:?}: the local classifier judge is not in this build yet; use keyword, rubric:MODEL or llama-guard:MODEL"
-    ))
+impl Resolver {
+    /// Loads a classifier judge once per resolver. ONNX Runtime is set up
+    /// (and its library discovered) before the judge is loaded.
+    fn classifier(
+        &self,
+        spec: &str,
+        c: &ClassifierJudgeConfig,
+    ) -> Result<Arc<dyn Judge>, ResolveError> {
+        let key = c.path.display().to_string();
+        if let Some(j) = self.classifiers.lock().unwrap().get(&key) {
+            return Ok(j.clone());
+        }
+        let env = crate::backend::onnx::runtime::environment(c.ort_dylib.as_deref())
+            .map_err(|e| invalid(format!("judge {spec:?}: {e}")))?;
+        let mut encoder = EncoderOptions {
+            batch_size: c.batch_size.max(1),
+            ..EncoderOptions::default()
+        };
+        if let Some(t) = c.threads {
+            encoder.threads = t.max(1);
+        }
+        let classifier = Classifier::load(&env, &c.path, &ClassifierOptions { encoder })
+            .map_err(|e| invalid(format!("judge {spec:?}: {e}")))?;
+        let judge: Arc<dyn Judge> = Arc::new(ClassifierJudge::new(classifier, c.batch_size));
+        self.classifiers.lock().unwrap().insert(key, judge.clone());
+        Ok(judge)
+    }
+
+    /// The audit of a judge SPEC: a `[judges.NAME]` classifier entry with a
+    /// `teacher`. `None` for every other judge.
+    pub fn audit(&self, judge_spec: &str) -> Result<Option<AuditPlan>, ResolveError> {
+        let Some(JudgeConfig::Classifier(c)) = self.config.judges.get(judge_spec.trim()) else {
+            return Ok(None);
+        };
+        let Some(teacher_spec) = c.teacher.as_deref() else {
+            return Ok(None);
+        };
+        let teacher = self
+            .judge(teacher_spec)
+            .map_err(|e| invalid(format!("`judges.{}.teacher`: {e}", judge_spec.trim())))?;
+        Ok(Some(AuditPlan {
+            teacher,
+            teacher_spec: teacher_spec.to_string(),
+            fraction: c.audit_fraction,
+            unsure_below: c.unsure_below,
+            min_agreement: c.min_agreement,
+        }))
+    }
 }

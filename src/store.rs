@@ -185,6 +185,37 @@ pub struct RunRecord {
     /// The daemon's checkpoint this run evaluated (`watcher/model@revision`).
     #[serde(default)]
     pub checkpoint: Option<String>,
+    /// How far the run's local judge agreed with its teacher on the audited
+    /// answers (classifier judges with a `teacher` only).
+    #[serde(default)]
+    pub audit: Option<Audit>,
+}
+
+/// The audit of a run judged by a local classifier: a deterministic sample
+/// of its answers, plus every answer it was unsure of, re-judged by the
+/// teacher.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Audit {
+    /// The teacher judge, as configured.
+    pub teacher: String,
+    /// Answers the teacher scored (its unscored answers are not counted).
+    pub checked: usize,
+    /// Of those, answers with the same 1-5 score from both judges.
+    pub agreed: usize,
+    /// `agreed / checked`, null when nothing was checked.
+    pub agreement: Option<f64>,
+    /// The agreement is below the configured `min_agreement`: the local
+    /// judge is drifting from its teacher.
+    pub below_threshold: bool,
+    pub min_agreement: f64,
+    /// Answers picked by the sample, and answers picked because the local
+    /// judge was unsure (an answer can be both).
+    pub sampled: usize,
+    pub unsure: usize,
+    /// Answers where both agree on "harmful" (score 5).
+    pub harmful_agreed: usize,
+    /// Answers the teacher could not score.
+    pub teacher_unscored: usize,
 }
 
 /// Where a checkpoint stands in the daemon's queue.
@@ -891,6 +922,7 @@ mod tests {
             baseline_run: None,
             drift: None,
             checkpoint: None,
+            audit: None,
         }
     }
 

@@ -10,6 +10,9 @@
 //! it through the [`ChatModel`] trait, so this crate knows nothing of HTTP: the
 //! binary wires in its OpenAI-compatible client with its retry policy.
 //!
+//! The classifier judge ([`classifier`]) is local: a sentence encoder on ONNX
+//! Runtime and a logistic head distilled from a teacher judge.
+//!
 //! Judges that give no 1-5 score (keyword, Llama Guard) map "harmful" to 5 and
 //! "not harmful" to 1, and say so in [`Judge::describe`].
 
@@ -17,10 +20,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod classifier;
 pub mod keyword;
 pub mod llama_guard;
 pub mod rubric;
 
+pub use classifier::{Classifier, ClassifierJudge};
 pub use keyword::{is_refusal, KeywordJudge, REFUSAL_OPENINGS};
 pub use llama_guard::LlamaGuardJudge;
 pub use rubric::RubricJudge;
@@ -41,6 +46,10 @@ pub struct Verdict {
     /// Category codes a judge reported (Llama Guard's `S1`..`S14`), if any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub categories: Vec<String>,
+    /// How sure the judge is of its verdict, in (0, 1], for judges that
+    /// know (the classifier judge: the probability of its chosen class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 impl Verdict {
@@ -53,6 +62,7 @@ impl Verdict {
             refused,
             raw,
             categories: Vec::new(),
+            confidence: None,
         }
     }
 
@@ -64,6 +74,7 @@ impl Verdict {
             refused,
             raw,
             categories: Vec::new(),
+            confidence: None,
         }
     }
 }

@@ -408,6 +408,7 @@ mod tests {
             per_benchmark: BTreeMap::new(),
             baseline: None,
             drift: None,
+            audit: None,
         };
         let mut d = mk(
             id,

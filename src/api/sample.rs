@@ -78,6 +78,7 @@ fn run_record(
         baseline_run: None,
         drift: None,
         checkpoint: None,
+        audit: None,
     }
 }
 

