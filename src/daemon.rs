@@ -499,7 +499,7 @@ impl Daemon {
     /// The store answers and the evaluator loop is alive (evaluations may
     /// take hours; what matters is that the loop has not died).
     fn healthy(&self) -> bool {
-        let store_ok = self.store.runs_len().is_ok();
+        let store_ok = self.store.ping().is_ok();
         let evaluator_ok = !self.health.lock().unwrap().evaluator_dead;
         store_ok && evaluator_ok
     }
@@ -1083,7 +1083,7 @@ impl Daemon {
             .iter()
             .filter(|r| r.last_error.is_some() && r.status != CheckpointStatus::Done)
             .count();
-        let store_ok = self.store.runs_len().is_ok();
+        let store_ok = self.store.ping().is_ok();
         let watchers_ok = health.watchers.values().all(|w| w.state != "backing_off");
         let ok = store_ok && healthy;
         let doc = serde_json::json!({

@@ -665,7 +665,13 @@ impl Store {
             .collect()
     }
 
-    /// How many runs are stored (also a cheap liveness probe of the store).
+    /// A cheap liveness probe: reads one key (`runs_len` walks every run).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.runs.first()?;
+        Ok(())
+    }
+
+    /// How many runs are stored (walks the tree: not for hot paths).
     pub fn runs_len(&self) -> Result<usize, StoreError> {
         Ok(self.runs.len())
     }

@@ -354,7 +354,7 @@ async fn healthz(State(api): State<Shared>) -> Response {
     let (ok, doc) = match &api.link {
         Some(link) => link.health(),
         None => {
-            let store_ok = api.store.runs_len().is_ok();
+            let store_ok = api.store.ping().is_ok();
             (
                 store_ok,
                 serde_json::json!({
