@@ -432,6 +432,28 @@ async fn the_daemon_audits_the_local_judge_against_its_teacher() {
         .port();
     let tk = server.addr;
     let dir = judge_dir();
+    // A Slack-shaped receiver for the judge audit alert.
+    let received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let hook_port = {
+        let received = received.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().route(
+            "/slack",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    received
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                    "ok"
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    };
     let s = Scratch::with_config(&format!(
         r#"
 [api]
@@ -459,6 +481,11 @@ models = ["cand"]
 schedule = "*/1 * * * * *"
 benchmarks = ["bench"]
 judge = "local"
+
+[alerts.chat]
+kind = "webhook"
+format = "slack"
+url = "http://127.0.0.1:{hook_port}/slack"
 "#,
         path = dir.display().to_string()
     ));
@@ -496,7 +523,12 @@ judge = "local"
             Ok(r) => r.json().await.ok(),
             Err(_) => None,
         };
-        if h.is_some_and(|h| h["queue"]["done"] == 1) {
+        let audited = h.is_some_and(|h| h["queue"]["done"] == 1);
+        // The judge audit alert (when the audit failed) is delivered at once.
+        let log_text = std::fs::read_to_string(s.path("daemon.log")).unwrap_or_default();
+        let alerted =
+            !log_text.contains("judge audit alert queued") || !received.lock().unwrap().is_empty();
+        if audited && alerted {
             break;
         }
         assert!(
@@ -542,6 +574,35 @@ judge = "local"
         audit.below_threshold,
         "{log}"
     );
+    // A failed audit raises exactly one judge_audit alert, delivered to the
+    // target; a passed one raises none.
+    let alerts = safedrift::alerts::record::list(&store, 10, None).unwrap();
+    let audit_alerts: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.kind == safedrift::alerts::record::AlertKind::JudgeAudit)
+        .collect();
+    assert_eq!(
+        audit_alerts.len(),
+        usize::from(audit.below_threshold),
+        "{alerts:#?}"
+    );
+    println!(
+        "audit agreement {agreed}/8, below threshold: {}, judge audit alerts: {}",
+        audit.below_threshold,
+        audit_alerts.len()
+    );
+    if let Some(a) = audit_alerts.first() {
+        assert_eq!(a.run_ids, [runs[0].id.clone()]);
+        assert!(
+            a.summary
+                .contains(&format!("on {agreed} of 8 audited answers")),
+            "{}",
+            a.summary
+        );
+        let got = received.lock().unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].to_string().contains("local judge"), "{}", got[0]);
+    }
 }
 
 #[tokio::test]

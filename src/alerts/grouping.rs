@@ -160,7 +160,7 @@ pub fn summarize(doc: &Run, public_url: &str) -> AlertRun {
     }
 }
 
-fn pending(next_attempt_ms: u64) -> Delivery {
+pub fn pending(next_attempt_ms: u64) -> Delivery {
     Delivery {
         status: DeliveryStatus::Pending,
         attempts: 0,
@@ -203,6 +203,7 @@ fn summary_line(kind: AlertKind, lineage: &str, runs: &[AlertRun]) -> String {
             }
         }
         AlertKind::Test => "test message".into(),
+        AlertKind::JudgeAudit => format!("local judge audit failed in {lineage}"),
     }
 }
 

@@ -175,10 +175,90 @@ impl Alerts {
     /// Called once per completed checkpoint evaluation (again after a
     /// restart is harmless: a run is decided once).
     pub async fn run_completed(&self, doc: &Run) {
+        if let Err(e) = self.ingest_audit(doc).await {
+            error!(run = %doc.id, error = %e, "cannot record the judge audit alert");
+        }
         if let Err(e) = self.ingest(doc).await {
             // The run is stored; the next start decides on it.
             error!(run = %doc.id, error = %e, "cannot record the alert decision; retried on restart");
         }
+    }
+
+    /// A run whose local-judge audit fell below `min_agreement` raises one
+    /// `judge_audit` alert (decided once per run, like drift), to every
+    /// target that takes the run's watcher and model.
+    async fn ingest_audit(&self, doc: &Run) -> Result<(), String> {
+        let Some(audit) = doc.audit.as_ref().filter(|a| a.below_threshold) else {
+            return Ok(());
+        };
+        let lineage = format!("judge:{}", doc.judge);
+        let summary = format!(
+            "{} agreed with its teacher {} on {} of {} audited answers ({}; minimum {:.0}%)",
+            doc.judge,
+            audit.teacher,
+            audit.agreed,
+            audit.checked,
+            audit
+                .agreement
+                .map(|a| format!("{:.0}%", a * 100.0))
+                .unwrap_or_else(|| "n/a".into()),
+            audit.min_agreement * 100.0
+        );
+        let public_url = public_url(&self.config);
+        let now = outbox::now_ms();
+        let run = grouping::summarize(doc, &public_url);
+        let subject = routing::Subject {
+            watcher: run.watcher.as_deref(),
+            spec: &run.model,
+            revision: run.revision.as_deref(),
+            severity: routing::Severity::Warning,
+        };
+        let deliveries = self
+            .targets
+            .iter()
+            .filter(|(_, t)| routing::matches(t, &subject))
+            .map(|(n, _)| (n.clone(), grouping::pending(now)))
+            .collect();
+        let id = grouping::new_alert_id();
+        let rec = AlertRecord {
+            id: id.clone(),
+            kind: record::AlertKind::JudgeAudit,
+            lineage: lineage.clone(),
+            severity: "warning".into(),
+            summary,
+            run_ids: vec![doc.id.clone()],
+            models: vec![doc.model.spec.clone()],
+            created_at: grouping::rfc3339(now),
+            deliveries,
+            created_ms: now,
+            runs: vec![run],
+            resolves: vec![],
+        };
+        let (_, records) = self
+            .outbox
+            .decide_once(&format!("{}#audit", doc.id), &lineage, |state, _| {
+                grouping::Plan {
+                    decision: grouping::Decision {
+                        action: "judge_audit".into(),
+                        alert: Some(id.clone()),
+                        at: rec.created_at.clone(),
+                    },
+                    lineage: lineage.clone(),
+                    state,
+                    records: vec![rec],
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        self.outbox.store.flush().await.map_err(|e| e.to_string())?;
+        for rec in &records {
+            warn!(alert = %rec.id, run = %doc.id, summary = %rec.summary, "judge audit alert queued");
+            for t in rec.deliveries.keys() {
+                if let Some(w) = self.wake.get(t) {
+                    w.notify_one();
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn ingest(&self, doc: &Run) -> Result<(), String> {

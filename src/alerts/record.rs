@@ -24,6 +24,10 @@ pub enum AlertKind {
     Resolved,
     /// Sent by `safedrift alert test`.
     Test,
+    /// The local classifier judge agreed with its teacher less often than
+    /// `min_agreement` in a run's audit: its scores can no longer be
+    /// trusted (the judge itself is drifting).
+    JudgeAudit,
 }
 
 /// Where one target's delivery stands.

@@ -43,6 +43,7 @@ pub fn subject(rec: &AlertRecord) -> String {
         AlertKind::Firing => rec.severity.to_uppercase(),
         AlertKind::Resolved => "RESOLVED".into(),
         AlertKind::Test => "TEST".into(),
+        AlertKind::JudgeAudit => "JUDGE".into(),
     };
     format!("[safedrift] {tag}: {}", rec.summary)
 }
@@ -62,6 +63,10 @@ fn heading(rec: &AlertRecord) -> String {
         AlertKind::Test => {
             "This is a test message from safedrift: the target is configured and reachable.".into()
         }
+        AlertKind::JudgeAudit => format!(
+            "The local judge is drifting from its teacher: {}. Its harmfulness scores for these runs can no longer be trusted; distill it again from the teacher's recent verdicts (safedrift distill --from-store).",
+            rec.summary
+        ),
     }
 }
 
@@ -272,6 +277,7 @@ pub fn json_payload(rec: &AlertRecord, examples: &[Example]) -> Value {
         AlertKind::Firing => "alert.firing",
         AlertKind::Resolved => "alert.resolved",
         AlertKind::Test => "alert.test",
+        AlertKind::JudgeAudit => "alert.judge_audit",
     };
     let mut data = json!({
         "id": rec.id,
@@ -359,7 +365,11 @@ pub fn am_labels(rec: &AlertRecord) -> Value {
     let watcher = first.and_then(|r| r.watcher.clone()).unwrap_or_default();
     let baseline = first.map(|r| r.baseline.clone()).unwrap_or_default();
     json!({
-        "alertname": if rec.kind == AlertKind::Test { "SafetyDriftTest" } else { "SafetyDrift" },
+        "alertname": match rec.kind {
+            AlertKind::Test => "SafetyDriftTest",
+            AlertKind::JudgeAudit => "SafetyJudgeAudit",
+            _ => "SafetyDrift",
+        },
         "lineage": rec.lineage,
         "watcher": watcher,
         "model": baseline,
