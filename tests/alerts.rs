@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine;
-use common::Scratch;
+use common::{free_port, Scratch};
 use hmac::{Hmac, Mac};
 use safedrift::alerts::record::{AlertKind, DeliveryStatus};
 use safedrift::store::Store;
@@ -34,14 +34,6 @@ const SECRET_B64: &str = "c2FmZWRyaWZ0LXRlc3Qtc2lnbmluZy1rZXktMDEyMzQ1Njc4OQ==";
 /// What drifted models answer (model output: never to appear in a message).
 const HARMFUL_ANSWER: &str = "Sure, here is exactly how to do it step by step.";
 const PROMPTS: usize = 40;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -451,11 +443,7 @@ judge = "keyword"
             )
         })
         .collect();
-    let refs: Vec<(&str, &str, &str, bool)> = rows
-        .iter()
-        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
-        .collect();
-    let bench = s.jsonl("bench.jsonl", &refs);
+    let bench = s.jsonl("bench.jsonl", &rows);
     let config = std::fs::read_to_string(s.config())
         .unwrap()
         .replace("BENCH", bench.to_str().unwrap());
@@ -893,7 +881,12 @@ async fn a_run_stored_without_its_alert_decision_is_alerted_once_on_the_next_sta
     })
     .await;
     stop(&mut daemon).await;
+    // A third start (signals are handled once it says it is running).
     let mut daemon = start(&s);
+    wait_for("the third start", Duration::from_secs(60), || {
+        log(&s).matches("safedrift is running").count() == 3
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop(&mut daemon).await;
 

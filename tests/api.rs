@@ -966,11 +966,7 @@ async fn the_daemon_evaluates_an_evaluation_queued_through_the_api() {
             )
         })
         .collect();
-    let refs: Vec<(&str, &str, &str, bool)> = rows
-        .iter()
-        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
-        .collect();
-    let bench = s.jsonl("bench.jsonl", &refs);
+    let bench = s.jsonl("bench.jsonl", &rows);
     let log = std::fs::File::create(s.path("daemon.log")).unwrap();
     let mut daemon = s
         .command(&["run"])

@@ -340,11 +340,7 @@ async fn eval_scores_a_benchmark_locally_and_audits_against_the_teacher() {
             )
         })
         .collect();
-    let refs: Vec<(&str, &str, &str, bool)> = rows
-        .iter()
-        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
-        .collect();
-    let bench = format!("jsonl:{}", s.jsonl("bench.jsonl", &refs).display());
+    let bench = format!("jsonl:{}", s.jsonl("bench.jsonl", &rows).display());
     let results = s.path("results.jsonl");
     let base = server.base_url();
     let out = s
@@ -499,11 +495,7 @@ url = "http://127.0.0.1:{hook_port}/slack"
             )
         })
         .collect();
-    let refs: Vec<(&str, &str, &str, bool)> = rows
-        .iter()
-        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
-        .collect();
-    let bench = s.jsonl("bench.jsonl", &refs);
+    let bench = s.jsonl("bench.jsonl", &rows);
     let config = std::fs::read_to_string(s.config())
         .unwrap()
         .replace("BENCH", bench.to_str().unwrap());
@@ -628,11 +620,7 @@ async fn distill_learns_from_the_teachers_stored_verdicts() {
             )
         })
         .collect();
-    let refs: Vec<(&str, &str, &str, bool)> = rows
-        .iter()
-        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
-        .collect();
-    let bench = format!("jsonl:{}", s.jsonl("bench.jsonl", &refs).display());
+    let bench = format!("jsonl:{}", s.jsonl("bench.jsonl", &rows).display());
     let base = server.base_url();
     let args = [
         "eval",

@@ -9,18 +9,10 @@ use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::Scratch;
+use common::{free_port, Scratch};
 use safedrift::store::{CheckpointStatus, RunStatus, Store};
 use safedrift_testkit::{spawn, ModelScript, Script, TestServer};
 use tokio::process::Child;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(s: &Scratch) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -114,11 +106,7 @@ judge = "keyword"
             )
         })
         .collect();
-    let refs: Vec<(&str, &str, &str, bool)> = rows
-        .iter()
-        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
-        .collect();
-    let bench = s.jsonl("bench.jsonl", &refs);
+    let bench = s.jsonl("bench.jsonl", &rows);
     let config = std::fs::read_to_string(s.config())
         .unwrap()
         .replace("BENCH", bench.to_str().unwrap());

@@ -10,26 +10,17 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::Scratch;
+use common::{free_port, Scratch};
 use safedrift::store::{CheckpointStatus, RunStatus, Store};
 use safedrift_testkit::mlflow::{python, MlflowServer};
 
 const MODEL: &str = "safety-candidate";
 const SECRET: &str = "whsec-daemon-test-only";
 const SECRET_ENV: &str = "ML_HOOK_SECRET";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64

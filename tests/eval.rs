@@ -35,11 +35,7 @@ fn scenario_rows() -> Vec<(String, String, String, bool)> {
 
 fn write_scenario(s: &Scratch) -> String {
     let rows = scenario_rows();
-    let refs: Vec<(&str, &str, &str, bool)> = rows
-        .iter()
-        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
-        .collect();
-    let path = s.jsonl("bench.jsonl", &refs);
+    let path = s.jsonl("bench.jsonl", &rows);
     format!("jsonl:{}", path.display())
 }
 

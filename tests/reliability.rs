@@ -79,11 +79,7 @@ async fn a_full_disk_during_store_writes_loses_nothing() {
             )
         })
         .collect();
-    let refs: Vec<(&str, &str, &str, bool)> = rows
-        .iter()
-        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
-        .collect();
-    let bench = s.jsonl("bench.jsonl", &refs);
+    let bench = s.jsonl("bench.jsonl", &rows);
     let spec = format!("jsonl:{}", bench.display());
     let api = format!("http://{}/v1", server.addr);
     let args = [

@@ -37,11 +37,7 @@ async fn kill_9_mid_run_then_resume_asks_nothing_twice() {
             )
         })
         .collect();
-    let refs: Vec<(&str, &str, &str, bool)> = rows
-        .iter()
-        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), *d))
-        .collect();
-    let bench = format!("jsonl:{}", s.jsonl("bench.jsonl", &refs).display());
+    let bench = format!("jsonl:{}", s.jsonl("bench.jsonl", &rows).display());
     let base = server.base_url();
     let args = [
         "eval",

@@ -46,10 +46,11 @@ impl Scratch {
     }
 
     /// Writes a jsonl benchmark of `(id, category, prompt, benign)` rows.
-    pub fn jsonl(&self, name: &str, rows: &[(&str, &str, &str, bool)]) -> PathBuf {
+    pub fn jsonl<S: AsRef<str>>(&self, name: &str, rows: &[(S, S, S, bool)]) -> PathBuf {
         let text: String = rows
             .iter()
             .map(|(id, cat, prompt, benign)| {
+                let (id, cat, prompt) = (id.as_ref(), cat.as_ref(), prompt.as_ref());
                 serde_json::json!({"id": id, "category": cat, "prompt": prompt, "benign": benign})
                     .to_string()
                     + "\n"
@@ -78,6 +79,15 @@ impl Scratch {
     pub async fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().await.unwrap()
     }
+}
+
+/// A free loopback port (for a server the test starts in another process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn bin() -> &'static Path {
