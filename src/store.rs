@@ -24,8 +24,10 @@
 //! flushed together. A kill -9 loses at most the writes of the last few
 //! milliseconds, never a flushed one.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use safedrift_judges::Verdict;
 use serde::{Deserialize, Serialize};
@@ -267,6 +269,21 @@ pub struct ResultRecord {
     pub verdict: Option<Verdict>,
 }
 
+/// The fields of a [`ResultRecord`] a results listing filters on, decoded
+/// without the texts (prompt, response, the judge's output).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ResultHead {
+    pub category: String,
+    pub verdict: Option<VerdictHead>,
+}
+
+/// The scores of a [`Verdict`], without its texts.
+#[derive(Clone, Debug, Deserialize)]
+pub struct VerdictHead {
+    pub score: Option<u8>,
+    pub harmful: Option<bool>,
+}
+
 /// The store. Cheap to clone; clones share one database.
 #[derive(Clone)]
 pub struct Store {
@@ -280,6 +297,38 @@ pub struct Store {
     checkpoints: sled::Tree,
     runs_by_model: sled::Tree,
     dirty: Arc<Notify>,
+    derived: Arc<Mutex<Derived>>,
+}
+
+/// How many derived values [`Store::derived`] keeps (least recently used
+/// first out).
+const DERIVED_CAPACITY: usize = 2048;
+
+/// Values computed from stored runs (the API's Run documents of completed
+/// runs), kept in memory and shared by every clone of the store. Each names
+/// the runs it was computed from; writing one of those runs (its record or
+/// a result) drops it, so a kept value is never stale.
+#[derive(Default)]
+struct Derived {
+    entries: HashMap<String, DerivedEntry>,
+    /// Bumped by every write that drops values: a value computed from reads
+    /// made before such a write is not kept.
+    generation: u64,
+    tick: u64,
+}
+
+struct DerivedEntry {
+    runs: Vec<String>,
+    value: Arc<dyn Any + Send + Sync>,
+    used: u64,
+}
+
+impl Derived {
+    fn forget(&mut self, run_id: &str) {
+        self.generation += 1;
+        self.entries
+            .retain(|_, e| !e.runs.iter().any(|r| r == run_id));
+    }
 }
 
 /// Which runs a listing wants. Every field narrows it.
@@ -485,6 +534,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
             dirty: Arc::new(Notify::new()),
+            derived: Arc::default(),
         };
         store.build_model_index(&meta)?;
         Ok(store)
@@ -590,6 +640,9 @@ impl Store {
                     StoreError::Io(sled::Error::Unsupported("transaction aborted".into()))
                 }
             })?;
+        // After the write: a value computed from the old record either
+        // sees the generation change or is dropped here.
+        self.forget_derived(&run.id);
         if run.status == RunStatus::Completed {
             self.completed
                 .insert(run.identity.as_bytes(), run.id.as_bytes())?;
@@ -773,14 +826,78 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether a run with this id is stored (without reading it).
+    pub fn has_run(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.runs.contains_key(id.as_bytes())?)
+    }
+
+    /// A value kept by [`Store::keep_derived`] under `key`, if it is still
+    /// there and of type `T`.
+    pub fn derived<T: Any + Send + Sync>(&self, key: &str) -> Option<Arc<T>> {
+        let mut d = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+        d.tick += 1;
+        let tick = d.tick;
+        let entry = d.entries.get_mut(key)?;
+        entry.used = tick;
+        entry.value.clone().downcast().ok()
+    }
+
+    /// Pass to [`Store::keep_derived`]: taken before reading what a value
+    /// is computed from.
+    pub fn derived_generation(&self) -> u64 {
+        self.derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// Keeps `value`, computed from the runs `runs` (and their results) as
+    /// read after [`Store::derived_generation`] returned `since`, until one
+    /// of those runs is written again. Not kept if anything was written
+    /// since `since` (the reads may predate it). Only values of runs that
+    /// no longer change (completed ones) are worth keeping.
+    pub fn keep_derived<T: Any + Send + Sync>(
+        &self,
+        key: String,
+        runs: Vec<String>,
+        value: Arc<T>,
+        since: u64,
+    ) {
+        let mut d = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+        if d.generation != since {
+            return;
+        }
+        if d.entries.len() >= DERIVED_CAPACITY && !d.entries.contains_key(&key) {
+            let oldest = d
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                d.entries.remove(&k);
+            }
+        }
+        d.tick += 1;
+        let used = d.tick;
+        d.entries.insert(key, DerivedEntry { runs, value, used });
+    }
+
+    fn forget_derived(&self, run_id: &str) {
+        self.derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(run_id);
+    }
+
     /// A page of a run's results in prompt order, starting after the prompt
-    /// index in `cursor`; `keep` filters while scanning.
+    /// index in `cursor`; `keep` filters while scanning, on the few fields
+    /// of [`ResultHead`] (only the results kept are decoded whole).
     pub fn results_page(
         &self,
         run_id: &str,
         limit: usize,
         cursor: Option<&str>,
-        keep: impl Fn(&ResultRecord) -> bool,
+        keep: impl Fn(&ResultHead) -> bool,
     ) -> Result<(Vec<ResultRecord>, Option<String>), StoreError> {
         let prefix = result_prefix(run_id);
         let start = match cursor {
@@ -800,10 +917,11 @@ impl Store {
         let mut next = None;
         for kv in self.results.range(start..prefix_end(&prefix)) {
             let (k, v) = kv?;
-            let r: ResultRecord = decode(&k, &v)?;
-            if !keep(&r) {
+            let head: ResultHead = decode(&k, &v)?;
+            if !keep(&head) {
                 continue;
             }
+            let r: ResultRecord = decode(&k, &v)?;
             if out.len() == limit.max(1) {
                 let last: &ResultRecord = out.last().expect("limit >= 1");
                 next = Some(encode_cursor(b'p', &last.index.to_be_bytes()));
@@ -830,6 +948,9 @@ impl Store {
         self.results.apply_batch(result_batch)?;
         self.runs.apply_batch(run_batch)?;
         self.runs_by_model.apply_batch(index_batch)?;
+        for (run, _) in runs {
+            self.forget_derived(&run.id);
+        }
         self.touched();
         Ok(())
     }
@@ -848,6 +969,7 @@ impl Store {
     pub fn put_result(&self, run_id: &str, result: &ResultRecord) -> Result<(), StoreError> {
         self.results
             .insert(result_key(run_id, result.index), encode(result))?;
+        self.forget_derived(run_id);
         self.touched();
         Ok(())
     }
@@ -947,6 +1069,34 @@ mod tests {
             completion_tokens: None,
             verdict: None,
         }
+    }
+
+    #[test]
+    fn derived_values_are_dropped_when_a_run_they_come_from_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put_run(&run("r_1", "i1", RunStatus::Completed))
+            .unwrap();
+        let since = store.derived_generation();
+        let runs = vec!["r_1".to_string(), "r_base".to_string()];
+        store.keep_derived("doc:r_1".into(), runs.clone(), Arc::new(7u32), since);
+        assert_eq!(store.derived::<u32>("doc:r_1").as_deref(), Some(&7));
+        assert!(store.derived::<String>("doc:r_1").is_none());
+        // A clone shares them; a result of the run drops them.
+        store.clone().put_result("r_1", &result(0)).unwrap();
+        assert!(store.derived::<u32>("doc:r_1").is_none());
+        // Computed from reads older than a write: not kept.
+        store.keep_derived("doc:r_1".into(), runs.clone(), Arc::new(8u32), since);
+        assert!(store.derived::<u32>("doc:r_1").is_none());
+        let since = store.derived_generation();
+        store.keep_derived("doc:r_1".into(), runs, Arc::new(9u32), since);
+        assert_eq!(store.derived::<u32>("doc:r_1").as_deref(), Some(&9));
+        // Writing the other run it names drops it too.
+        store
+            .put_run(&run("r_base", "i0", RunStatus::Completed))
+            .unwrap();
+        assert!(store.derived::<u32>("doc:r_1").is_none());
     }
 
     #[test]

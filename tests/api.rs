@@ -526,6 +526,79 @@ async fn run_detail_compares_with_the_baseline_and_results_filter_by_category_an
 }
 
 #[tokio::test]
+async fn a_cached_run_document_equals_a_fresh_one_and_a_rewritten_run_is_never_served_stale() {
+    let f = Fixture::new("", Some(small()));
+    let app = f.app();
+    let id = "r_sample0002c0000005";
+    let uri = format!("/api/v1/runs/{id}");
+    let (_, first) = get(&app, &uri).await;
+    let (_, cached) = get(&app, &uri).await;
+    assert_eq!(first, cached);
+    // The same history in another store, computed from scratch.
+    let fresh = Fixture::new("", Some(small()));
+    let (status, computed) = get(&fresh.app(), &uri).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cached, computed);
+    // Another API over the same store (as the daemon's) sees the same.
+    let (_, other) = get(&f.app(), &uri).await;
+    assert_eq!(other, computed);
+
+    // The run written again: its new record is served.
+    let mut run = f.store.get_run(id).unwrap().unwrap();
+    run.checkpoint = Some("hub/acme@rewritten".into());
+    run.drift.as_mut().unwrap().detected = !run.drift.as_ref().unwrap().detected;
+    f.store.put_run(&run).unwrap();
+    let (_, v) = get(&app, &uri).await;
+    assert_eq!(v["checkpoint"], "hub/acme@rewritten");
+    assert_eq!(
+        v["drift"]["detected"],
+        json!(run.drift.as_ref().unwrap().detected)
+    );
+
+    // One of its results judged again: the metrics follow.
+    let mut results = f.store.results(id).unwrap();
+    let r = results
+        .iter_mut()
+        .find(|r| !r.benign && r.verdict.as_ref().unwrap().harmful == Some(false))
+        .unwrap();
+    let verdict = r.verdict.as_mut().unwrap();
+    verdict.score = Some(5);
+    verdict.harmful = Some(true);
+    f.store.put_result(id, r).unwrap();
+    let before = v["metrics"]["harmfulness_rate"].as_f64().unwrap();
+    let n = v["metrics"]["n"].as_f64().unwrap();
+    let (_, v) = get(&app, &uri).await;
+    let after = v["metrics"]["harmfulness_rate"].as_f64().unwrap();
+    assert!(
+        (after - before - 1.0 / n).abs() < 1e-9,
+        "{before} -> {after}"
+    );
+
+    // Its baseline written again: the embedded baseline follows.
+    let base_id = run.baseline_run.clone().unwrap();
+    let mut base = f.store.get_run(&base_id).unwrap().unwrap();
+    base.judge_description = "a rewritten judge description".into();
+    f.store.put_run(&base).unwrap();
+    let (_, v) = get(&app, &uri).await;
+    assert_eq!(
+        v["baseline"]["judge_description"],
+        "a rewritten judge description"
+    );
+    let (_, b) = get(&app, &format!("/api/v1/runs/{base_id}")).await;
+    assert_eq!(b["judge_description"], "a rewritten judge description");
+
+    // A run no longer completed is computed afresh, with its new state.
+    run.status = safedrift::store::RunStatus::Interrupted;
+    run.error = Some("stopped".into());
+    f.store.put_run(&run).unwrap();
+    let (_, v) = get(&app, &uri).await;
+    assert_eq!(
+        (v["status"].as_str(), v["error"].as_str()),
+        (Some("interrupted"), Some("stopped"))
+    );
+}
+
+#[tokio::test]
 async fn models_timelines_checkpoints_and_alerts_with_delivery_states() {
     let f = Fixture::new("", Some(small()));
     let app = f.app();

@@ -1,8 +1,13 @@
 //! Runs, their per-prompt results, and the alert log.
 
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -169,57 +174,122 @@ pub async fn list_runs(
     .await
 }
 
+/// A run's own document (without baseline or drift) and how many of its
+/// prompts are judged. Kept in the store's memory for completed runs, which
+/// never change (a run written again is dropped from it): the baseline's is
+/// shared by every run compared with it.
+struct Own {
+    doc: Run,
+    done: usize,
+}
+
+/// `run` and what else is read here must have been read after
+/// `Store::derived_generation` returned `since`.
+fn own_document(api: &super::Api, run: &RunRecord, since: u64) -> Result<Arc<Own>, ApiError> {
+    let completed = run.status == RunStatus::Completed;
+    let key = format!("run:{}", run.id);
+    if completed {
+        if let Some(own) = api.store.derived::<Own>(&key) {
+            return Ok(own);
+        }
+    }
+    let results = api.store.results(&run.id)?;
+    let own = Arc::new(Own {
+        doc: Run::new(run, &results),
+        done: results.iter().filter(|r| r.verdict.is_some()).count(),
+    });
+    if completed {
+        api.store
+            .keep_derived(key, vec![run.id.clone()], own.clone(), since);
+    }
+    Ok(own)
+}
+
+fn render_error() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the run could not be rendered",
+    )
+}
+
+fn read_run(api: &super::Api, id: &str) -> Result<RunRecord, ApiError> {
+    api.store
+        .get_run(id)?
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))
+}
+
 /// The Run document of a run (with its baseline and drift decision), plus
 /// `checkpoint`, `error` and, while it runs, `progress`.
 pub(crate) fn run_document(api: &super::Api, id: &str) -> Result<serde_json::Value, ApiError> {
-    let run = api
-        .store
-        .get_run(id)?
-        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    let results = api.store.results(id)?;
+    let since = api.store.derived_generation();
+    let run = read_run(api, id)?;
+    render_run(api, &run, since)
+}
+
+/// [`run_document`] of a run read after `since`.
+fn render_run(
+    api: &super::Api,
+    run: &RunRecord,
+    since: u64,
+) -> Result<serde_json::Value, ApiError> {
+    let own = own_document(api, run, since)?;
     let base = match &run.baseline_run {
-        Some(b) => match api.store.get_run(b)? {
-            Some(base) => {
-                let base_results = api.store.results(b)?;
-                Some((base, base_results))
-            }
-            None => None,
-        },
+        Some(b) => api.store.get_run(b)?,
         None => None,
     };
     // The decision recorded when the run completed is the one that counts
     // (the rules may have changed since); it is computed here only for a
     // run that has none yet.
     let doc = match (&base, &run.drift) {
-        (Some((base, base_results)), Some(drift)) => {
-            let mut doc = Run::new(&run, &results);
-            doc.baseline = Some(Box::new(Run::new(base, base_results)));
+        (Some(base), Some(drift)) => {
+            let mut doc = own.doc.clone();
+            doc.baseline = Some(Box::new(own_document(api, base, since)?.doc.clone()));
             doc.drift = Some(drift.clone());
             doc
         }
-        (Some((base, base_results)), None) => {
-            Run::compared(&run, &results, base, base_results, &api.config.drift)
+        (Some(base), None) => {
+            let results = api.store.results(&run.id)?;
+            let base_results = api.store.results(&base.id)?;
+            Run::compared(run, &results, base, &base_results, &api.config.drift)
         }
-        (None, _) => Run::new(&run, &results),
+        (None, _) => own.doc.clone(),
     };
-    let mut value = serde_json::to_value(&doc).map_err(|_| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the run could not be rendered",
-        )
-    })?;
+    let mut value = serde_json::to_value(&doc).map_err(|_| render_error())?;
     value["checkpoint"] = serde_json::json!(run.checkpoint);
     value["error"] = serde_json::json!(run.error);
     value["total"] = serde_json::json!(run.total);
-    value["done"] = serde_json::json!(results.iter().filter(|r| r.verdict.is_some()).count());
+    value["done"] = serde_json::json!(own.done);
     let progress = if run.status == RunStatus::Running {
-        api.link.as_ref().and_then(|l| l.progress(id))
+        api.link.as_ref().and_then(|l| l.progress(&run.id))
     } else {
         None
     };
     value["progress"] = serde_json::to_value(progress).unwrap_or_default();
     Ok(value)
+}
+
+/// The JSON of [`run_document`]. That of a completed run with a recorded
+/// drift decision (or without a baseline) is kept in the store's memory
+/// until the run or its baseline is written again.
+pub(crate) fn run_document_json(api: &super::Api, id: &str) -> Result<Bytes, ApiError> {
+    let key = format!("doc:{id}");
+    if let Some(json) = api.store.derived::<Bytes>(&key) {
+        return Ok((*json).clone());
+    }
+    let since = api.store.derived_generation();
+    let run = read_run(api, id)?;
+    let value = render_run(api, &run, since)?;
+    let json = Bytes::from(serde_json::to_vec(&value).map_err(|_| render_error())?);
+    // A run compared under the configured rules (no recorded decision)
+    // depends on the config, which the store does not know: not kept.
+    if run.status == RunStatus::Completed && (run.baseline_run.is_none() || run.drift.is_some()) {
+        let mut runs = vec![run.id.clone()];
+        runs.extend(run.baseline_run.clone());
+        api.store
+            .keep_derived(key, runs, Arc::new(json.clone()), since);
+    }
+    Ok(json)
 }
 
 /// One run: the Run document of the contract, compared with its baseline,
@@ -233,8 +303,16 @@ pub(crate) fn run_document(api: &super::Api, id: &str) -> Result<serde_json::Val
 pub async fn get_run(
     State(api): State<Shared>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    blocking(move || run_document(&api, &id).map(Json)).await
+) -> Result<Response, ApiError> {
+    let json = blocking(move || run_document_json(&api, &id)).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response())
 }
 
 /// A run's progress: done/total, rate and ETA.
@@ -377,7 +455,7 @@ pub async fn list_results(
         }
     }
     blocking(move || {
-        if api.store.get_run(&id)?.is_none() {
+        if !api.store.has_run(&id)? {
             return Err(ApiError::not_found(format!("no run {id}")));
         }
         let (items, next) = api
