@@ -182,6 +182,102 @@ fn error_code(body: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// One JSON GET of a registry's API under a [`RetryPolicy`], shared by the
+/// watchers that poll one.
+pub struct JsonGet<'a> {
+    pub http: &'a reqwest::Client,
+    pub url: &'a str,
+    pub query: &'a [(String, String)],
+    /// Sent as `Authorization: Bearer`, and redacted from every error
+    /// (servers may echo it back).
+    pub bearer: Option<&'a str>,
+    pub timeout: Duration,
+    /// The watcher's name, for the retry log.
+    pub watcher: &'a str,
+    /// Where the key comes from (" (key from $VAR)"), added to an
+    /// `unauthorized` error.
+    pub key_source: String,
+}
+
+impl JsonGet<'_> {
+    /// GETs and parses the JSON; transient failures are retried with
+    /// `policy`, errors name the URL and never the key.
+    pub async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        policy: &RetryPolicy,
+    ) -> Result<T, crate::WatchError> {
+        let url = self.url;
+        let redact = |text: String| match self.bearer {
+            Some(k) => text.replace(k, "[redacted]"),
+            None => text,
+        };
+        let mut attempt = 0;
+        loop {
+            let mut request = self.http.get(url).query(self.query).timeout(self.timeout);
+            if let Some(key) = self.bearer {
+                request = request.bearer_auth(key);
+            }
+            let mut transport = true;
+            let disposition = match request.send().await {
+                Err(e) => Disposition::Retry {
+                    hint: None,
+                    reason: transport_reason(&e.without_url()),
+                },
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    match response.text().await {
+                        Err(e) => Disposition::Retry {
+                            hint: None,
+                            reason: transport_reason(&e.without_url()),
+                        },
+                        Ok(body) if status.is_success() => {
+                            return serde_json::from_str(&body).map_err(|e| {
+                                crate::WatchError::new(
+                                    "malformed",
+                                    format!("{url}: unexpected answer: {e}"),
+                                )
+                            })
+                        }
+                        Ok(body) => {
+                            transport = false;
+                            policy.classify(status, &headers, &body)
+                        }
+                    }
+                }
+            };
+            match disposition {
+                Disposition::Fatal { kind, message } => {
+                    let source = if kind == "unauthorized" {
+                        self.key_source.as_str()
+                    } else {
+                        ""
+                    };
+                    return Err(crate::WatchError::new(
+                        kind,
+                        redact(format!("{url}: {message}{source}")),
+                    ));
+                }
+                Disposition::Retry { hint, reason } => {
+                    if attempt >= policy.max_retries {
+                        return Err(crate::WatchError::new(
+                            if transport { "unreachable" } else { "http" },
+                            redact(format!(
+                                "{url}: gave up after {} attempts: {reason}",
+                                attempt + 1
+                            )),
+                        ));
+                    }
+                    let delay = policy.delay(attempt, hint);
+                    tracing::debug!(watcher = %self.watcher, %url, %reason, ?delay, attempt, "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

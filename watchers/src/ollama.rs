@@ -10,10 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tracing::debug;
 use url::Url;
 
-use crate::http::{transport_reason, Disposition, RetryPolicy};
+use crate::http::{JsonGet, RetryPolicy};
 use crate::{Cache, Checkpoint, Target, WatchError, Watcher};
 
 /// `[watchers.NAME]` keys of `kind = "ollama"`.
@@ -154,61 +153,18 @@ impl OllamaWatcher {
 
     /// GETs `{base_url}{path}` under the retry policy and parses the JSON.
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, WatchError> {
-        let url = format!("{}{path}", self.base_url);
         let key = crate::read_secret(self.api_key_env.as_deref(), self.api_key_file.as_deref())?;
-        let mut attempt = 0;
-        loop {
-            let mut transport = true;
-            let mut request = self.http.get(&url).timeout(self.timeout);
-            if let Some(key) = &key {
-                request = request.bearer_auth(key);
-            }
-            let disposition = match request.send().await {
-                Err(e) => Disposition::Retry {
-                    hint: None,
-                    reason: transport_reason(&e.without_url()),
-                },
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    match response.text().await {
-                        Err(e) => Disposition::Retry {
-                            hint: None,
-                            reason: transport_reason(&e.without_url()),
-                        },
-                        Ok(body) if status.is_success() => {
-                            return serde_json::from_str(&body).map_err(|e| {
-                                WatchError::new(
-                                    "malformed",
-                                    format!("{url}: unexpected answer: {e}"),
-                                )
-                            })
-                        }
-                        Ok(body) => {
-                            transport = false;
-                            self.retry.classify(status, &headers, &body)
-                        }
-                    }
-                }
-            };
-            match disposition {
-                Disposition::Fatal { kind, message } => {
-                    return Err(WatchError::new(kind, format!("{url}: {message}")))
-                }
-                Disposition::Retry { hint, reason } => {
-                    if attempt >= self.retry.max_retries {
-                        return Err(WatchError::new(
-                            if transport { "unreachable" } else { "http" },
-                            format!("{url}: gave up after {} attempts: {reason}", attempt + 1),
-                        ));
-                    }
-                    let delay = self.retry.delay(attempt, hint);
-                    debug!(watcher = %self.name, %url, %reason, ?delay, attempt, "retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-            }
+        JsonGet {
+            http: &self.http,
+            url: &format!("{}{path}", self.base_url),
+            query: &[],
+            bearer: key.as_deref(),
+            timeout: self.timeout,
+            watcher: &self.name,
+            key_source: String::new(),
         }
+        .send(&self.retry)
+        .await
     }
 }
 

@@ -13,10 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tracing::debug;
 use url::Url;
 
-use crate::http::{transport_reason, Disposition, RetryPolicy};
+use crate::http::{JsonGet, RetryPolicy};
 use crate::{read_secret, Baseline, Cache, Checkpoint, Target, WatchError, Watcher};
 
 /// `[watchers.NAME]` keys of `kind = "openai-finetunes"`.
@@ -163,81 +162,22 @@ impl OpenaiFinetunesWatcher {
         query: &[(String, String)],
     ) -> Result<T, WatchError> {
         let key = read_secret(self.api_key_env.as_deref(), self.api_key_file.as_deref())?;
-        // Servers may echo the key back in error messages.
-        let redact = |text: String| match &key {
-            Some(k) => text.replace(k.as_str(), "[redacted]"),
-            None => text,
+        let key_source = match (&self.api_key_file, &self.api_key_env) {
+            (Some(file), _) => format!(" (key from {})", file.display()),
+            (None, Some(env)) => format!(" (key from ${env})"),
+            (None, None) => String::new(),
         };
-        let url = format!("{}{path}", self.base_url);
-        let mut attempt = 0;
-        loop {
-            let mut request = self.http.get(&url).query(query).timeout(self.timeout);
-            if let Some(key) = &key {
-                request = request.bearer_auth(key);
-            }
-            let mut transport = true;
-            let disposition = match request.send().await {
-                Err(e) => Disposition::Retry {
-                    hint: None,
-                    reason: transport_reason(&e.without_url()),
-                },
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    match response.text().await {
-                        Err(e) => Disposition::Retry {
-                            hint: None,
-                            reason: transport_reason(&e.without_url()),
-                        },
-                        Ok(body) if status.is_success() => {
-                            return serde_json::from_str(&body).map_err(|e| {
-                                WatchError::new(
-                                    "malformed",
-                                    format!("{url}: unexpected answer: {e}"),
-                                )
-                            })
-                        }
-                        Ok(body) => {
-                            transport = false;
-                            self.retry.classify(status, &headers, &body)
-                        }
-                    }
-                }
-            };
-            match disposition {
-                Disposition::Fatal { kind, message } => {
-                    let secret = match (&self.api_key_file, &self.api_key_env) {
-                        (Some(file), _) => format!(" (key from {})", file.display()),
-                        (None, Some(env)) => format!(" (key from ${env})"),
-                        (None, None) => String::new(),
-                    };
-                    let secret = if kind == "unauthorized" {
-                        secret
-                    } else {
-                        String::new()
-                    };
-                    return Err(WatchError::new(
-                        kind,
-                        redact(format!("{url}: {message}{secret}")),
-                    ));
-                }
-                Disposition::Retry { hint, reason } => {
-                    if attempt >= self.retry.max_retries {
-                        return Err(WatchError::new(
-                            if transport { "unreachable" } else { "http" },
-                            redact(format!(
-                                "{url}: gave up after {} attempts: {reason}",
-                                attempt + 1
-                            )),
-                        ));
-                    }
-                    let delay = self.retry.delay(attempt, hint);
-                    debug!(watcher = %self.name, %url, %reason, ?delay, attempt, "retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-            }
+        JsonGet {
+            http: &self.http,
+            url: &format!("{}{path}", self.base_url),
+            query,
+            bearer: key.as_deref(),
+            timeout: self.timeout,
+            watcher: &self.name,
+            key_source,
         }
+        .send(&self.retry)
+        .await
     }
 }
 
