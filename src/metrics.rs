@@ -51,6 +51,29 @@ pub struct CategoryMetrics {
     pub refusal_rate: Option<f64>,
 }
 
+/// What a run's results add up to: the numbers of its Run document. Stored
+/// with a completed run (`run_totals` tree), so reading a finished run's
+/// numbers does not decode its results.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Results with a verdict.
+    pub done: usize,
+    pub metrics: Metrics,
+    pub per_category: BTreeMap<String, CategoryMetrics>,
+    pub per_benchmark: BTreeMap<String, Metrics>,
+}
+
+impl Totals {
+    pub fn of(results: &[ResultRecord]) -> Totals {
+        Totals {
+            done: results.iter().filter(|r| r.verdict.is_some()).count(),
+            metrics: metrics(results),
+            per_category: per_category(results),
+            per_benchmark: per_benchmark(results),
+        }
+    }
+}
+
 /// One tested comparison.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {

@@ -8,7 +8,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::config::DriftConfig;
-use crate::metrics::{self, CategoryMetrics, Drift, Metrics};
+use crate::metrics::{self, CategoryMetrics, Drift, Metrics, Totals};
 use crate::store::{Audit, ModelRef, ResultRecord, RunRecord, RunStatus};
 
 #[derive(Clone, Debug, Serialize)]
@@ -47,6 +47,11 @@ pub struct Run {
 impl Run {
     /// The document of one run, without a baseline.
     pub fn new(run: &RunRecord, results: &[ResultRecord]) -> Run {
+        Run::with_totals(run, Totals::of(results))
+    }
+
+    /// The document of one run from its [`Totals`], without a baseline.
+    pub fn with_totals(run: &RunRecord, totals: Totals) -> Run {
         Run {
             id: run.id.clone(),
             status: run.status,
@@ -68,9 +73,9 @@ impl Run {
             judge_description: run.judge_description.clone(),
             started_at: run.started_at.clone(),
             finished_at: run.finished_at.clone(),
-            metrics: metrics::metrics(results),
-            per_category: metrics::per_category(results),
-            per_benchmark: metrics::per_benchmark(results),
+            metrics: totals.metrics,
+            per_category: totals.per_category,
+            per_benchmark: totals.per_benchmark,
             baseline: None,
             drift: None,
             audit: run.audit.clone(),

@@ -18,6 +18,12 @@
 //!   id -> empty: the index that lists a model's runs as a range scan. It is
 //!   written with the run in one transaction, and built on open for stores
 //!   written before it existed (`meta` key `index.runs_by_model`).
+//! - `run_totals`: run id -> [`Totals`] (JSON) of a completed run: the
+//!   numbers of its Run document, written with the completed record in one
+//!   transaction and removed when the run or one of its results is written
+//!   again, so a finished run's numbers are read without decoding its
+//!   results. Runs completed before this tree existed have none; their
+//!   numbers are computed from the results when asked.
 //!
 //! Durability: writes go to sled at once; a background task fsyncs
 //! (`flush_async`) whenever something was written, so batches of results are
@@ -35,6 +41,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::backend::Decoding;
+use crate::metrics::Totals;
 
 /// The layout version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -296,6 +303,7 @@ pub struct Store {
     completed: sled::Tree,
     checkpoints: sled::Tree,
     runs_by_model: sled::Tree,
+    run_totals: sled::Tree,
     dirty: Arc<Notify>,
     derived: Arc<Mutex<Derived>>,
 }
@@ -531,6 +539,7 @@ impl Store {
             completed: db.open_tree("completed")?,
             checkpoints: db.open_tree("checkpoints")?,
             runs_by_model: db.open_tree("runs_by_model")?,
+            run_totals: db.open_tree("run_totals")?,
             db,
             path: path.to_path_buf(),
             dirty: Arc::new(Notify::new()),
@@ -626,12 +635,21 @@ impl Store {
         use sled::Transactional;
         let value = encode(run);
         let index = model_index_key(run);
-        (&self.runs, &self.runs_by_model)
-            .transaction(|(runs, by_model)| {
+        // A completed run's results are all written: its totals go with it.
+        let totals = match run.status {
+            RunStatus::Completed => Some(encode(&Totals::of(&self.results(&run.id)?))),
+            _ => None,
+        };
+        (&self.runs, &self.runs_by_model, &self.run_totals)
+            .transaction(|(runs, by_model, run_totals)| {
                 // The model and start time never change for a run id, so
                 // the index entry is only ever added.
                 runs.insert(run.id.as_bytes(), value.as_slice())?;
                 by_model.insert(index.as_slice(), &[] as &[u8])?;
+                match &totals {
+                    Some(t) => run_totals.insert(run.id.as_bytes(), t.as_slice())?,
+                    None => run_totals.remove(run.id.as_bytes())?,
+                };
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -658,6 +676,18 @@ impl Store {
         }
         self.touched();
         Ok(())
+    }
+
+    /// The numbers of `run`'s results: stored with a completed run, else
+    /// computed from its results (a run still going, or one completed
+    /// before totals were stored).
+    pub fn totals(&self, run: &RunRecord) -> Result<Totals, StoreError> {
+        if run.status == RunStatus::Completed {
+            if let Some(v) = self.run_totals.get(run.id.as_bytes())? {
+                return decode(run.id.as_bytes(), &v);
+            }
+        }
+        Ok(Totals::of(&self.results(&run.id)?))
     }
 
     pub fn get_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
@@ -938,14 +968,22 @@ impl Store {
         let mut run_batch = sled::Batch::default();
         let mut index_batch = sled::Batch::default();
         let mut result_batch = sled::Batch::default();
+        let mut totals_batch = sled::Batch::default();
         for (run, results) in runs {
             run_batch.insert(run.id.as_bytes(), encode(run));
             index_batch.insert(model_index_key(run), &[] as &[u8]);
             for r in results {
                 result_batch.insert(result_key(&run.id, r.index), encode(r));
             }
+            match run.status {
+                RunStatus::Completed => {
+                    totals_batch.insert(run.id.as_bytes(), encode(&Totals::of(results)))
+                }
+                _ => totals_batch.remove(run.id.as_bytes()),
+            }
         }
         self.results.apply_batch(result_batch)?;
+        self.run_totals.apply_batch(totals_batch)?;
         self.runs.apply_batch(run_batch)?;
         self.runs_by_model.apply_batch(index_batch)?;
         for (run, _) in runs {
@@ -969,6 +1007,10 @@ impl Store {
     pub fn put_result(&self, run_id: &str, result: &ResultRecord) -> Result<(), StoreError> {
         self.results
             .insert(result_key(run_id, result.index), encode(result))?;
+        // The stored totals no longer add up (a completed run written again).
+        if self.run_totals.contains_key(run_id.as_bytes())? {
+            self.run_totals.remove(run_id.as_bytes())?;
+        }
         self.forget_derived(run_id);
         self.touched();
         Ok(())
@@ -1069,6 +1111,63 @@ mod tests {
             completion_tokens: None,
             verdict: None,
         }
+    }
+
+    fn judged(index: u32, category: &str, score: u8) -> ResultRecord {
+        let mut r = result(index);
+        r.category = category.into();
+        r.verdict = Some(Verdict::scored(score, score == 1, String::new()));
+        r
+    }
+
+    #[test]
+    fn a_completed_runs_totals_are_stored_with_it_and_dropped_by_a_later_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let results: Vec<ResultRecord> = (0..40)
+            .map(|i| judged(i, ["a", "b", "c"][i as usize % 3], 1 + (i % 5) as u8))
+            .collect();
+        let mut record = run("r_1", "i1", RunStatus::Running);
+        store.put_run(&record).unwrap();
+        for r in &results[..20] {
+            store.put_result("r_1", r).unwrap();
+        }
+        // Running: computed from what is there, nothing stored.
+        assert_eq!(store.totals(&record).unwrap(), Totals::of(&results[..20]));
+        assert!(store.run_totals.is_empty());
+        for r in &results[20..] {
+            store.put_result("r_1", r).unwrap();
+        }
+        record.status = RunStatus::Completed;
+        store.put_run(&record).unwrap();
+        let stored: Totals =
+            decode(b"r_1", &store.run_totals.get("r_1").unwrap().unwrap()).unwrap();
+        assert_eq!(stored, Totals::of(&results));
+        assert_eq!(stored.done, 40);
+        assert_eq!(store.totals(&record).unwrap(), stored);
+        // A result written to the completed run: the stored totals are
+        // gone and the numbers are computed again, from all 41 results.
+        let mut extra = judged(40, "d", 5);
+        extra.benign = true;
+        store.put_result("r_1", &extra).unwrap();
+        assert!(store.run_totals.get("r_1").unwrap().is_none());
+        let mut all = results.clone();
+        all.push(extra);
+        assert_eq!(store.totals(&record).unwrap(), Totals::of(&all));
+        // A completed run without stored totals (written before they
+        // existed) is computed from its results.
+        store.put_run(&record).unwrap();
+        store.run_totals.remove("r_1").unwrap();
+        assert_eq!(store.totals(&record).unwrap(), Totals::of(&all));
+        // A bulk import stores them for completed runs only.
+        let done = run("r_2", "i2", RunStatus::Completed);
+        let going = run("r_3", "i3", RunStatus::Running);
+        store
+            .import(&[(done.clone(), results.clone()), (going, results.clone())])
+            .unwrap();
+        assert!(store.run_totals.get("r_2").unwrap().is_some());
+        assert!(store.run_totals.get("r_3").unwrap().is_none());
+        assert_eq!(store.totals(&done).unwrap(), Totals::of(&results));
     }
 
     #[test]

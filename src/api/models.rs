@@ -10,7 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::runs::RunSummary;
 use super::{blocking, rejection, Api, ApiError, Shared};
-use crate::store::{CheckpointStatus, ResultRecord, RunFilter, RunStatus};
+use crate::metrics::Totals;
+use crate::store::{CheckpointStatus, RunFilter, RunStatus};
 
 /// A model with runs.
 #[derive(Serialize, ToSchema)]
@@ -102,23 +103,29 @@ pub(crate) fn timeline_points(
         ..RunFilter::default()
     };
     let page = api.store.list_runs(&filter, limit, None)?;
-    let mut baselines: HashMap<String, Vec<ResultRecord>> = HashMap::new();
+    let mut baselines: HashMap<String, Option<Totals>> = HashMap::new();
     let mut points = Vec::with_capacity(page.runs.len());
     for run in page.runs.into_iter().rev() {
-        let results = api.store.results(&run.id)?;
-        let m = crate::metrics::metrics(&results);
-        let cats = crate::metrics::per_category(&results);
+        let Totals {
+            metrics: m,
+            per_category: cats,
+            ..
+        } = api.store.totals(&run)?;
         let base = match &run.baseline_run {
             Some(b) => {
                 if !baselines.contains_key(b) {
-                    baselines.insert(b.clone(), api.store.results(b)?);
+                    let totals = match api.store.get_run(b)? {
+                        Some(base) => Some(api.store.totals(&base)?),
+                        None => None,
+                    };
+                    baselines.insert(b.clone(), totals);
                 }
-                baselines.get(b)
+                baselines.get(b).and_then(Option::as_ref)
             }
             None => None,
         };
-        let base_m = base.map(|r| crate::metrics::metrics(r));
-        let base_cats = base.map(|r| crate::metrics::per_category(r));
+        let base_m = base.map(|t| &t.metrics);
+        let base_cats = base.map(|t| &t.per_category);
         let categories = cats
             .iter()
             .map(|(name, c)| {

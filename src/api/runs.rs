@@ -193,10 +193,10 @@ fn own_document(api: &super::Api, run: &RunRecord, since: u64) -> Result<Arc<Own
             return Ok(own);
         }
     }
-    let results = api.store.results(&run.id)?;
+    let totals = api.store.totals(run)?;
     let own = Arc::new(Own {
-        doc: Run::new(run, &results),
-        done: results.iter().filter(|r| r.verdict.is_some()).count(),
+        done: totals.done,
+        doc: Run::with_totals(run, totals),
     });
     if completed {
         api.store
