@@ -7,7 +7,11 @@
 //!
 //! ```text
 //! cargo bench --bench classifier -- JUDGE_DIR INPUT.json [--batch 32] [--threads 2] [--repeat N]
+//!     [--one-call-per-batch]
 //! ```
+//!
+//! `--one-call-per-batch` turns the judge's length groups off: each step is
+//! one ONNX Runtime call padded to its longest text, as the reference does.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +27,7 @@ fn main() -> ExitCode {
         .collect();
     let mut positional = Vec::new();
     let (mut batch, mut threads, mut repeat) = (32usize, 2usize, 1usize);
+    let mut length_groups = true;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> usize {
@@ -34,11 +39,12 @@ fn main() -> ExitCode {
             "--batch" => batch = num("--batch"),
             "--threads" => threads = num("--threads"),
             "--repeat" => repeat = num("--repeat"),
+            "--one-call-per-batch" => length_groups = false,
             _ => positional.push(a.clone()),
         }
     }
     let [dir, input] = positional.as_slice() else {
-        eprintln!("usage: classifier JUDGE_DIR INPUT.json [--batch 32] [--threads 2] [--repeat N]");
+        eprintln!("usage: classifier JUDGE_DIR INPUT.json [--batch 32] [--threads 2] [--repeat N] [--one-call-per-batch]");
         return ExitCode::from(2);
     };
     let text = std::fs::read_to_string(input).expect("read the input");
@@ -56,6 +62,7 @@ fn main() -> ExitCode {
         encoder: EncoderOptions {
             threads,
             batch_size: batch,
+            length_groups,
         },
     };
     let classifier = Classifier::load(&env, &PathBuf::from(dir), &options).expect("load the judge");
@@ -74,7 +81,7 @@ fn main() -> ExitCode {
     println!(
         "{}",
         serde_json::json!({
-            "engine": "safedrift (Rust, ort)",
+            "engine": if length_groups { "safedrift (Rust, ort)" } else { "safedrift, one call per batch" },
             "answers": refs.len(),
             "batch": batch,
             "threads": threads,

@@ -15,14 +15,15 @@
 //! features are either the response embedding alone
 //! ([`Features::Response`]) or the response embedding, the prompt embedding
 //! and their elementwise product ([`Features::ResponsePromptProduct`]),
-//! standardized with the training set's mean and scale. The tokenizer is
-//! configured explicitly: padding to the longest text of each batch, and
-//! truncation to the encoder's maximum sequence length (`encoder.json`,
-//! 256 for all-MiniLM-L6-v2; the tokenizer file's own 128 is overridden).
+//! standardized with the training set's mean and scale. Truncation is set
+//! explicitly to the encoder's maximum sequence length (`encoder.json`, 256
+//! for all-MiniLM-L6-v2; the tokenizer file's own 128 is overridden), and
+//! each ONNX Runtime call is padded to its longest text.
 //!
 //! Inference runs on ONNX Runtime, whose shared library the caller has
-//! loaded (the binary discovers it); texts are sorted by length and encoded
-//! in batches so that little padding is computed. [`ClassifierJudge`] serves
+//! loaded (the binary discovers it); texts are sorted by token count and
+//! split into the calls that compute the least padding
+//! ([`length_groups`]). [`ClassifierJudge`] serves
 //! the async [`Judge`] trait from a worker thread that batches the requests
 //! waiting for it.
 
@@ -36,10 +37,7 @@ use ort::session::Session;
 use ort::value::Tensor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokenizers::{
-    PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
-    TruncationParams, TruncationStrategy,
-};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::{short_digest, Judge, JudgeError, Verdict};
 
@@ -407,8 +405,12 @@ pub fn encoder_identity(dir: &Path) -> Result<EncoderIdentity, ClassifierError> 
 pub struct EncoderOptions {
     /// ONNX Runtime intra-op threads.
     pub threads: usize,
-    /// Texts per ONNX Runtime call.
+    /// At most this many texts per ONNX Runtime call.
     pub batch_size: usize,
+    /// Split the texts of a batch, sorted by length, into the runtime calls
+    /// that compute the least padding ([`length_groups`]); when off, one
+    /// call per `batch_size` texts (what benchmarks compare against).
+    pub length_groups: bool,
 }
 
 impl Default for EncoderOptions {
@@ -416,8 +418,57 @@ impl Default for EncoderOptions {
         EncoderOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             batch_size: 32,
+            length_groups: true,
         }
     }
+}
+
+/// The fixed cost of one ONNX Runtime call on the encoder, in tokens (what
+/// one token of input costs): setting up the call, its threads and its
+/// tensors. Measured with `benches/classifier.sh` on all-MiniLM-L6-v2.
+const CALL_COST_TOKENS: f64 = 96.0;
+/// Attention makes a token cost more in a longer sequence: a position of a
+/// sequence of `len` tokens costs `1 + len / ATTENTION_TOKENS` (for a
+/// 384-wide encoder the feed-forward and projection work per token is
+/// about 2,300 times the attention work per token of context).
+const ATTENTION_TOKENS: f64 = 2048.0;
+
+fn call_cost(rows: usize, len: usize) -> f64 {
+    let len = len as f64;
+    rows as f64 * len * (1.0 + len / ATTENTION_TOKENS) + CALL_COST_TOKENS
+}
+
+/// Splits texts sorted by length (`lens`, ascending) into consecutive
+/// groups of at most `max_rows`, one ONNX Runtime call each, each padded to
+/// its longest text, choosing the cut points that minimize the total cost
+/// (dynamic programming over the cut points: padding saved against the
+/// cost of another call). Texts of similar length end up in one call; a
+/// few long ones do not make every short one pay for their padding.
+pub fn length_groups(lens: &[usize], max_rows: usize) -> Vec<std::ops::Range<usize>> {
+    let n = lens.len();
+    let max_rows = max_rows.max(1);
+    // best[j]: the least cost of the first j texts; cut[j]: where its last
+    // group starts.
+    let mut best = vec![0.0f64; n + 1];
+    let mut cut = vec![0usize; n + 1];
+    for j in 1..=n {
+        best[j] = f64::INFINITY;
+        for i in j.saturating_sub(max_rows)..j {
+            let cost = best[i] + call_cost(j - i, lens[j - 1]);
+            if cost < best[j] {
+                best[j] = cost;
+                cut[j] = i;
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        groups.push(cut[j]..j);
+        j = cut[j];
+    }
+    groups.reverse();
+    groups
 }
 
 /// A sentence encoder on ONNX Runtime.
@@ -428,6 +479,8 @@ pub struct Encoder {
     pub identity: EncoderIdentity,
     pub dir: PathBuf,
     batch_size: usize,
+    length_groups: bool,
+    pad_id: u32,
 }
 
 impl Encoder {
@@ -445,15 +498,10 @@ impl Encoder {
                 format!("{}: {e}", dir.join("tokenizer.json").display()),
             )
         })?;
+        // Padding is done here, per runtime call (see `run`): the
+        // tokenizer file's own setting is turned off.
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id,
-            pad_type_id: 0,
-            pad_token: "[PAD]".into(),
-        }));
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: identity.max_seq_length,
@@ -499,45 +547,63 @@ impl Encoder {
             identity,
             dir: dir.to_path_buf(),
             batch_size: options.batch_size.max(1),
+            length_groups: options.length_groups,
+            pad_id,
         })
     }
 
-    /// Embeds `texts` (one vector per text, in order). Texts are sorted by
-    /// length and encoded `batch_size` at a time, each batch padded to its
-    /// longest text.
+    /// Embeds `texts` (one vector per text, in order). The texts are
+    /// tokenized, sorted by token count and run through the encoder in
+    /// calls of at most `batch_size` texts, each padded (right, with
+    /// `[PAD]`, masked) to its longest text: the calls are
+    /// [`length_groups`], or consecutive `batch_size` texts when those are
+    /// off.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ClassifierError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| error("input", format!("cannot tokenize: {e}")))?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| texts[i].len());
+        order.sort_by_key(|&i| encodings[i].len());
+        let lens: Vec<usize> = order.iter().map(|&i| encodings[i].len()).collect();
+        let groups = if self.length_groups {
+            length_groups(&lens, self.batch_size)
+        } else {
+            (0..lens.len())
+                .step_by(self.batch_size)
+                .map(|i| i..(i + self.batch_size).min(lens.len()))
+                .collect()
+        };
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(self.batch_size) {
-            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
-            for (i, v) in chunk.iter().zip(self.embed_batch(&batch)?) {
-                out[*i] = v;
+        for group in groups {
+            let rows = &order[group];
+            let batch: Vec<&tokenizers::Encoding> = rows.iter().map(|&i| &encodings[i]).collect();
+            for (&i, v) in rows.iter().zip(self.run(&batch)?) {
+                out[i] = v;
             }
         }
         Ok(out)
     }
 
-    /// One ONNX Runtime call for `texts`.
-    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ClassifierError> {
-        if texts.is_empty() {
+    /// One ONNX Runtime call on `encodings`, padded to the longest.
+    fn run(&self, encodings: &[&tokenizers::Encoding]) -> Result<Vec<Vec<f32>>, ClassifierError> {
+        if encodings.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| error("input", format!("cannot tokenize: {e}")))?;
         let b = encodings.len();
-        let width = encodings[0].get_ids().len();
-        let collect = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Vec<i64> {
-            encodings
-                .iter()
-                .flat_map(|e| f(e).iter().map(|&x| i64::from(x)))
-                .collect()
+        let width = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
+        let collect = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32], pad: i64| -> Vec<i64> {
+            let mut v = Vec::with_capacity(b * width);
+            for e in encodings {
+                let row = f(e);
+                v.extend(row.iter().map(|&x| i64::from(x)));
+                v.extend(std::iter::repeat_n(pad, width - row.len()));
+            }
+            v
         };
-        let ids = collect(&|e| e.get_ids());
-        let mask = collect(&|e| e.get_attention_mask());
-        let types = collect(&|e| e.get_type_ids());
+        let ids = collect(&|e| e.get_ids(), i64::from(self.pad_id));
+        let mask = collect(&|e| e.get_attention_mask(), 0);
+        let types = collect(&|e| e.get_type_ids(), 0);
         let tensor = |data: Vec<i64>| {
             Tensor::from_array(([b, width], data))
                 .map_err(|e| error("runtime", format!("cannot create an input tensor: {e}")))
@@ -873,6 +939,44 @@ mod tests {
                 refusal_agreement: 1.0,
             },
         }
+    }
+
+    fn total_cost(lens: &[usize], groups: &[std::ops::Range<usize>]) -> f64 {
+        groups
+            .iter()
+            .map(|g| call_cost(g.len(), lens[g.end - 1]))
+            .sum()
+    }
+
+    #[test]
+    fn length_groups_cover_every_text_once_and_cut_where_padding_costs_more_than_a_call() {
+        // Equal lengths: nothing to save, as few calls as the cap allows.
+        let same = vec![40; 70];
+        let g = length_groups(&same, 32);
+        assert_eq!(g.len(), 3);
+        assert!(g.iter().all(|r| r.len() <= 32));
+        // One long text among short ones gets a call of its own.
+        let mut lens = vec![12; 31];
+        lens.push(250);
+        assert_eq!(length_groups(&lens, 32), vec![0..31, 31..32]);
+        // A spread of lengths: contiguous groups, none over the cap, never
+        // costlier than fixed chunks of the cap.
+        let lens: Vec<usize> = (0..100).map(|i| 8 + (i * i) % 97 + i).collect();
+        let mut lens = lens;
+        lens.sort_unstable();
+        for cap in [1, 7, 32, 200] {
+            let g = length_groups(&lens, cap);
+            assert_eq!(g.first().map(|r| r.start), Some(0));
+            assert_eq!(g.last().map(|r| r.end), Some(lens.len()));
+            assert!(g.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(g.iter().all(|r| !r.is_empty() && r.len() <= cap));
+            let chunks: Vec<_> = (0..lens.len())
+                .step_by(cap)
+                .map(|i| i..(i + cap).min(lens.len()))
+                .collect();
+            assert!(total_cost(&lens, &g) <= total_cost(&lens, &chunks) + 1e-9);
+        }
+        assert!(length_groups(&[], 32).is_empty());
     }
 
     #[test]
