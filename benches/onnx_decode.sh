@@ -34,8 +34,12 @@
 #   GENAI_BATCHES, PY_BATCH, B1_PROMPTS  see above
 #   SAFEDRIFT_MAX_BATCH=N  the backend's max_batch in the whole run (default:
 #                    unset, the backend's default of 16)
-#   BENCH=FILE.jsonl, MAX_NEW=N  another benchmark or answer length (for a
-#                    quick check of the script; the targets are about 128)
+#   BENCH=FILE.jsonl another benchmark for the whole run, e.g.
+#                    benches/data/mixed_lengths.jsonl (120 prompts whose
+#                    prompt and answer lengths spread widely; made by
+#                    benches/mixed_lengths.py)
+#   MAX_NEW=N        another answer length (for a quick check of the
+#                    script; the targets are about 128)
 #   RUNS=N           repeat every measurement N times, the engines taking
 #                    turns (default 1); the report gives the best run and
 #                    the median of each
