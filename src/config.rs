@@ -330,7 +330,8 @@ pub struct ClassifierJudgeConfig {
     /// (`audit.below_threshold`) and logged as a warning.
     #[serde(default = "default_min_agreement")]
     pub min_agreement: f64,
-    /// Answers encoded per ONNX Runtime call.
+    /// Answers judged together (at most this many texts per ONNX Runtime
+    /// call; the judge splits them by length).
     #[serde(default = "default_classifier_batch")]
     pub batch_size: usize,
     /// ONNX Runtime intra-op threads (default: all cores).
