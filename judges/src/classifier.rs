@@ -425,7 +425,8 @@ impl Default for EncoderOptions {
 
 /// The fixed cost of one ONNX Runtime call on the encoder, in tokens (what
 /// one token of input costs): setting up the call, its threads and its
-/// tensors. Measured with `benches/classifier.sh` on all-MiniLM-L6-v2.
+/// tensors. Chosen with `benches/classifier.sh` on all-MiniLM-L6-v2 from
+/// 0, 48, 96, 192 and 400 (48 to 192 were equally fast, see BENCHMARKS.md).
 const CALL_COST_TOKENS: f64 = 96.0;
 /// Attention makes a token cost more in a longer sequence: a position of a
 /// sequence of `len` tokens costs `1 + len / ATTENTION_TOKENS` (for a
@@ -961,8 +962,7 @@ mod tests {
         assert_eq!(length_groups(&lens, 32), vec![0..31, 31..32]);
         // A spread of lengths: contiguous groups, none over the cap, never
         // costlier than fixed chunks of the cap.
-        let lens: Vec<usize> = (0..100).map(|i| 8 + (i * i) % 97 + i).collect();
-        let mut lens = lens;
+        let mut lens: Vec<usize> = (0..100).map(|i| 8 + (i * i) % 97 + i).collect();
         lens.sort_unstable();
         for cap in [1, 7, 32, 200] {
             let g = length_groups(&lens, cap);
