@@ -340,6 +340,11 @@ fn build_watchers(config: &Config, resolver: &Resolver) -> Result<Vec<WatcherSlo
 
 /// Runs the daemon until SIGTERM/SIGINT. Errors before it is ready exit 2.
 pub async fn run(source: Source) -> Result<(), DaemonError> {
+    // Installed first: a SIGTERM or SIGINT that arrives while the daemon
+    // starts is kept and acted on once it is up (a clean stop, the store
+    // flushed) instead of killing the process halfway through its start.
+    let signals = Signals::install()?;
+    info!(config = %source, version = env!("CARGO_PKG_VERSION"), "safedrift is starting");
     let config = config::load(&source).map_err(|e| DaemonError(e.to_string()))?;
     let resolver = Resolver::new(config.clone(), None, None, config.eval.concurrency);
     let slots = build_watchers(&config, &resolver).map_err(|p| {
@@ -418,7 +423,7 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
         .await
         .map_err(|e| DaemonError(format!("cannot start the scheduler: {e}")))?;
     let evaluator = tokio::spawn(daemon.clone().evaluator());
-    spawn_signals(daemon.clone(), scheduler.clone());
+    signals.spawn(daemon.clone(), scheduler.clone());
     spawn_watchdog(daemon.clone());
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!(listen = %daemon.config().api.listen, "safedrift is running");
@@ -440,33 +445,50 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn spawn_signals(daemon: Arc<Daemon>, scheduler: tokio_cron_scheduler::JobScheduler) {
-    use tokio::signal::unix::{signal, SignalKind};
-    tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            error!("cannot install signal handlers");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                    match daemon.reload(&scheduler).await {
-                        Ok(()) => info!("configuration reloaded"),
-                        Err(e) => error!(error = %e, "the new configuration is invalid; keeping the old one"),
+/// The daemon's signal streams: SIGTERM and SIGINT stop it, SIGHUP reloads
+/// its configuration.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let fail = |e: std::io::Error| DaemonError(format!("cannot install signal handlers: {e}"));
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(fail)?,
+            int: signal(SignalKind::interrupt()).map_err(fail)?,
+            hup: signal(SignalKind::hangup()).map_err(fail)?,
+        })
+    }
+
+    /// Acts on the signals (those received since `install` first).
+    fn spawn(self, daemon: Arc<Daemon>, scheduler: tokio_cron_scheduler::JobScheduler) {
+        let Signals {
+            mut term,
+            mut int,
+            mut hup,
+        } = self;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = hup.recv() => {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                        match daemon.reload(&scheduler).await {
+                            Ok(()) => info!("configuration reloaded"),
+                            Err(e) => error!(error = %e, "the new configuration is invalid; keeping the old one"),
+                        }
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                     }
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
-        }
-        daemon.cancel.cancel();
-    });
+            daemon.cancel.cancel();
+        });
+    }
 }
 
 /// Sends WATCHDOG=1 at half the configured interval, but only while the

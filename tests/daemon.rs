@@ -277,6 +277,46 @@ async fn sighup_rejects_a_bad_config_and_applies_a_good_one() {
     assert!(daemon.wait().await.unwrap().success());
 }
 
+/// A SIGTERM that arrives while the daemon is still starting (after it
+/// says so, before it says it is running) is a clean stop once it is up:
+/// exit 0 and the store flushed, not the default action of the signal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_during_start_up_stops_the_daemon_cleanly() {
+    let server =
+        spawn(Script::new().model("base", ModelScript::new("I'm sorry, I can't help."))).await;
+    let port = free_port();
+    let s = setup(&server, port);
+    let count = |line: &str| {
+        std::fs::read_to_string(s.path("daemon.log"))
+            .unwrap_or_default()
+            .matches(line)
+            .count()
+    };
+    let mut during_start_up = 0;
+    for started in 1..=3 {
+        let mut daemon = start(&s);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count("safedrift is starting") < started {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        signal(&daemon, "-TERM");
+        if count("safedrift is running") < started {
+            during_start_up += 1;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+            .await
+            .expect("stops on SIGTERM")
+            .unwrap();
+        let log = std::fs::read_to_string(s.path("daemon.log")).unwrap();
+        assert!(status.success(), "{status:?}\n{log}");
+        assert_eq!(count("stopped; the store is flushed"), started, "{log}");
+    }
+    // At least one signal arrived before the daemon said it was running,
+    // or this test did not test what it is for.
+    assert!(during_start_up > 0, "every SIGTERM came after the start");
+}
+
 #[tokio::test]
 async fn a_bad_config_at_start_exits_2_naming_the_key() {
     let s = Scratch::with_config("[watchers.w]\nkind = \"directory\"\nschedule = \"* * *\"\n");
