@@ -182,6 +182,52 @@ fn error_code(body: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A watcher's `timeout` setting (`key` names it in messages): a positive
+/// duration like "30s", `default` when unset. A bad value is added to
+/// `problems` and `default` returned, so every problem of a config is told
+/// at once.
+pub fn timeout_setting(
+    value: Option<&str>,
+    default: Duration,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Duration {
+    let Some(text) = value else {
+        return default;
+    };
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            problems.push(format!("{key}: must be longer than zero"));
+            default
+        }
+        Err(e) => {
+            problems.push(format!(
+                "{key}: {text:?} is not a duration like \"{}\": {e}",
+                humantime::format_duration(default)
+            ));
+            default
+        }
+    }
+}
+
+/// The HTTP client a watcher talks to its registry with: safedrift's user
+/// agent, and `timeout` to connect and between reads. There is no overall
+/// limit on the client (artifact downloads may be large); API requests set
+/// their own.
+pub fn watcher_client(watcher: &str, timeout: Duration) -> Result<reqwest::Client, Vec<String>> {
+    reqwest::Client::builder()
+        .user_agent(concat!("safedrift/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+        .build()
+        .map_err(|e| {
+            vec![format!(
+                "`watchers.{watcher}`: cannot build an HTTP client: {e}"
+            )]
+        })
+}
+
 /// One JSON GET of a registry's API under a [`RetryPolicy`], shared by the
 /// watchers that poll one.
 pub struct JsonGet<'a> {
@@ -289,6 +335,35 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn timeouts_are_positive_durations_and_bad_ones_are_named() {
+        let mut problems = Vec::new();
+        let default = Duration::from_secs(30);
+        assert_eq!(
+            timeout_setting(None, default, "`k`", &mut problems),
+            default
+        );
+        assert_eq!(
+            timeout_setting(Some("1m 5s"), default, "`k`", &mut problems),
+            Duration::from_secs(65)
+        );
+        assert!(problems.is_empty());
+        assert_eq!(
+            timeout_setting(Some("0s"), default, "`k`", &mut problems),
+            default
+        );
+        assert_eq!(
+            timeout_setting(Some("soon"), default, "`k`", &mut problems),
+            default
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0], "`k`: must be longer than zero");
+        assert!(
+            problems[1].starts_with("`k`: \"soon\" is not a duration like \"30s\""),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -255,34 +255,13 @@ impl HuggingfaceWatcher {
             None => DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect(),
         };
 
-        let timeout = match config.timeout.as_deref() {
-            None => Duration::from_secs(30),
-            Some(t) => match humantime::parse_duration(t) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    problems.push(format!("{}: must be longer than zero", key("timeout")));
-                    Duration::from_secs(30)
-                }
-                Err(e) => {
-                    problems.push(format!(
-                        "{}: {t:?} is not a duration like \"30s\": {e}",
-                        key("timeout")
-                    ));
-                    Duration::from_secs(30)
-                }
-            },
-        };
-
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("safedrift/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| {
-                vec![format!(
-                    "`watchers.{name}`: cannot build an HTTP client: {e}"
-                )]
-            })?;
+        let timeout = crate::http::timeout_setting(
+            config.timeout.as_deref(),
+            Duration::from_secs(30),
+            &key("timeout"),
+            &mut problems,
+        );
+        let http = crate::http::watcher_client(name, timeout)?;
 
         if !problems.is_empty() {
             return Err(problems);

@@ -277,38 +277,18 @@ impl MlflowWatcher {
                 key("token_file")
             ));
         }
-        let timeout = match config.timeout.as_deref().map(humantime::parse_duration) {
-            None => Duration::from_secs(30),
-            Some(Ok(t)) if !t.is_zero() => t,
-            Some(Ok(_)) => {
-                problems.push(format!("{}: must be more than zero", key("timeout")));
-                Duration::from_secs(30)
-            }
-            Some(Err(e)) => {
-                problems.push(format!(
-                    "{}: {:?} is not a duration like \"30s\": {e}",
-                    key("timeout"),
-                    config.timeout.as_deref().unwrap_or_default()
-                ));
-                Duration::from_secs(30)
-            }
-        };
+        let timeout = crate::http::timeout_setting(
+            config.timeout.as_deref(),
+            Duration::from_secs(30),
+            &key("timeout"),
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(problems);
         }
-
-        // No overall timeout on the client: artifact downloads may be large.
-        // API requests set `timeout` each; downloads fail on a stalled read.
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
-            .user_agent(concat!("safedrift/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                vec![format!(
-                    "`watchers.{name}`: cannot build an HTTP client: {e}"
-                )]
-            })?;
+        // API requests set `timeout` each; artifact downloads fail on a
+        // stalled read.
+        let http = crate::http::watcher_client(name, timeout)?;
 
         Ok(MlflowWatcher {
             name: name.to_string(),

@@ -98,29 +98,13 @@ impl OllamaWatcher {
                 problems.push(format!("{}: names must not be empty", key("models")));
             }
         }
-        let timeout = match config.timeout.as_deref() {
-            None => Duration::from_secs(10),
-            Some(t) => match humantime::parse_duration(t) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
-                    problems.push(format!(
-                        "{}: {t:?} is not a positive duration like \"10s\"",
-                        key("timeout")
-                    ));
-                    Duration::from_secs(10)
-                }
-            },
-        };
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("safedrift/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| {
-                vec![format!(
-                    "`watchers.{name}`: cannot build an HTTP client: {e}"
-                )]
-            })?;
+        let timeout = crate::http::timeout_setting(
+            config.timeout.as_deref(),
+            Duration::from_secs(10),
+            &key("timeout"),
+            &mut problems,
+        );
+        let http = crate::http::watcher_client(name, timeout)?;
         if config.api_key_env.is_some() && config.api_key_file.is_some() {
             problems.push(format!(
                 "{}: set `api_key_env` or `api_key_file`, not both",

@@ -106,29 +106,13 @@ impl OpenaiFinetunesWatcher {
         {
             problems.push(format!("{}: must not be empty", key("suffix")));
         }
-        let timeout = match config.timeout.as_deref() {
-            None => Duration::from_secs(30),
-            Some(t) => match humantime::parse_duration(t) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
-                    problems.push(format!(
-                        "{}: {t:?} is not a positive duration like \"30s\"",
-                        key("timeout")
-                    ));
-                    Duration::from_secs(30)
-                }
-            },
-        };
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("safedrift/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| {
-                vec![format!(
-                    "`watchers.{name}`: cannot build an HTTP client: {e}"
-                )]
-            })?;
+        let timeout = crate::http::timeout_setting(
+            config.timeout.as_deref(),
+            Duration::from_secs(30),
+            &key("timeout"),
+            &mut problems,
+        );
+        let http = crate::http::watcher_client(name, timeout)?;
         if !problems.is_empty() {
             return Err(problems);
         }

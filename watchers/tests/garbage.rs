@@ -337,3 +337,47 @@ mod webhooks {
         }
     }
 }
+
+/// Every remote watcher reads its `timeout` the same way: a bad one is
+/// refused with the key named, a good one accepted.
+#[test]
+fn a_bad_timeout_is_named_by_every_remote_watcher() {
+    let base = [
+        (
+            "mlflow",
+            "tracking_uri = 'http://127.0.0.1:1'\nmodels = ['m']",
+        ),
+        ("huggingface", "author = 'acme'"),
+        ("openai-finetunes", "api_key_env = 'SOME_KEY'"),
+        ("ollama", "base_url = 'http://127.0.0.1:1'"),
+    ];
+    for (kind, rest) in base {
+        for (timeout, wanted) in [
+            ("'soon'", Some("is not a duration like")),
+            ("'0s'", Some("must be longer than zero")),
+            ("'2m'", None),
+        ] {
+            let table: toml::Table = format!("kind = '{kind}'\n{rest}\ntimeout = {timeout}")
+                .parse()
+                .unwrap();
+            let got = match kind {
+                "mlflow" => MlflowWatcher::from_config("w", &table).map(|_| ()),
+                "huggingface" => HuggingfaceWatcher::from_config("w", &table).map(|_| ()),
+                "openai-finetunes" => OpenaiFinetunesWatcher::from_config("w", &table).map(|_| ()),
+                _ => OllamaWatcher::from_config("w", &table).map(|_| ()),
+            };
+            match (wanted, got) {
+                (None, Ok(())) => {}
+                (Some(text), Err(problems)) => assert!(
+                    problems
+                        .iter()
+                        .any(|p| p.starts_with("`watchers.w.timeout`:") && p.contains(text)),
+                    "{kind} {timeout}: {problems:?}"
+                ),
+                (wanted, got) => {
+                    panic!("{kind} timeout = {timeout}: wanted {wanted:?}, got {got:?}")
+                }
+            }
+        }
+    }
+}
