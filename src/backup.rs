@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::store::{Store, SCHEMA_VERSION};
+use crate::store::{Store, StoreError, SCHEMA_VERSION};
 
 /// The export format version.
 pub const FORMAT: u64 = 1;
@@ -92,7 +92,22 @@ pub fn import(input: &mut dyn BufRead, source: &str, data_dir: &Path) -> Result<
         }
     };
     // It must open as a store of this build before it replaces anything.
-    drop(Store::open(&staging)?);
+    // sled's I/O threads may hold the staging database's lock for a moment
+    // after the writer above is dropped.
+    let mut attempts = 0;
+    loop {
+        match Store::open(&staging) {
+            Ok(store) => break drop(store),
+            Err(StoreError::InUse { .. }) if attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e.into());
+            }
+        }
+    }
     if data_dir.exists() {
         std::fs::remove_dir(data_dir)
             .map_err(|e| target_err(format!("cannot replace the empty directory: {e}")))?;
@@ -120,8 +135,13 @@ fn write_staging(
         path: format!("{source}:{line}"),
         message,
     };
+    // No background flusher (flushed once at the end): its thread holds
+    // the database, and with it the file lock that the check after this
+    // (`Store::open` on the staging directory) needs, for up to a flush
+    // interval after the handle here is dropped.
     let db = sled::Config::new()
         .path(staging)
+        .flush_every_ms(None)
         .open()
         .map_err(|e| BackupError::Target {
             path: staging.to_path_buf(),

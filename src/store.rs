@@ -50,6 +50,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum StoreError {
     #[error("store {path}: {message}")]
     Open { path: PathBuf, message: String },
+    #[error("store {path}: in use by another process (a running daemon or eval); stop it or use another data_dir")]
+    InUse { path: PathBuf },
     #[error("store {path}: schema version {found} is not supported by this build (it reads version {SCHEMA_VERSION}); use the safedrift release that wrote it, or export and import")]
     Schema { path: PathBuf, found: String },
     #[error("store: {}", describe(.0))]
@@ -77,7 +79,7 @@ fn describe(e: &sled::Error) -> String {
 impl StoreError {
     pub fn kind(&self) -> &'static str {
         match self {
-            StoreError::Open { .. } => "store_open",
+            StoreError::Open { .. } | StoreError::InUse { .. } => "store_open",
             StoreError::Schema { .. } => "store_schema",
             StoreError::Io(_) => "store_io",
             StoreError::Corrupt { .. } => "store_corrupt",
@@ -498,9 +500,16 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => open_err(
-                    "in use by another process (a running daemon or eval); stop it or use another data_dir".into(),
-                ),
+                // sled 0.34 reports the lock held elsewhere as an `Other`
+                // I/O error with this text.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().starts_with("could not acquire lock") =>
+                {
+                    StoreError::InUse {
+                        path: path.to_path_buf(),
+                    }
+                }
                 sled::Error::Io(io) => open_err(format!("cannot open: {io}")),
                 other => open_err(format!(
                     "cannot open ({other}); the files may be damaged; nothing was changed; {restore}"
@@ -1284,6 +1293,19 @@ mod tests {
         assert_eq!(store.cached_verdict("j", "p", "r").unwrap(), Some(v));
         assert_eq!(store.cached_verdict("j2", "p", "r").unwrap(), None);
         assert_eq!(store.cached_verdict("j", "pr", "").unwrap(), None);
+    }
+
+    #[test]
+    fn a_store_held_open_elsewhere_is_refused_as_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().expect("refused while held");
+        assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+        drop(held);
     }
 
     #[test]
