@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine;
-use common::{free_port, Scratch};
+use common::{free_port, kill9, stop, Scratch};
 use hmac::{Hmac, Mac};
 use safedrift::alerts::record::{AlertKind, DeliveryStatus};
 use safedrift::store::Store;
@@ -452,57 +452,6 @@ judge = "keyword"
     s
 }
 
-fn start(s: &Scratch) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(s.path("daemon.log"))
-        .unwrap();
-    s.command(&["run"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-/// The daemon's log, without terminal color codes.
-fn log(s: &Scratch) -> String {
-    let raw = std::fs::read_to_string(s.path("daemon.log")).unwrap_or_default();
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-async fn kill9(child: &mut Child) {
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
-}
-
-async fn stop(child: &mut Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-}
-
 fn json_hook(name: &str, port: u16, s: &Scratch, extra: &str) -> String {
     format!(
         "[alerts.{name}]\nkind = \"webhook\"\nformat = \"json\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = {:?}\nbackoff_initial = \"200ms\"\nbackoff_max = \"1s\"\n{extra}\n",
@@ -544,7 +493,7 @@ async fn drifted_checkpoints_give_one_email_and_one_signed_webhook_per_target_th
     let check = s.run(&["check-config"]).await;
     assert!(check.status.success(), "{}", common::stderr(&check));
 
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for(
         "two emails (firing and resolved)",
         Duration::from_secs(120),
@@ -757,7 +706,7 @@ async fn drifted_checkpoints_give_one_email_and_one_signed_webhook_per_target_th
         "the resolution is sent and re-sent: {am:#?}"
     );
     assert!(resolutions.iter().all(|a| time(a, "endsAt") <= now));
-    let log = log(&s);
+    let log = s.daemon_log();
     assert!(!log.contains(SECRET_B64), "secret in the log");
 }
 
@@ -782,9 +731,9 @@ async fn kill_9_before_and_during_delivery_delivers_every_alert_once() {
     *rx.hold.lock().unwrap() = true;
 
     // 1. Killed while the alert waits for its group window.
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for("the alert to be queued", Duration::from_secs(90), || {
-        log(&s).contains("alert queued")
+        s.daemon_log().contains("alert queued")
     })
     .await;
     kill9(&mut daemon).await;
@@ -793,7 +742,7 @@ async fn kill_9_before_and_during_delivery_delivers_every_alert_once() {
 
     // 2. Restarted: the email goes out, the webhook is held open by the
     // receiver; killed during that delivery.
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     let held = rx.held_now.notified();
     tokio::time::timeout(Duration::from_secs(60), held)
         .await
@@ -810,7 +759,7 @@ async fn kill_9_before_and_during_delivery_delivers_every_alert_once() {
     // 3. Restarted with the receiver answering: the interrupted delivery is
     // sent again, with the same webhook-id.
     *rx.hold.lock().unwrap() = false;
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for("the webhook", Duration::from_secs(30), || {
         !rx.received.lock().unwrap().verified.is_empty()
     })
@@ -854,9 +803,9 @@ async fn a_run_stored_without_its_alert_decision_is_alerted_once_on_the_next_sta
     let s = setup(&server, port, &["a-drift"], "");
     let base = std::fs::read_to_string(s.config()).unwrap() + "[alerting]\ngroup_window = \"0s\"\n";
     std::fs::write(s.config(), &base).unwrap();
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for("the drifted run", Duration::from_secs(90), || {
-        log(&s).contains("alert queued")
+        s.daemon_log().contains("alert queued")
     })
     .await;
     stop(&mut daemon).await;
@@ -875,16 +824,16 @@ async fn a_run_stored_without_its_alert_decision_is_alerted_once_on_the_next_sta
             .is_empty());
     }
     std::fs::write(s.config(), base + &json_hook("hook", rx_port, &s, "")).unwrap();
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for("the webhook", Duration::from_secs(30), || {
         !rx.received.lock().unwrap().verified.is_empty()
     })
     .await;
     stop(&mut daemon).await;
     // A third start (signals are handled once it says it is running).
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for("the third start", Duration::from_secs(60), || {
-        log(&s).matches("safedrift is running").count() == 3
+        s.daemon_log().matches("safedrift is running").count() == 3
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -900,7 +849,9 @@ async fn a_run_stored_without_its_alert_decision_is_alerted_once_on_the_next_sta
             .into_iter()
             .collect::<BTreeMap<_, _>>()
     );
-    assert!(log(&s).contains("deciding on a run that completed before a restart"));
+    assert!(s
+        .daemon_log()
+        .contains("deciding on a run that completed before a restart"));
 }
 
 /// A target that is down gets the alert once it is back; the others get it
@@ -923,9 +874,9 @@ async fn a_target_that_is_down_gets_the_alert_when_back_without_delaying_others(
     let config = std::fs::read_to_string(s.config()).unwrap() + &alerts;
     std::fs::write(s.config(), config).unwrap();
 
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for("the alert to be queued", Duration::from_secs(90), || {
-        log(&s).contains("alert queued")
+        s.daemon_log().contains("alert queued")
     })
     .await;
     let queued = Instant::now();
@@ -936,10 +887,10 @@ async fn a_target_that_is_down_gets_the_alert_when_back_without_delaying_others(
     let up_after = queued.elapsed();
     // Let the down target fail a few times and the dead one give up.
     wait_for("a dead letter", Duration::from_secs(20), || {
-        log(&s).contains("dead-lettered")
+        s.daemon_log().contains("dead-lettered")
     })
     .await;
-    let log_now = log(&s);
+    let log_now = s.daemon_log();
     assert!(log_now.contains("alert_target=dead"), "{log_now}");
     assert!(
         log_now
@@ -1384,13 +1335,13 @@ async fn long_kill_9_at_random_points_across_20_cycles_loses_and_repeats_nothing
         200 + (state >> 33) % 2300
     };
     for _ in 0..KILLS {
-        let mut daemon = start(&s);
+        let mut daemon = s.start_daemon();
         tokio::time::sleep(Duration::from_millis(next_ms())).await;
         kill9(&mut daemon).await;
     }
 
     // Then let it finish: every checkpoint evaluated, every alert delivered.
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     let done = |h: &serde_json::Value| h["queue"]["done"] == CHECKPOINTS;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -1406,7 +1357,7 @@ async fn long_kill_9_at_random_points_across_20_cycles_loses_and_repeats_nothing
         assert!(
             Instant::now() < deadline,
             "not done in 600 s: {health:?}\n{}",
-            log(&s)
+            s.daemon_log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -1578,13 +1529,13 @@ async fn no_secret_appears_in_logs_api_answers_or_alerts() {
         SECRET_B64,
     ];
 
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     let deadline = Instant::now() + Duration::from_secs(120);
     while smtp.mails().len() != 1 || rx.received.lock().unwrap().verified.is_empty() {
         assert!(
             Instant::now() < deadline,
             "no email and webhook in 120 s; the daemon's log:\n{}",
-            log(&s)
+            s.daemon_log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1653,7 +1604,7 @@ async fn no_secret_appears_in_logs_api_answers_or_alerts() {
     };
     assert!(mail.contains("Drift") || mail.contains("drift"), "{mail}");
     for (what, text) in [
-        ("the daemon's log", log(&s)),
+        ("the daemon's log", s.daemon_log()),
         ("the API answers", answers),
         ("the email", mail),
         ("the webhook requests", hooks),

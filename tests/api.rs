@@ -1040,14 +1040,11 @@ async fn the_daemon_evaluates_an_evaluation_queued_through_the_api() {
         })
         .collect();
     let bench = s.jsonl("bench.jsonl", &rows);
-    let log = std::fs::File::create(s.path("daemon.log")).unwrap();
     let mut daemon = s
-        .command(&["run"])
+        .daemon()
         .env("SAFEDRIFT_TEST_TOKEN", TOKEN)
         .env("OPENAI_BASE_URL", format!("http://{}/v1", server.addr))
         .env("OPENAI_API_KEY", "test")
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();

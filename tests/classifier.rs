@@ -501,13 +501,7 @@ url = "http://127.0.0.1:{hook_port}/slack"
         .replace("BENCH", bench.to_str().unwrap());
     std::fs::write(s.config(), config).unwrap();
 
-    let log = std::fs::File::create(s.path("daemon.log")).unwrap();
-    let mut daemon = s
-        .command(&["run"])
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut daemon = s.start_daemon();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let url = format!("http://127.0.0.1:{port}/healthz");

@@ -6,26 +6,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Scratch};
+use common::{free_port, signal, stop, Scratch};
 use safedrift::store::{CheckpointStatus, RunStatus, Store};
 use safedrift_testkit::{spawn, ModelScript, Script, TestServer};
-use tokio::process::Child;
-
-fn start(s: &Scratch) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(s.path("daemon.log"))
-        .unwrap();
-    s.command(&["run"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
 
 async fn health(port: u16) -> Option<serde_json::Value> {
     let url = format!("http://127.0.0.1:{port}/healthz");
@@ -44,15 +29,6 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let pid = child.id().expect("running").to_string();
-    assert!(std::process::Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap()
-        .success());
 }
 
 fn asked(server: &TestServer, model: &str) -> Vec<String> {
@@ -130,7 +106,7 @@ async fn kill_9_mid_evaluation_then_restart_evaluates_each_checkpoint_once() {
     let port = free_port();
     let s = setup(&server, port);
 
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     // The baseline is evaluated first, then the first candidate: kill the
     // daemon while the candidate is half done.
     wait_for(
@@ -163,7 +139,7 @@ async fn kill_9_mid_evaluation_then_restart_evaluates_each_checkpoint_once() {
     );
     let before = asked(&server, "cand").len();
 
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for(
         "both checkpoints to be evaluated",
         Duration::from_secs(90),
@@ -175,12 +151,7 @@ async fn kill_9_mid_evaluation_then_restart_evaluates_each_checkpoint_once() {
     let h = health(port).await.unwrap();
     assert_eq!(h["status"], "ok", "{h}");
     assert_eq!(h["watchers"]["ol"]["state"], "ok", "{h}");
-    signal(&daemon, "-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    stop(&mut daemon).await;
 
     // At the server: the baseline was evaluated once (and reused for cand2);
     // no candidate prompt whose answer was stored was asked again.
@@ -232,7 +203,7 @@ async fn sighup_rejects_a_bad_config_and_applies_a_good_one() {
     let port = free_port();
     let s = setup(&server, port);
     let good = std::fs::read_to_string(s.config()).unwrap();
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for("the daemon", Duration::from_secs(30), async || {
         health(port).await.is_some()
     })
@@ -273,8 +244,7 @@ async fn sighup_rejects_a_bad_config_and_applies_a_good_one() {
             .is_some_and(|h| h["watchers"]["drop"]["kind"] == "directory")
     })
     .await;
-    signal(&daemon, "-TERM");
-    assert!(daemon.wait().await.unwrap().success());
+    stop(&mut daemon).await;
 }
 
 /// A SIGTERM that arrives while the daemon is still starting (after it
@@ -294,7 +264,7 @@ async fn a_sigterm_during_start_up_stops_the_daemon_cleanly() {
     };
     let mut during_start_up = 0;
     for started in 1..=3 {
-        let mut daemon = start(&s);
+        let mut daemon = s.start_daemon();
         let deadline = Instant::now() + Duration::from_secs(30);
         while count("safedrift is starting") < started {
             assert!(Instant::now() < deadline, "the daemon did not start");
@@ -339,7 +309,7 @@ async fn webhook_endpoints_refuse_oversize_forged_and_garbage_requests() {
         spawn(Script::new().model("base", ModelScript::new("I'm sorry, I can't help."))).await;
     let port = free_port();
     let s = setup(&server, port);
-    let mut daemon = start(&s);
+    let mut daemon = s.start_daemon();
     wait_for(
         "the daemon to answer",
         Duration::from_secs(60),
@@ -400,6 +370,5 @@ async fn webhook_endpoints_refuse_oversize_forged_and_garbage_requests() {
     }
     let h = health(port).await.unwrap();
     assert_eq!(h["status"], "ok", "{h}");
-    signal(&daemon, "-TERM");
-    assert!(daemon.wait().await.unwrap().success());
+    stop(&mut daemon).await;
 }

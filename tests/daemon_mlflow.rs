@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{free_port, Scratch};
@@ -186,12 +186,10 @@ judge = "keyword"
     let (v1, _) = register(&server, MODEL, &v1_dir, Some("champion"));
     assert_eq!(v1, "1");
 
-    let log = std::fs::File::create(s.path("daemon.log")).unwrap();
     let mut daemon = s
-        .command(&["run", "--log-format", "json"])
+        .daemon()
+        .args(["--log-format", "json"])
         .env(SECRET_ENV, SECRET)
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .unwrap();
 

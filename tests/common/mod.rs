@@ -79,6 +79,69 @@ impl Scratch {
     pub async fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().await.unwrap()
     }
+
+    /// `safedrift run` on this config, its log appended to `daemon.log`
+    /// here ([`Scratch::daemon_log`]); add environment, then spawn.
+    pub fn daemon(&self) -> tokio::process::Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("daemon.log"))
+            .unwrap();
+        let mut cmd = self.command(&["run"]);
+        cmd.stdout(std::process::Stdio::null()).stderr(log);
+        cmd
+    }
+
+    /// Starts [`Scratch::daemon`].
+    pub fn start_daemon(&self) -> tokio::process::Child {
+        self.daemon().spawn().unwrap()
+    }
+
+    /// The daemon's log so far, without terminal color codes.
+    pub fn daemon_log(&self) -> String {
+        let raw = std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// Sends `sig` (`-TERM`, `-HUP`, ...) to a running child.
+pub fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// SIGTERM; the daemon must exit 0 within 30 s.
+pub async fn stop(child: &mut tokio::process::Child) {
+    signal(child, "-TERM");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// SIGKILL, and the child reaped.
+pub async fn kill9(child: &mut tokio::process::Child) {
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
 }
 
 /// A free loopback port (for a server the test starts in another process).
