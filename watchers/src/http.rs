@@ -182,6 +182,25 @@ fn error_code(body: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Sends one request and reads the whole answer: its status, headers and
+/// body, or why no answer came (a transport error, in words, without the
+/// URL) — which [`RetryPolicy`] retries.
+pub async fn send_once(
+    request: reqwest::RequestBuilder,
+) -> Result<(StatusCode, HeaderMap, String), String> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport_reason(&e.without_url()))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| transport_reason(&e.without_url()))?;
+    Ok((status, headers, body))
+}
+
 /// A watcher's `timeout` setting (`key` names it in messages): a positive
 /// duration like "30s", `default` when unset. A bad value is added to
 /// `problems` and `default` returned, so every problem of a config is told
@@ -264,32 +283,19 @@ impl JsonGet<'_> {
                 request = request.bearer_auth(key);
             }
             let mut transport = true;
-            let disposition = match request.send().await {
-                Err(e) => Disposition::Retry {
-                    hint: None,
-                    reason: transport_reason(&e.without_url()),
-                },
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    match response.text().await {
-                        Err(e) => Disposition::Retry {
-                            hint: None,
-                            reason: transport_reason(&e.without_url()),
-                        },
-                        Ok(body) if status.is_success() => {
-                            return serde_json::from_str(&body).map_err(|e| {
-                                crate::WatchError::new(
-                                    "malformed",
-                                    format!("{url}: unexpected answer: {e}"),
-                                )
-                            })
-                        }
-                        Ok(body) => {
-                            transport = false;
-                            policy.classify(status, &headers, &body)
-                        }
-                    }
+            let disposition = match send_once(request).await {
+                Err(reason) => Disposition::Retry { hint: None, reason },
+                Ok((status, _, body)) if status.is_success() => {
+                    return serde_json::from_str(&body).map_err(|e| {
+                        crate::WatchError::new(
+                            "malformed",
+                            format!("{url}: unexpected answer: {e}"),
+                        )
+                    })
+                }
+                Ok((status, headers, body)) => {
+                    transport = false;
+                    policy.classify(status, &headers, &body)
                 }
             };
             match disposition {

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::cache::{Cache, DownloadRequest};
-use crate::http::{transport_reason, Disposition, RetryPolicy};
+use crate::http::{send_once, Disposition, RetryPolicy};
 use crate::{read_secret, Baseline, Checkpoint, Target, WatchError, Watcher, Webhook};
 
 /// The files an ONNX export needs (the layout optimum writes and the `onnx`
@@ -341,34 +341,23 @@ impl HuggingfaceWatcher {
                 request = request.bearer_auth(token);
             }
             let mut transport = true;
-            let disposition = match request.send().await {
-                Err(e) => Disposition::Retry {
-                    hint: None,
-                    reason: transport_reason(&e.without_url()),
-                },
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
+            let disposition = match send_once(request).await {
+                Err(reason) => Disposition::Retry { hint: None, reason },
+                Ok((status, headers, body)) => {
                     self.note_rate_limit(&headers);
-                    match response.text().await {
-                        Err(e) => Disposition::Retry {
-                            hint: None,
-                            reason: transport_reason(&e.without_url()),
+                    if status.is_success() {
+                        return Ok((headers, body));
+                    }
+                    transport = false;
+                    let body = hub_error_body(&headers, body);
+                    match self.retry.classify(status, &headers, &body) {
+                        // A 429 without Retry-After still says when its
+                        // window resets.
+                        Disposition::Retry { hint: None, reason } => Disposition::Retry {
+                            hint: rate_limit_reset(&headers),
+                            reason,
                         },
-                        Ok(body) if status.is_success() => return Ok((headers, body)),
-                        Ok(body) => {
-                            transport = false;
-                            let body = hub_error_body(&headers, body);
-                            match self.retry.classify(status, &headers, &body) {
-                                // A 429 without Retry-After still says when
-                                // its window resets.
-                                Disposition::Retry { hint: None, reason } => Disposition::Retry {
-                                    hint: rate_limit_reset(&headers),
-                                    reason,
-                                },
-                                other => other,
-                            }
-                        }
+                        other => other,
                     }
                 }
             };

@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::cache::{DownloadRequest, COMPLETE_FILE, LAST_USED_FILE, PARTIAL_SUFFIX};
-use crate::http::{transport_reason, Disposition, RetryPolicy};
+use crate::http::{send_once, Disposition, RetryPolicy};
 use crate::{read_secret, Baseline, Cache, Checkpoint, Target, WatchError, Watcher, Webhook};
 
 /// How far a webhook's `X-MLflow-Timestamp` may be from now.
@@ -361,38 +361,25 @@ impl MlflowWatcher {
                 request = request.bearer_auth(token);
             }
             let mut answer = None;
-            let disposition = match request.send().await {
-                Err(e) => Disposition::Retry {
-                    hint: None,
-                    reason: transport_reason(&e.without_url()),
-                },
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    match response.text().await {
-                        Err(e) => Disposition::Retry {
-                            hint: None,
-                            reason: transport_reason(&e.without_url()),
-                        },
-                        Ok(body) if status.is_success() => {
-                            return serde_json::from_str(&body).map_err(|e| {
-                                let excerpt: String = body.chars().take(120).collect();
-                                ApiError {
-                                    status: Some(status),
-                                    body: String::new(),
-                                    error: WatchError::new(
-                                        "malformed",
-                                        format!("{shown}: the answer is not what the route returns ({e}): {excerpt:?}"),
-                                    ),
-                                }
-                            });
+            let disposition = match send_once(request).await {
+                Err(reason) => Disposition::Retry { hint: None, reason },
+                Ok((status, _, body)) if status.is_success() => {
+                    return serde_json::from_str(&body).map_err(|e| {
+                        let excerpt: String = body.chars().take(120).collect();
+                        ApiError {
+                            status: Some(status),
+                            body: String::new(),
+                            error: WatchError::new(
+                                "malformed",
+                                format!("{shown}: the answer is not what the route returns ({e}): {excerpt:?}"),
+                            ),
                         }
-                        Ok(body) => {
-                            let disposition = self.retry.classify(status, &headers, &body);
-                            answer = Some((status, body));
-                            disposition
-                        }
-                    }
+                    });
+                }
+                Ok((status, headers, body)) => {
+                    let disposition = self.retry.classify(status, &headers, &body);
+                    answer = Some((status, body));
+                    disposition
                 }
             };
             match disposition {
