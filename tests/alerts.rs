@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine;
-use common::{free_port, kill9, stop, Scratch};
+use common::{free_port, get_json, kill9, stop, Scratch};
 use hmac::{Hmac, Mac};
 use safedrift::alerts::record::{AlertKind, DeliveryStatus};
 use safedrift::store::Store;
@@ -1573,15 +1573,7 @@ async fn no_secret_appears_in_logs_api_answers_or_alerts() {
     ] {
         answers.push_str(&get(path.to_string()).await);
     }
-    let runs: serde_json::Value = client
-        .get(format!("{base}/api/v1/runs"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs: serde_json::Value = get_json(&client, format!("{base}/api/v1/runs"), API_TOKEN).await;
     let ids: Vec<String> = runs["runs"]
         .as_array()
         .or_else(|| runs["items"].as_array())

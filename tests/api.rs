@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use common::Scratch;
+use common::{get_json, Scratch};
 use safedrift::alerts::record::{AlertKind, AlertRecord, Delivery, DeliveryStatus};
 use safedrift::api::{self, sample, Api};
 use safedrift::config::{self, Config};
@@ -1076,27 +1076,14 @@ async fn the_daemon_evaluates_an_evaluation_queued_through_the_api() {
             Instant::now() < deadline + Duration::from_secs(60),
             "no live progress seen"
         );
-        let page: Value = client
-            .get(format!(
-                "{base}/api/v1/runs?model=openai:cand&status=running"
-            ))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(
+            &client,
+            format!("{base}/api/v1/runs?model=openai:cand&status=running"),
+            TOKEN,
+        )
+        .await;
         if let Some(id) = page["items"][0]["id"].as_str() {
-            let run: Value = client
-                .get(format!("{base}/api/v1/runs/{id}"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let run: Value = get_json(&client, format!("{base}/api/v1/runs/{id}"), TOKEN).await;
             if run["progress"].is_object() {
                 break run["progress"].clone();
             }
@@ -1114,39 +1101,20 @@ async fn the_daemon_evaluates_an_evaluation_queued_through_the_api() {
             std::fs::read_to_string(s.path("daemon.log")).unwrap()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        evaluation = client
-            .get(format!("{base}/api/v1/evaluations/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        evaluation = get_json(&client, format!("{base}/api/v1/evaluations/{id}"), TOKEN).await;
     }
     let run_id = evaluation["run_id"].as_str().unwrap();
-    let run: Value = client
-        .get(format!("{base}/api/v1/runs/{run_id}"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let run: Value = get_json(&client, format!("{base}/api/v1/runs/{run_id}"), TOKEN).await;
     assert_eq!(run["model"]["spec"], "openai:cand");
     assert_eq!(run["baseline"]["model"]["spec"], "openai:base");
     assert_eq!(run["metrics"]["n"], 30);
     assert_eq!(run["drift"]["detected"], true, "{run}");
-    let runs: Value = client
-        .get(format!("{base}/api/v1/runs?model=openai:cand"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs: Value = get_json(
+        &client,
+        format!("{base}/api/v1/runs?model=openai:cand"),
+        TOKEN,
+    )
+    .await;
     assert_eq!(runs["items"][0]["id"], run_id);
 
     // `safedrift history` reads the same runs through the API.

@@ -183,3 +183,16 @@ pub fn approx(value: &serde_json::Value, expected: f64) {
         .unwrap_or_else(|| panic!("{value} is not a number (expected {expected})"));
     assert!((v - expected).abs() < 1e-9, "got {v}, expected {expected}");
 }
+
+/// GETs `url` with a bearer token and returns the answer's JSON.
+pub async fn get_json(client: &reqwest::Client, url: String, token: &str) -> serde_json::Value {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
