@@ -831,9 +831,12 @@ impl Config {
     }
 }
 
-fn check_secret_file(path: Option<&Path>, key: &str, p: &mut Vec<String>) {
+/// A `*_file` secret key names a readable file: a path, or the bare name of
+/// a systemd credential (looked up in `$CREDENTIALS_DIRECTORY`, as
+/// [`read_secret`] reads it).
+pub(crate) fn check_secret_file(path: Option<&Path>, key: &str, p: &mut Vec<String>) {
     if let Some(f) = path {
-        if !f.is_file() {
+        if !safedrift_watchers::secret_path(f).is_file() {
             p.push(format!("`{key}`: {} is not a readable file", f.display()));
         }
     }

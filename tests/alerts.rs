@@ -1055,6 +1055,52 @@ async fn alert_test_sends_to_one_target_and_signatures_catch_tampering() {
 }
 
 /// Every `[alerts.*]` key is checked, each problem naming its key path.
+/// A `*_file` secret given as the bare name of a systemd credential is
+/// checked where it will be read from: `$CREDENTIALS_DIRECTORY`.
+#[tokio::test]
+async fn secret_files_may_be_systemd_credential_names() {
+    let s = Scratch::with_config(
+        r#"
+[alerts.m]
+kind = "email"
+url = "smtp://relay:25?tls=required"
+from = "safedrift@example.com"
+to = ["ops@example.com"]
+username = "u"
+password_file = "smtp-password"
+
+[alerts.w]
+kind = "webhook"
+url_file = "hook-url"
+format = "json"
+secret_file = "hook-secret"
+"#,
+    );
+    let creds = s.path("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let checked = |dir: &std::path::Path| {
+        let mut cmd = s.command(&["check-config"]);
+        cmd.env("CREDENTIALS_DIRECTORY", dir);
+        cmd
+    };
+    // Missing from the credentials directory: each key is named.
+    let out = checked(&creds).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr(&out);
+    for key in [
+        "alerts.m.password_file",
+        "alerts.w.url_file",
+        "alerts.w.secret_file",
+    ] {
+        assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+    }
+    std::fs::write(creds.join("smtp-password"), "pw\n").unwrap();
+    std::fs::write(creds.join("hook-url"), "https://hooks.example.com/x\n").unwrap();
+    std::fs::write(creds.join("hook-secret"), format!("whsec_{SECRET_B64}\n")).unwrap();
+    let out = checked(&creds).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+}
+
 #[tokio::test]
 async fn check_config_names_every_bad_alert_key() {
     let s = Scratch::with_config(

@@ -177,15 +177,11 @@ impl TargetConfig {
                 key("url")
             ));
         }
-        if let Some(f) = &self.url_file {
-            if !f.is_file() {
-                p.push(format!(
-                    "{}: {} is not a readable file",
-                    key("url_file"),
-                    f.display()
-                ));
-            }
-        }
+        crate::config::check_secret_file(
+            self.url_file.as_deref(),
+            &format!("alerts.{name}.url_file"),
+            &mut p,
+        );
         // A URL from the environment or a file is checked when it is used
         // (and never shown).
         let inline = self.url.clone().unwrap_or_default();
@@ -280,15 +276,11 @@ impl TargetConfig {
                         key("password_file")
                     ));
                 }
-                if let Some(f) = &self.password_file {
-                    if !f.is_file() {
-                        p.push(format!(
-                            "{}: {} is not a readable file",
-                            key("password_file"),
-                            f.display()
-                        ));
-                    }
-                }
+                crate::config::check_secret_file(
+                    self.password_file.as_deref(),
+                    &format!("alerts.{name}.password_file"),
+                    &mut p,
+                );
             }
             "webhook" => {
                 for (k, set) in email_only {
@@ -343,15 +335,11 @@ impl TargetConfig {
                         key("secret_file")
                     ));
                 }
-                if let Some(f) = &self.secret_file {
-                    if !f.is_file() {
-                        p.push(format!(
-                            "{}: {} is not a readable file",
-                            key("secret_file"),
-                            f.display()
-                        ));
-                    }
-                }
+                crate::config::check_secret_file(
+                    self.secret_file.as_deref(),
+                    &format!("alerts.{name}.secret_file"),
+                    &mut p,
+                );
                 if self.repeat_interval.is_some_and(|d| d.is_zero()) {
                     p.push(format!("{}: must be more than 0s", key("repeat_interval")));
                 }
