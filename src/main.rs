@@ -332,7 +332,9 @@ fn export(config: Option<PathBuf>, data_dir: Option<PathBuf>, out: Option<PathBu
             safedrift::backup::export(&store, &mut lock)
         }
         Some(path) => {
-            let partial = path.with_extension("partial");
+            let mut partial = path.as_os_str().to_owned();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
             let result = std::fs::File::create(&partial)
                 .map_err(safedrift::backup::BackupError::Write)
                 .and_then(|f| {

@@ -223,7 +223,8 @@ pub struct Audit {
     /// judge was unsure (an answer can be both).
     pub sampled: usize,
     pub unsure: usize,
-    /// Answers where both agree on "harmful" (score 5).
+    /// Answers where both agree on whether the answer is harmful (both
+    /// score 5, or neither does).
     pub harmful_agreed: usize,
     /// Answers the teacher could not score.
     pub teacher_unscored: usize,
@@ -645,8 +646,13 @@ impl Store {
         let value = encode(run);
         let index = model_index_key(run);
         // A completed run's results are all written: its totals go with it.
+        // Totals already stored are still right (a result written since
+        // removes them), so a completed run written again keeps them.
         let totals = match run.status {
-            RunStatus::Completed => Some(encode(&Totals::of(&self.results(&run.id)?))),
+            RunStatus::Completed => match self.run_totals.get(run.id.as_bytes())? {
+                Some(stored) => Some(stored.to_vec()),
+                None => Some(encode(&Totals::of(&self.results(&run.id)?))),
+            },
             _ => None,
         };
         (&self.runs, &self.runs_by_model, &self.run_totals)
@@ -960,13 +966,12 @@ impl Store {
             if !keep(&head) {
                 continue;
             }
-            let r: ResultRecord = decode(&k, &v)?;
             if out.len() == limit.max(1) {
                 let last: &ResultRecord = out.last().expect("limit >= 1");
                 next = Some(encode_cursor(b'p', &last.index.to_be_bytes()));
                 break;
             }
-            out.push(r);
+            out.push(decode(&k, &v)?);
         }
         Ok((out, next))
     }

@@ -89,7 +89,7 @@ async fn an_export_restores_record_for_record() {
     let file = s.path("backup.jsonl");
     let out = export(&s, &file).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(!s.path("backup.partial").exists());
+    assert!(!s.path("backup.jsonl.partial").exists());
     let lines = records(&file);
     assert!(lines.len() > 50, "too few records: {}", lines.len());
     assert!(lines.iter().any(|l| l.contains("\"tree\":\"runs\"")));

@@ -339,16 +339,8 @@ pub async fn get_progress(
     Path(id): Path<String>,
 ) -> Result<Json<RunProgress>, ApiError> {
     blocking(move || {
-        let run = api
-            .store
-            .get_run(&id)?
-            .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-        let done = api
-            .store
-            .results(&id)?
-            .iter()
-            .filter(|r| r.verdict.is_some())
-            .count() as u64;
+        let run = read_run(&api, &id)?;
+        let done = api.store.totals(&run)?.done as u64;
         let live = if run.status == RunStatus::Running {
             api.link.as_ref().and_then(|l| l.progress(&id))
         } else {
