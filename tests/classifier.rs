@@ -524,13 +524,7 @@ url = "http://127.0.0.1:{hook_port}/slack"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let pid = daemon.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    daemon.wait().await.unwrap();
+    common::stop(&mut daemon).await;
 
     let store = safedrift::store::Store::open(&s.data_dir()).unwrap();
     let runs = store.runs().unwrap();

@@ -134,6 +134,9 @@ async fn a_full_disk_during_store_writes_loses_nothing() {
             .map(|r| r.prompt)
             .collect()
     };
+    // Answers from before the disk filled were kept (else nothing below
+    // would check that they are not asked again).
+    assert!(!stored.is_empty(), "nothing was stored before ENOSPC");
 
     let out = s.run(&args).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
