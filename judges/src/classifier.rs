@@ -492,7 +492,17 @@ impl Encoder {
         dir: &Path,
         options: &EncoderOptions,
     ) -> Result<Encoder, ClassifierError> {
-        let identity = encoder_identity(dir)?;
+        Encoder::load_identified(env, dir, encoder_identity(dir)?, options)
+    }
+
+    /// [`Encoder::load`] with the identity the caller already computed
+    /// (hashing `model.onnx` once).
+    fn load_identified(
+        env: &Environment,
+        dir: &Path,
+        identity: EncoderIdentity,
+        options: &EncoderOptions,
+    ) -> Result<Encoder, ClassifierError> {
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
             error(
                 "encoder",
@@ -724,7 +734,7 @@ impl Classifier {
         let encoder_dir = dir.join(ENCODER_DIR);
         let identity = encoder_identity(&encoder_dir)?;
         check_encoder(&head, &identity, &head_path, &encoder_dir)?;
-        let encoder = Encoder::load(env, &encoder_dir, &options.encoder)?;
+        let encoder = Encoder::load_identified(env, &encoder_dir, identity, &options.encoder)?;
         Ok(Classifier {
             head,
             encoder,
