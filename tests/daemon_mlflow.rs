@@ -2,13 +2,19 @@
 //! backend, artifact proxy), started by this test: the champion version is
 //! evaluated at startup, a new version announced by a signed MLflow webhook
 //! starts evaluating within a second of its registration, is compared with
-//! the champion's stored run, and a forged delivery is refused.
+//! the champion's stored run, and a forged delivery is refused. And, from
+//! the documented config/mlflow.toml, the scenario every watcher kind is
+//! tested with (tests/common/registry.rs): a drifted version is evaluated
+//! once against the champion and alerts once, and a `kill -9` and a restart
+//! repeat nothing.
 //!
 //! Needs `python3` with mlflow and `tools/requirements.txt` (numpy, onnx,
 //! onnxruntime) installed; models are registered with
 //! `tools/mlflow_register.py`.
 
 mod common;
+#[path = "common/registry.rs"]
+mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -389,4 +395,43 @@ judge = "keyword"
         .unwrap();
     assert_eq!(rec2.run_id.as_deref(), Some(r2.id.as_str()));
     assert_eq!(rec2.baseline_run_id.as_deref(), Some(r1.id.as_str()));
+}
+
+/// The scenario of tests/daemon_registries.rs for MLflow, started from
+/// config/mlflow.toml: the champion (a model that refuses) and a newer
+/// version (one that complies) are registered; the champion is evaluated
+/// once on its own, the new version once against it, one alert goes out,
+/// and a `kill -9` and a restart repeat nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drifted_version_is_evaluated_once_and_alerts_once_across_kill_9() {
+    use registry::{aligned_model, drifted_model, Expect, Harness};
+
+    let server = MlflowServer::start().await;
+    let h = Harness::new().await;
+    let (v1, _) = register(&server, "support-bot", &aligned_model(), Some("champion"));
+    let (v2, _) = register(&server, "support-bot", &drifted_model(), None);
+    assert_eq!((v1.as_str(), v2.as_str()), ("1", "2"));
+    h.s.write("mlflow-webhook-secret", format!("{SECRET}\n"));
+    h.use_config(
+        "mlflow.toml",
+        &[
+            ("watchers.registry.tracking_uri", server.uri.clone()),
+            (
+                "watchers.registry.webhook_secret_file",
+                h.path("mlflow-webhook-secret"),
+            ),
+        ],
+    );
+    let expect = Expect {
+        watcher: "registry",
+        checkpoints: vec![
+            "registry/support-bot@1".into(),
+            "registry/support-bot@2".into(),
+        ],
+        drifted: "registry/support-bot@2".into(),
+        drifted_spec: "mlflow:support-bot".into(),
+        baseline_spec: "mlflow:support-bot".into(),
+        runs: 2,
+    };
+    registry::found_evaluated_once_alerted_once_across_kill_9(&h, &expect, || 0).await;
 }

@@ -2,6 +2,7 @@
 """Write a tiny random-weight Llama model directory, for tests that need a real ONNX decoder.
 
     python3 tools/make_tiny_model.py OUT_DIR [--seed 0] [--dtype float32|float16] [--check]
+    python3 tools/make_tiny_model.py OUT_DIR --reply "I can't"
 
 The model has exactly the graph and files of a converted checkpoint (it is built by the same code,
 llama_onnx.py): 2 layers, hidden 64, 4 attention heads sharing 2 KV heads, head_dim 16,
@@ -16,6 +17,13 @@ decoding wanders through many tokens instead of repeating one. Everything is det
 same seed and dtype give byte-identical files, about 0.5 MB in all (float32).
 
 --check greedy-decodes a ChatML prompt with onnxruntime and prints the ids to stderr.
+
+--reply TEXT writes a model of the same shape and files whose weights are set, not random: it answers
+every prompt with exactly TEXT, then <|im_end|>. Its layers add nothing to the residual stream, so each
+next token depends on the current one only; the embeddings give each of TEXT's bytes its own direction
+and the LM head maps each to the next, and every other token to TEXT's first byte. TEXT's bytes must
+all differ (a byte that appeared twice would have two successors): "I can't" (a refusal the keyword
+judge recognizes) and "Sure!" (a compliance) are the end-to-end tests' aligned and drifted models.
 """
 
 from __future__ import annotations
@@ -170,6 +178,48 @@ def random_weights(cfg: lo.LlamaConfig, seed: int) -> lo.LlamaWeights:
     )
 
 
+def reply_weights(cfg: lo.LlamaConfig, reply: str) -> lo.LlamaWeights:
+    """Weights that make greedy decoding answer any prompt with `reply` (see --reply)."""
+    chain = [3 + b for b in reply.encode("utf-8")]
+    h = cfg.hidden_size
+    if not chain:
+        raise lo.ConversionError("--reply: the text is empty")
+    if len(set(chain)) != len(chain):
+        raise lo.ConversionError(f"--reply: {reply!r} repeats a byte; each byte needs a single successor")
+    if len(chain) >= h:
+        raise lo.ConversionError(f"--reply: at most {h - 1} bytes")
+    default = h - 1  # the direction of every token that is not in the reply
+    embed = np.zeros((cfg.vocab_size, h), np.float32)
+    embed[:, default] = 1.0
+    lm_head = np.zeros((cfg.vocab_size, h), np.float32)
+    lm_head[chain[0], default] = 10.0
+    for k, token in enumerate(chain):
+        embed[token] = 0.0
+        embed[token, k] = 1.0
+        successor = chain[k + 1] if k + 1 < len(chain) else cfg.eos_token_id
+        lm_head[successor, k] = 10.0
+    d, i = cfg.head_dim, cfg.intermediate_size
+
+    def zeros(*shape):
+        return np.zeros(shape, np.float32)
+
+    layers = [
+        lo.LayerWeights(
+            input_layernorm=np.ones(h, np.float32),
+            q_proj=zeros(cfg.num_attention_heads * d, h),
+            k_proj=zeros(cfg.num_key_value_heads * d, h),
+            v_proj=zeros(cfg.num_key_value_heads * d, h),
+            o_proj=zeros(h, cfg.num_attention_heads * d),
+            post_attention_layernorm=np.ones(h, np.float32),
+            gate_proj=zeros(i, h),
+            up_proj=zeros(i, h),
+            down_proj=zeros(h, i),
+        )
+        for _ in range(cfg.num_hidden_layers)
+    ]
+    return lo.LlamaWeights(embed_tokens=embed, layers=layers, norm=np.ones(h, np.float32), lm_head=lm_head)
+
+
 def check(out_dir: Path, min_distinct: int = 8) -> bool:
     """Greedy-decode three ChatML prompts (spelled byte by byte, no merges) and report the variety."""
     import reference_decode
@@ -199,16 +249,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
     parser.add_argument("--dtype", choices=sorted(lo.DTYPES), default="float32", help="default float32")
     parser.add_argument("--check", action="store_true", help="greedy-decode a prompt with onnxruntime afterwards")
+    parser.add_argument(
+        "--reply",
+        metavar="TEXT",
+        help="instead of random weights, answer every prompt with TEXT (its bytes must all differ)",
+    )
     args = parser.parse_args(argv)
     try:
         tok_json, tok_cfg, vocab_size = build_tokenizer()
         cfg = tiny_config(vocab_size)
-        files = lo.write_model_dir(args.out_dir, cfg, random_weights(cfg, args.seed), args.dtype, tok_json, tok_cfg)
+        weights = reply_weights(cfg, args.reply) if args.reply is not None else random_weights(cfg, args.seed)
+        files = lo.write_model_dir(args.out_dir, cfg, weights, args.dtype, tok_json, tok_cfg)
     except (lo.ConversionError, OSError) as exc:
         print(f"make_tiny_model: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out_dir}: {', '.join(files)}", file=sys.stderr)
-    if args.check and not check(args.out_dir):
+    if args.check and args.reply is None and not check(args.out_dir):
         return 1
     return 0
 

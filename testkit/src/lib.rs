@@ -81,7 +81,9 @@
 //! # }
 //! ```
 
+pub mod hub;
 pub mod mlflow;
+pub mod openai_finetunes;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
@@ -626,6 +628,17 @@ pub async fn spawn(script: Script) -> TestServer {
 
 /// Starts a server for `script` on `addr` (port 0 picks a free port).
 pub async fn spawn_at(script: Script, addr: SocketAddr) -> io::Result<TestServer> {
+    spawn_with_routes(script, addr, Router::new()).await
+}
+
+/// Like [`spawn_at`], with `routes` served next to the chat API on the same
+/// address: another part of a provider's API (e.g.
+/// [`openai_finetunes::Jobs::router`]) whose models the script answers for.
+pub async fn spawn_with_routes(
+    script: Script,
+    addr: SocketAddr,
+    routes: Router,
+) -> io::Result<TestServer> {
     script
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -641,7 +654,7 @@ pub async fn spawn_at(script: Script, addr: SocketAddr) -> io::Result<TestServer
         next_seq: AtomicU64::new(0),
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = router(shared.clone());
+    let app = router(shared.clone()).merge(routes);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -726,7 +739,7 @@ impl Drop for TestServer {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    Router::<Arc<Shared>>::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
