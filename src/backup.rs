@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::store::{Store, StoreError, SCHEMA_VERSION};
+use crate::store::{Store, StoreError, SCHEMA_VERSION, UPGRADES_FROM};
 
 /// The export format version.
 pub const FORMAT: u64 = 1;
@@ -163,8 +163,14 @@ fn write_staging(
             ),
         ));
     }
+    // An export of an older layout this build upgrades is restored as it
+    // was written (its `meta` tree says its version) and upgraded by the
+    // `Store::open` that checks the staging store below.
     let schema = header.get("schema_version").and_then(Value::as_u64);
-    if schema != Some(SCHEMA_VERSION as u64) {
+    let readable = schema.is_some_and(|s| {
+        s == SCHEMA_VERSION as u64 || UPGRADES_FROM.iter().any(|old| *old as u64 == s)
+    });
+    if !readable {
         return Err(bad(
             1,
             format!(

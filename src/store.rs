@@ -25,6 +25,20 @@
 //!   results. Runs completed before this tree existed have none; their
 //!   numbers are computed from the results when asked.
 //!
+//! - `quarantine`: tree name, `0x00`, original key -> [`Quarantined`]: a
+//!   record that could not be decoded, moved out of its tree (in one
+//!   transaction) with the error, so that one bad record costs that record
+//!   only: the queue, listings and start-up go on without it. `/healthz`,
+//!   `/metrics` and `GET /api/v1/quarantine` show them; `safedrift export`
+//!   carries them (with the raw bytes) for a person to repair.
+//!
+//! Schema versions: 1 wrote a registry-named baseline that was a runnable
+//! target (`Baseline::Target`) as one JSON object with two `type` keys,
+//! which could not be read back; 2 tags both enums adjacently. A version-1
+//! store is upgraded when opened (its queue records rewritten in one batch,
+//! then the version bumped; an upgrade cut short is redone on the next
+//! open, and rewriting an upgraded record changes nothing).
+//!
 //! Durability: writes go to sled at once; a background task fsyncs
 //! (`flush_async`) whenever something was written, so batches of results are
 //! flushed together. A kill -9 loses at most the writes of the last few
@@ -43,8 +57,15 @@ use tokio::sync::Notify;
 use crate::backend::Decoding;
 use crate::metrics::Totals;
 
+#[cfg(test)]
+mod roundtrip;
+mod upgrade;
+
 /// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Older layout versions this build upgrades when it opens them.
+pub const UPGRADES_FROM: &[u32] = &[1];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -279,6 +300,22 @@ pub struct ResultRecord {
     pub verdict: Option<Verdict>,
 }
 
+/// A record moved out of its tree because it could not be decoded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// The tree it was read from.
+    pub tree: String,
+    /// Its key, as text (bytes that are not UTF-8 are replaced).
+    pub key: String,
+    pub key_hex: String,
+    /// Why it could not be decoded.
+    pub error: String,
+    /// Its stored bytes, unchanged, for a person to repair and put back.
+    pub value_hex: String,
+    pub bytes: usize,
+    pub quarantined_at: String,
+}
+
 /// The fields of a [`ResultRecord`] a results listing filters on, decoded
 /// without the texts (prompt, response, the judge's output).
 #[derive(Clone, Debug, Deserialize)]
@@ -307,6 +344,7 @@ pub struct Store {
     checkpoints: sled::Tree,
     runs_by_model: sled::Tree,
     run_totals: sled::Tree,
+    quarantine: sled::Tree,
     dirty: Arc<Notify>,
     derived: Arc<Mutex<Derived>>,
 }
@@ -435,16 +473,6 @@ fn decode_cursor(scope: u8, cursor: &str) -> Result<Vec<u8>, StoreError> {
     }
 }
 
-pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
-    key: &[u8],
-    value: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        message: e.to_string(),
-    })
-}
-
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records always serialize")
 }
@@ -519,6 +547,15 @@ impl Store {
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
+            Some(v)
+                if UPGRADES_FROM
+                    .iter()
+                    .any(|old| v.as_ref() == old.to_string().as_bytes()) =>
+            {
+                upgrade::run(&db, &String::from_utf8_lossy(&v))?;
+                meta.insert("schema_version", SCHEMA_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+            }
             Some(v) => {
                 return Err(StoreError::Schema {
                     path: path.to_path_buf(),
@@ -550,6 +587,7 @@ impl Store {
             checkpoints: db.open_tree("checkpoints")?,
             runs_by_model: db.open_tree("runs_by_model")?,
             run_totals: db.open_tree("run_totals")?,
+            quarantine: db.open_tree("quarantine")?,
             db,
             path: path.to_path_buf(),
             dirty: Arc::new(Notify::new()),
@@ -571,7 +609,9 @@ impl Store {
         let mut n = 0usize;
         for kv in self.runs.iter() {
             let (k, v) = kv?;
-            let run: RunRecord = decode(&k, &v)?;
+            let Some(run) = self.read::<RunRecord>(&self.runs, &k, &v) else {
+                continue;
+            };
             batch.insert(model_index_key(&run), &[] as &[u8]);
             n += 1;
             if n % 10_000 == 0 {
@@ -589,6 +629,100 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Decodes a record read from `tree`. One that cannot be decoded is
+    /// moved to the quarantine (see the module's doc) and `None` returned,
+    /// so whatever reads it goes on with the rest.
+    pub(crate) fn read<T: for<'de> Deserialize<'de>>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        value: &[u8],
+    ) -> Option<T> {
+        match serde_json::from_slice(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.quarantine(tree, key, value, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Moves a record out of `tree` into the quarantine, in one transaction
+    /// and only if it still holds `value` (a writer that replaced it in the
+    /// meantime wins). Logged and counted once, when moved.
+    pub(crate) fn quarantine(&self, tree: &sled::Tree, key: &[u8], value: &[u8], error: &str) {
+        use sled::Transactional;
+        let name = String::from_utf8_lossy(&tree.name()).into_owned();
+        let record = Quarantined {
+            tree: name.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            key_hex: hex::encode(key),
+            error: error.to_string(),
+            value_hex: hex::encode(value),
+            bytes: value.len(),
+            quarantined_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let mut qkey = name.as_bytes().to_vec();
+        qkey.push(0);
+        qkey.extend_from_slice(key);
+        let encoded = encode(&record);
+        let moved = (tree, &self.quarantine).transaction(|(t, q)| match t.get(key)? {
+            Some(v) if v.as_ref() == value => {
+                t.remove(key)?;
+                q.insert(qkey.as_slice(), encoded.as_slice())?;
+                Ok::<bool, sled::transaction::ConflictableTransactionError<()>>(true)
+            }
+            _ => Ok(false),
+        });
+        match moved {
+            Ok(true) => {
+                tracing::error!(
+                    tree = %name,
+                    key = %record.key,
+                    error,
+                    "a stored record cannot be decoded; moved it to the quarantine, everything else goes on (GET /api/v1/quarantine)"
+                );
+                ::metrics::counter!("safedrift_store_quarantined_total", "tree" => name.clone())
+                    .increment(1);
+                // Values derived from a run are dropped with its records.
+                if matches!(name.as_str(), "runs" | "results" | "run_totals") {
+                    let end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+                    self.forget_derived(&String::from_utf8_lossy(&key[..end]));
+                }
+                self.touched();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(tree = %name, key = %record.key, error = ?e, "cannot move an undecodable record to the quarantine")
+            }
+        }
+    }
+
+    /// The quarantined records, oldest key first.
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.quarantine.iter() {
+            let (k, v) = kv?;
+            // The quarantine's own records are written by this build; one
+            // that does not decode is shown by its key alone.
+            out.push(serde_json::from_slice(&v).unwrap_or_else(|e| Quarantined {
+                tree: "quarantine".into(),
+                key: String::from_utf8_lossy(&k).into_owned(),
+                key_hex: hex::encode(&k),
+                error: e.to_string(),
+                value_hex: hex::encode(&v),
+                bytes: v.len(),
+                quarantined_at: String::new(),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// How many records are in the quarantine.
+    pub fn quarantined_len(&self) -> usize {
+        self.quarantine.len()
     }
 
     /// A named tree of the same database, for modules that keep their own
@@ -699,7 +833,9 @@ impl Store {
     pub fn totals(&self, run: &RunRecord) -> Result<Totals, StoreError> {
         if run.status == RunStatus::Completed {
             if let Some(v) = self.run_totals.get(run.id.as_bytes())? {
-                return decode(run.id.as_bytes(), &v);
+                if let Some(t) = self.read(&self.run_totals, run.id.as_bytes(), &v) {
+                    return Ok(t);
+                }
             }
         }
         Ok(Totals::of(&self.results(&run.id)?))
@@ -707,7 +843,7 @@ impl Store {
 
     pub fn get_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         match self.runs.get(id.as_bytes())? {
-            Some(v) => Ok(Some(decode(id.as_bytes(), &v)?)),
+            Some(v) => Ok(self.read(&self.runs, id.as_bytes(), &v)),
             None => Ok(None),
         }
     }
@@ -753,14 +889,23 @@ impl Store {
     }
 
     /// Every checkpoint record, in key order.
+    /// A record that cannot be decoded is quarantined and left out: one
+    /// bad record never stops the queue.
     pub fn checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
-        self.checkpoints
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for kv in self.checkpoints.iter() {
+            let (k, v) = kv?;
+            out.extend(self.read(&self.checkpoints, &k, &v));
+        }
+        Ok(out)
+    }
+
+    /// One checkpoint record by key.
+    pub fn checkpoint(&self, key: &str) -> Result<Option<CheckpointRecord>, StoreError> {
+        match self.checkpoints.get(key.as_bytes())? {
+            Some(v) => Ok(self.read(&self.checkpoints, key.as_bytes(), &v)),
+            None => Ok(None),
+        }
     }
 
     /// A cheap liveness probe: reads one key (`runs_len` walks every run).
@@ -828,7 +973,9 @@ impl Store {
                 };
                 for kv in iter.rev() {
                     let (k, v) = kv?;
-                    let run: RunRecord = decode(&k, &v)?;
+                    let Some(run) = self.read::<RunRecord>(&self.runs, &k, &v) else {
+                        continue;
+                    };
                     if !filter.admits(&run) {
                         continue;
                     }
@@ -962,7 +1109,9 @@ impl Store {
         let mut next = None;
         for kv in self.results.range(start..prefix_end(&prefix)) {
             let (k, v) = kv?;
-            let head: ResultHead = decode(&k, &v)?;
+            let Some(head) = self.read::<ResultHead>(&self.results, &k, &v) else {
+                continue;
+            };
             if !keep(&head) {
                 continue;
             }
@@ -971,7 +1120,7 @@ impl Store {
                 next = Some(encode_cursor(b'p', &last.index.to_be_bytes()));
                 break;
             }
-            out.push(decode(&k, &v)?);
+            out.extend(self.read::<ResultRecord>(&self.results, &k, &v));
         }
         Ok((out, next))
     }
@@ -1009,13 +1158,12 @@ impl Store {
 
     /// All runs, oldest first.
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
-        self.runs
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for kv in self.runs.iter() {
+            let (k, v) = kv?;
+            out.extend(self.read(&self.runs, &k, &v));
+        }
+        Ok(out)
     }
 
     pub fn put_result(&self, run_id: &str, result: &ResultRecord) -> Result<(), StoreError> {
@@ -1031,14 +1179,15 @@ impl Store {
     }
 
     /// A run's results in prompt order.
+    /// A result that cannot be decoded is quarantined and left out (its
+    /// prompt counts as not yet answered: a resumed run asks it again).
     pub fn results(&self, run_id: &str) -> Result<Vec<ResultRecord>, StoreError> {
-        self.results
-            .scan_prefix(result_prefix(run_id))
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for kv in self.results.scan_prefix(result_prefix(run_id)) {
+            let (k, v) = kv?;
+            out.extend(self.read(&self.results, &k, &v));
+        }
+        Ok(out)
     }
 
     fn verdict_key(judge: &str, prompt: &str, response: &str) -> Vec<u8> {
@@ -1059,7 +1208,7 @@ impl Store {
     ) -> Result<Option<Verdict>, StoreError> {
         let key = Self::verdict_key(judge, prompt, response);
         match self.verdicts.get(&key)? {
-            Some(v) => Ok(Some(decode(&key, &v)?)),
+            Some(v) => Ok(self.read(&self.verdicts, &key, &v)),
             None => Ok(None),
         }
     }
@@ -1155,7 +1304,7 @@ mod tests {
         record.status = RunStatus::Completed;
         store.put_run(&record).unwrap();
         let stored: Totals =
-            decode(b"r_1", &store.run_totals.get("r_1").unwrap().unwrap()).unwrap();
+            serde_json::from_slice(&store.run_totals.get("r_1").unwrap().unwrap()).unwrap();
         assert_eq!(stored, Totals::of(&results));
         assert_eq!(stored.done, 40);
         assert_eq!(store.totals(&record).unwrap(), stored);

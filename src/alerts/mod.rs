@@ -17,7 +17,10 @@
 //!   set `include_responses = true`.
 //! - [`record`]: the [`record::AlertRecord`] the outbox stores and the API lists.
 //!
-//! Changes to `[alerts.*]` and `[alerting]` take effect on restart.
+//! Changes to `[alerts.*]` and `[alerting]` take effect on SIGHUP: the
+//! delivery tasks finish the attempts in flight and are restarted with the
+//! new targets (deliveries already recorded for a target that is gone stay
+//! in the outbox, pending, until it is configured again).
 
 pub mod email;
 pub mod grouping;
@@ -29,7 +32,7 @@ pub mod target;
 pub mod webhook;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -71,34 +74,62 @@ pub fn public_url(config: &Config) -> String {
         .unwrap_or_else(|| format!("http://{}", config.api.listen))
 }
 
-/// The daemon's alert dispatcher.
-#[derive(Clone)]
-pub struct Alerts {
-    outbox: Outbox,
+/// What a reload replaces: the config the alerts follow, its targets and
+/// each target's wake-up signal.
+struct Live {
     config: Arc<Config>,
     targets: Arc<BTreeMap<String, TargetConfig>>,
     wake: Arc<BTreeMap<String, Arc<Notify>>>,
-    client: reqwest::Client,
-    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
-impl Alerts {
-    pub fn new(store: &Store, config: &Config) -> Result<Alerts, String> {
+impl Live {
+    fn new(config: &Config) -> Result<Live, String> {
         let targets = targets(config).map_err(|p| p.join("\n"))?;
         let wake = targets
             .keys()
             .map(|k| (k.clone(), Arc::new(Notify::new())))
             .collect();
-        Ok(Alerts {
-            outbox: Outbox::open(store).map_err(|e| e.to_string())?,
+        Ok(Live {
             config: Arc::new(config.clone()),
             targets: Arc::new(targets),
             wake: Arc::new(wake),
+        })
+    }
+
+    fn wake(&self, target: &str) {
+        if let Some(w) = self.wake.get(target) {
+            w.notify_one();
+        }
+    }
+}
+
+/// The daemon's alert dispatcher.
+#[derive(Clone)]
+pub struct Alerts {
+    outbox: Outbox,
+    live: Arc<RwLock<Arc<Live>>>,
+    client: reqwest::Client,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Stops the current delivery tasks (a child of the daemon's token,
+    /// replaced on reload).
+    couriers: Arc<Mutex<Option<CancellationToken>>>,
+}
+
+impl Alerts {
+    pub fn new(store: &Store, config: &Config) -> Result<Alerts, String> {
+        Ok(Alerts {
+            outbox: Outbox::open(store).map_err(|e| e.to_string())?,
+            live: Arc::new(RwLock::new(Arc::new(Live::new(config)?))),
             client: reqwest::Client::builder()
                 .build()
                 .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
             tasks: Arc::default(),
+            couriers: Arc::default(),
         })
+    }
+
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap().clone()
     }
 
     /// Decides the runs that completed without a decision (a crash came
@@ -108,26 +139,56 @@ impl Alerts {
         if let Err(e) = self.reconcile().await {
             error!(error = %e, "cannot reconcile alerts with the stored runs");
         }
-        for (name, target) in self.targets.iter() {
+        self.spawn_couriers(cancel.child_token());
+    }
+
+    fn spawn_couriers(&self, cancel: CancellationToken) {
+        let live = self.live();
+        for (name, target) in live.targets.iter() {
             let courier = Courier {
                 name: name.clone(),
                 target: target.clone(),
                 outbox: self.outbox.clone(),
                 client: self.client.clone(),
-                wake: self.wake[name].clone(),
+                wake: live.wake[name].clone(),
             };
             let task = tokio::spawn(courier.run(cancel.clone()));
             self.tasks.lock().unwrap().push(task);
             if target.kind == "webhook" && target.format() == Format::Alertmanager {
-                tokio::spawn(outbox::alertmanager_repeater(
+                let task = tokio::spawn(outbox::alertmanager_repeater(
                     name.clone(),
                     target.clone(),
                     self.outbox.clone(),
                     self.client.clone(),
                     cancel.clone(),
                 ));
+                self.tasks.lock().unwrap().push(task);
             }
         }
+        *self.couriers.lock().unwrap() = Some(cancel);
+    }
+
+    /// Applies a new config's `[alerts.*]` and `[alerting]`: the current
+    /// delivery tasks finish their attempts in flight (at most 15 s), then
+    /// tasks for the new targets start. Errs, changing nothing, when a
+    /// target does not parse (the daemon checks the whole config first).
+    pub async fn reload(&self, config: &Config, daemon: &CancellationToken) -> Result<(), String> {
+        let live = Live::new(config)?;
+        let old = self.couriers.lock().unwrap().take();
+        if let Some(old) = old {
+            old.cancel();
+            self.stopped(Duration::from_secs(15)).await;
+        }
+        *self.live.write().unwrap() = Arc::new(live);
+        if !daemon.is_cancelled() {
+            self.spawn_couriers(daemon.child_token());
+            // Deliveries due now are picked up by the new tasks at once.
+            let live = self.live();
+            for name in live.targets.keys() {
+                live.wake(name);
+            }
+        }
+        Ok(())
     }
 
     /// Waits (after the cancel) for the delivery attempts in flight to end,
@@ -140,34 +201,60 @@ impl Alerts {
         }
     }
 
+    /// Decides, once, what a crash left undecided: the drift of a
+    /// checkpoint's run compared with its baseline, and the judge audit of
+    /// a run whose local judge fell below its teacher.
     async fn reconcile(&self) -> Result<(), String> {
         let store = &self.outbox.store;
         let runs = store.runs().map_err(|e| e.to_string())?;
-        for run in runs.iter().filter(|r| {
-            r.status == RunStatus::Completed
-                && r.checkpoint.is_some()
-                && r.drift.is_some()
-                && r.baseline_run.is_some()
-        }) {
-            if self
+        let undecided = |key: &str| -> Result<bool, String> {
+            Ok(self
                 .outbox
-                .decision(&run.id)
+                .decision(key)
                 .map_err(|e| e.to_string())?
-                .is_some()
-            {
+                .is_none())
+        };
+        for run in runs.iter().filter(|r| r.status == RunStatus::Completed) {
+            let drift = run.checkpoint.is_some()
+                && run.drift.is_some()
+                && run.baseline_run.is_some()
+                && undecided(&run.id)?;
+            let audit = run.audit.as_ref().is_some_and(|a| a.below_threshold)
+                && undecided(&audit_key(&run.id))?;
+            if !drift && !audit {
                 continue;
             }
-            let base_id = run.baseline_run.as_deref().unwrap_or_default();
-            let Some(base) = store.get_run(base_id).map_err(|e| e.to_string())? else {
-                warn!(run = %run.id, baseline = %base_id, "the baseline run is gone; no alert decision");
-                continue;
-            };
             let results = store.results(&run.id).map_err(|e| e.to_string())?;
-            let base_results = store.results(&base.id).map_err(|e| e.to_string())?;
-            let mut doc = Run::compared(run, &results, &base, &base_results, &self.config.drift);
+            let base_id = run.baseline_run.as_deref().unwrap_or_default();
+            let base = match run.baseline_run {
+                Some(_) => store.get_run(base_id).map_err(|e| e.to_string())?,
+                None => None,
+            };
+            let mut doc = match &base {
+                Some(base) => {
+                    let base_results = store.results(&base.id).map_err(|e| e.to_string())?;
+                    let config = self.live().config.clone();
+                    Run::compared(run, &results, base, &base_results, &config.drift)
+                }
+                None => Run::new(run, &results),
+            };
             doc.drift = run.drift.clone();
-            info!(run = %run.id, "deciding on a run that completed before a restart");
-            self.run_completed(&doc).await;
+            if audit {
+                info!(run = %run.id, "recording the judge audit alert of a run that completed before a restart");
+                if let Err(e) = self.ingest_audit(&doc).await {
+                    error!(run = %run.id, error = %e, "cannot record the judge audit alert");
+                }
+            }
+            if drift {
+                if base.is_none() {
+                    warn!(run = %run.id, baseline = %base_id, "the baseline run is gone; no alert decision");
+                    continue;
+                }
+                info!(run = %run.id, "deciding on a run that completed before a restart");
+                if let Err(e) = self.ingest(&doc).await {
+                    error!(run = %doc.id, error = %e, "cannot record the alert decision; retried on restart");
+                }
+            }
         }
         Ok(())
     }
@@ -204,7 +291,8 @@ impl Alerts {
                 .unwrap_or_else(|| "n/a".into()),
             audit.min_agreement * 100.0
         );
-        let public_url = public_url(&self.config);
+        let live = self.live();
+        let public_url = public_url(&live.config);
         let now = outbox::now_ms();
         let run = grouping::summarize(doc, &public_url);
         let subject = routing::Subject {
@@ -213,7 +301,7 @@ impl Alerts {
             revision: run.revision.as_deref(),
             severity: routing::Severity::Warning,
         };
-        let deliveries = self
+        let deliveries = live
             .targets
             .iter()
             .filter(|(_, t)| routing::matches(t, &subject))
@@ -236,26 +324,22 @@ impl Alerts {
         };
         let (_, records) = self
             .outbox
-            .decide_once(&format!("{}#audit", doc.id), &lineage, |state, _| {
-                grouping::Plan {
-                    decision: grouping::Decision {
-                        action: "judge_audit".into(),
-                        alert: Some(id.clone()),
-                        at: rec.created_at.clone(),
-                    },
-                    lineage: lineage.clone(),
-                    state,
-                    records: vec![rec],
-                }
+            .decide_once(&audit_key(&doc.id), &lineage, |state, _| grouping::Plan {
+                decision: grouping::Decision {
+                    action: "judge_audit".into(),
+                    alert: Some(id.clone()),
+                    at: rec.created_at.clone(),
+                },
+                lineage: lineage.clone(),
+                state,
+                records: vec![rec],
             })
             .map_err(|e| e.to_string())?;
         self.outbox.store.flush().await.map_err(|e| e.to_string())?;
         for rec in &records {
             warn!(alert = %rec.id, run = %doc.id, summary = %rec.summary, "judge audit alert queued");
             for t in rec.deliveries.keys() {
-                if let Some(w) = self.wake.get(t) {
-                    w.notify_one();
-                }
+                live.wake(t);
             }
         }
         Ok(())
@@ -268,15 +352,16 @@ impl Alerts {
         if doc.drift.is_none() {
             return Ok(());
         }
-        let window = self
+        let live = self.live();
+        let window = live
             .config
             .alerting
             .group_window
             .unwrap_or(Duration::from_secs(60))
             .as_millis() as u64;
-        let public_url = public_url(&self.config);
+        let public_url = public_url(&live.config);
         let now = outbox::now_ms();
-        let targets = self.targets.clone();
+        let targets = live.targets.clone();
         let (decision, records) = self
             .outbox
             .decide_once(&doc.id, &lineage, |state, get| {
@@ -307,13 +392,17 @@ impl Alerts {
                 }
             }
             for t in rec.deliveries.keys() {
-                if let Some(w) = self.wake.get(t) {
-                    w.notify_one();
-                }
+                live.wake(t);
             }
         }
         Ok(())
     }
+}
+
+/// The decision key of a run's judge audit (its drift decision is keyed by
+/// the run id alone).
+fn audit_key(run_id: &str) -> String {
+    format!("{run_id}#audit")
 }
 
 /// A test alert for `safedrift alert test NAME` (never stored).

@@ -88,34 +88,38 @@ impl Outbox {
 
     pub fn get(&self, id: &str) -> Result<Option<AlertRecord>, StoreError> {
         match self.alerts.get(id.as_bytes())? {
-            Some(v) => Ok(Some(store::decode(id.as_bytes(), &v)?)),
+            Some(v) => Ok(self.store.read(&self.alerts, id.as_bytes(), &v)),
             None => Ok(None),
         }
     }
 
     pub fn decision(&self, run_id: &str) -> Result<Option<Decision>, StoreError> {
         match self.decisions.get(run_id.as_bytes())? {
-            Some(v) => Ok(Some(store::decode(run_id.as_bytes(), &v)?)),
+            Some(v) => Ok(self.store.read(&self.decisions, run_id.as_bytes(), &v)),
             None => Ok(None),
         }
     }
 
     pub fn lineage(&self, lineage: &str) -> Result<LineageState, StoreError> {
+        // An undecodable state is quarantined and the lineage starts over.
         match self.lineages.get(lineage.as_bytes())? {
-            Some(v) => store::decode(lineage.as_bytes(), &v),
+            Some(v) => Ok(self
+                .store
+                .read(&self.lineages, lineage.as_bytes(), &v)
+                .unwrap_or_default()),
             None => Ok(LineageState::default()),
         }
     }
 
     /// Every alert record, oldest first.
+    /// Records that cannot be decoded are quarantined and left out.
     pub fn all(&self) -> Result<Vec<AlertRecord>, StoreError> {
-        self.alerts
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                store::decode(&k, &v)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for kv in self.alerts.iter() {
+            let (k, v) = kv?;
+            out.extend(self.store.read(&self.alerts, &k, &v));
+        }
+        Ok(out)
     }
 
     /// Decides a run once: returns the decision (the stored one when the run

@@ -150,7 +150,7 @@ pub fn list(
     let mut out = Vec::new();
     for item in iter.rev().take(limit) {
         let (k, v) = item?;
-        out.push(crate::store::decode(&k, &v)?);
+        out.extend(store.read(&tree, &k, &v));
     }
     Ok(out)
 }
@@ -159,7 +159,7 @@ pub fn list(
 pub fn get(store: &Store, id: &str) -> Result<Option<AlertRecord>, StoreError> {
     let tree = store.tree(TREE)?;
     match tree.get(id.as_bytes())? {
-        Some(v) => Ok(Some(crate::store::decode(id.as_bytes(), &v)?)),
+        Some(v) => Ok(store.read(&tree, id.as_bytes(), &v)),
         None => Ok(None),
     }
 }

@@ -9,7 +9,10 @@
 //!   (histograms);
 //! - `safedrift_queue_depth` (gauge, set at each scrape from the store);
 //! - `safedrift_alert_deliveries_total{target,result}`;
-//! - `safedrift_watcher_errors_total{watcher}`.
+//! - `safedrift_watcher_errors_total{watcher}`;
+//! - `safedrift_store_quarantined_total{tree}` (records moved aside because
+//!   they could not be decoded) and `safedrift_store_quarantined_records`
+//!   (gauge: how many are in the quarantine now).
 
 use std::sync::OnceLock;
 
@@ -59,6 +62,8 @@ pub async fn render(State(api): State<Shared>) -> Result<Response, ApiError> {
     let depth =
         super::blocking(move || Ok(super::evaluations::queue_depth(&store.checkpoints()?))).await?;
     ::metrics::gauge!("safedrift_queue_depth").set(depth as f64);
+    ::metrics::gauge!("safedrift_store_quarantined_records")
+        .set(api.store.quarantined_len() as f64);
     handle.run_upkeep();
     Ok((
         [(

@@ -264,3 +264,48 @@ pub async fn list_checkpoints(State(api): State<Shared>) -> Result<Json<Checkpoi
     })
     .await
 }
+
+/// A record the store could not decode, moved aside (see the store's doc).
+#[derive(Serialize, ToSchema)]
+pub struct QuarantineItem {
+    /// The tree it was read from (`checkpoints`, `runs`, `alerts` ...).
+    pub tree: String,
+    /// Its key (bytes that are not UTF-8 replaced).
+    pub key: String,
+    /// Why it could not be decoded.
+    pub error: String,
+    /// Its size in bytes (the bytes themselves are kept in the store and
+    /// carried by `safedrift export`, not served here).
+    pub bytes: usize,
+    pub quarantined_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QuarantineList {
+    pub items: Vec<QuarantineItem>,
+}
+
+/// Records the store could not decode and moved aside, so that the rest
+/// went on without them.
+#[utoipa::path(get, path = "/api/v1/quarantine", tag = "models",
+    responses((status = 200, description = "Quarantined records", body = QuarantineList),
+              (status = 401, description = "Missing or wrong token", body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_quarantine(State(api): State<Shared>) -> Result<Json<QuarantineList>, ApiError> {
+    blocking(move || {
+        let items = api
+            .store
+            .quarantined()?
+            .into_iter()
+            .map(|q| QuarantineItem {
+                tree: q.tree,
+                key: q.key,
+                error: q.error,
+                bytes: q.bytes,
+                quarantined_at: q.quarantined_at,
+            })
+            .collect();
+        Ok(Json(QuarantineList { items }))
+    })
+    .await
+}

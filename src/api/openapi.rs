@@ -25,6 +25,7 @@ impl Modify for Bearer {
         models::list_models,
         models::timeline,
         models::list_checkpoints,
+        models::list_quarantine,
         runs::list_runs,
         runs::get_run,
         runs::get_progress,

@@ -53,8 +53,15 @@ impl Checkpoint {
 }
 
 /// A baseline a registry names.
+///
+/// Stored in the daemon's queue (inside [`Checkpoint`]), so its encoding is
+/// part of the store's schema. Both enums are adjacently tagged
+/// (`{"type": "target", "value": {"type": "open_ai", "value": {...}}}`): an
+/// internally tagged `Baseline` holding an internally tagged `Target` wrote
+/// two `type` keys into one object, which could not be read back (store
+/// schema 1; the store upgrades such records when it opens).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
 pub enum Baseline {
     /// Another checkpoint of the same watcher (an MLflow alias's version, a
     /// Hub repo's `base_model`), fetched like any checkpoint.
@@ -63,9 +70,10 @@ pub enum Baseline {
     Target(Target),
 }
 
-/// What the daemon evaluates.
+/// What the daemon evaluates. Adjacently tagged, like [`Baseline`] (an
+/// internally tagged enum cannot hold `Spec`'s bare string).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
 pub enum Target {
     /// A local model directory (ONNX, optimum layout).
     Onnx { dir: PathBuf },
