@@ -246,6 +246,49 @@ pub enum BenchmarkError {
 }
 
 impl BenchmarkError {
+    /// The error without the file's name and without anything read from
+    /// it (no column names found, values, ids or parser messages): what an
+    /// API client is told. Line numbers, counts and limits stay.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::BadSpec { .. } => "not a benchmark SPEC".into(),
+            Self::Unreadable { .. } => "cannot be read".into(),
+            Self::TooLarge { limit, .. } => format!("file too large (the limit is {limit} bytes)"),
+            Self::Binary { line, .. } => format!("line {line}: binary file"),
+            Self::InvalidUtf8 { line, .. } => format!("line {line}: invalid UTF-8"),
+            Self::Csv { line, .. } => format!("line {line}: malformed CSV"),
+            Self::Json { line, .. } => format!("line {line}: malformed JSON"),
+            Self::MissingColumns {
+                line,
+                missing,
+                expected,
+                ..
+            } => format!("line {line}: missing column(s) {missing}: expected columns {expected}"),
+            Self::WrongColumns {
+                line,
+                expected,
+                found,
+                ..
+            } => format!("line {line}: wrong columns: expected {expected} field(s), found {found}"),
+            Self::EmptyPrompt { line, .. } => format!("line {line}: empty prompt"),
+            Self::PromptTooLong { line, limit, .. } => {
+                format!("line {line}: prompt too long (the limit is {limit} characters)")
+            }
+            Self::DuplicateId { line, .. } => format!("line {line}: duplicate id"),
+            Self::NulChar { line, field, .. } => format!("line {line}: NUL character in {field}"),
+            Self::InvalidValue {
+                line,
+                field,
+                expected,
+                ..
+            } => format!("line {line}: invalid {field}: expected {expected}"),
+            Self::NoCategoryFiles { .. } => {
+                "no HEx-PHI category files (expected category_1.csv .. category_11.csv)".into()
+            }
+            Self::NoPrompts { .. } => "no prompts".into(),
+        }
+    }
+
     /// Short snake_case label for the error class.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -120,6 +120,20 @@ pub struct ApiConfig {
     /// is off when empty (the default).
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Directories (or files) under which API requests may name local
+    /// paths (`onnx:DIR`, `jsonl:FILE`, `classifier:DIR`, ...), checked
+    /// after symlinks and `..` are resolved. Empty (the default): the API
+    /// names only configured entries and registry models.
+    #[serde(default)]
+    pub allowed_paths: Vec<PathBuf>,
+    /// Host names (or IP addresses) the API answers to, besides the listen
+    /// address, `localhost`, `127.0.0.1` and `::1`; any other `Host` header
+    /// gets 421 (a DNS-rebinding guard).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Allows listening on a non-loopback address without a token.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
 }
 
 fn default_listen() -> String {
@@ -139,6 +153,44 @@ impl ApiConfig {
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout.unwrap_or(Duration::from_secs(10))
     }
+
+    /// Problems of `allowed_paths`, `allowed_hosts`, and of a listen
+    /// address other hosts can reach while no token is configured.
+    fn exposure_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (i, path) in self.allowed_paths.iter().enumerate() {
+            if !path.is_absolute() {
+                p.push(format!(
+                    "`api.allowed_paths[{i}]`: {} is not an absolute path",
+                    path.display()
+                ));
+            }
+        }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            let ok = !host.is_empty()
+                && host.len() <= 253
+                && (host.parse::<std::net::IpAddr>().is_ok()
+                    || host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+            if !ok {
+                p.push(format!(
+                    "`api.allowed_hosts[{i}]`: {host:?} is not a host name or IP address (no scheme, port or path)"
+                ));
+            }
+        }
+        let unauthenticated = self.token_file.is_none() && self.token_env.is_none();
+        if let Ok(addr) = self.listen.parse::<std::net::SocketAddr>() {
+            if !addr.ip().is_loopback() && unauthenticated && !self.allow_unauthenticated {
+                p.push(format!(
+                    "`api.listen`: {addr} is reachable from other hosts and no token is configured: \
+                     set `api.token_file` or `api.token_env`, listen on 127.0.0.1, \
+                     or set `api.allow_unauthenticated = true` to serve the API to anyone who can reach it"
+                ));
+            }
+        }
+        p
+    }
 }
 
 impl Default for ApiConfig {
@@ -153,6 +205,9 @@ impl Default for ApiConfig {
             max_concurrency: default_max_concurrency(),
             max_queue: default_max_queue(),
             cors_origins: Vec::new(),
+            allowed_paths: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allow_unauthenticated: false,
         }
     }
 }
@@ -636,6 +691,7 @@ impl Config {
                 ));
             }
         }
+        p.extend(self.api.exposure_problems());
         if self.watchers.contains_key(crate::api::evaluations::SOURCE) {
             p.push(format!(
                 "`watchers.{}`: the name is reserved for evaluations queued through the API",

@@ -91,13 +91,13 @@ fn api_plan(
         benchmarks.push(
             resolver
                 .benchmark(&spec)
-                .map_err(|e| format!("benchmark {spec}: {e}"))?,
+                .map_err(|e| format!("benchmark {spec}: {}", e.public_message()))?,
         );
     }
     let judge_spec = request.judge_spec();
     let judge = resolver
         .judge(&judge_spec)
-        .map_err(|e| format!("judge {judge_spec}: {e}"))?;
+        .map_err(|e| format!("judge {judge_spec}: {}", e.public_message()))?;
     let template_name = request
         .template
         .clone()
@@ -105,7 +105,7 @@ fn api_plan(
         .unwrap_or_else(|| "default".into());
     let template = resolver
         .template(&template_name)
-        .map_err(|e| format!("template {template_name}: {e}"))?;
+        .map_err(|_| format!("template {template_name}: not in the config"))?;
     let decoding = Decoding {
         max_new_tokens: config.eval.max_new_tokens,
         temperature: config.eval.temperature,
@@ -115,7 +115,7 @@ fn api_plan(
     let key = plan_key(&benchmarks, judge.as_ref(), &template, &decoding);
     let audit = resolver
         .audit(&judge_spec)
-        .map_err(|e| format!("judge {judge_spec}: {e}"))?;
+        .map_err(|e| format!("judge {judge_spec}: {}", e.public_message()))?;
     Ok(Plan {
         benchmarks: Arc::new(benchmarks),
         judge,
@@ -401,7 +401,8 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
         link: None,
     }
     .with_link(Arc::new(Link(daemon.clone())));
-    let app = router(daemon.clone()).merge(crate::api::app(api));
+    let app = crate::api::guard_hosts(router(daemon.clone()), &daemon.config().api)
+        .merge(crate::api::app(api));
     let server = {
         let cancel = daemon.cancel.clone();
         tokio::spawn(async move {
@@ -853,10 +854,14 @@ impl Daemon {
                 let request: crate::api::evaluations::EvaluationRequest =
                     serde_json::from_value(cp.detail.clone())
                         .map_err(|e| err(format!("the queued request is unreadable: {e}")))?;
+                // The API's boundary holds here too: the config (or the
+                // files) may have changed since the request was queued.
+                crate::api::boundary::check(&self.config(), &request)
+                    .map_err(|e| err(e.message))?;
                 let spec = request.model_spec();
                 let model = resolver
                     .model(&spec)
-                    .map_err(|e| err(format!("model {spec}: {e}")))?;
+                    .map_err(|e| err(format!("model {spec}: {}", e.public_message())))?;
                 let plan = Arc::new(
                     api_plan(&self.config(), &resolver, &request, model.template.clone())
                         .map_err(err)?,
@@ -875,9 +880,15 @@ impl Daemon {
         let baseline: Option<(ModelRef, Arc<dyn crate::backend::Backend>)> =
             match (&plan.baseline, &cp.baseline) {
                 (Some(spec), _) => {
-                    let b = resolver
-                        .model(spec)
-                        .map_err(|e| err(format!("baseline {spec}: {e}")))?;
+                    let b = resolver.model(spec).map_err(|e| {
+                        // API clients read this error: no paths or contents.
+                        let e = if from_api {
+                            e.public_message().to_string()
+                        } else {
+                            e.to_string()
+                        };
+                        err(format!("baseline {spec}: {e}"))
+                    })?;
                     Some((
                         ModelRef {
                             spec: spec.clone(),

@@ -41,6 +41,49 @@ pub struct ResolveError {
     pub registry: bool,
 }
 
+impl ResolveError {
+    /// What an API client is told: no path, file content or server detail
+    /// (the command line, run on the host, shows those).
+    pub fn public_message(&self) -> &'static str {
+        if self.registry {
+            "the registry could not deliver it"
+        } else {
+            "cannot be loaded (`safedrift eval` on the host shows why)"
+        }
+    }
+}
+
+/// The configured watcher that covers a registry SPEC's model: for
+/// `hf:OWNER/NAME[@REV]` a `huggingface` watcher listing the repo in
+/// `models` or watching its `author`; for `mlflow:NAME/VERSION` an `mlflow`
+/// watcher listing NAME in `models` or searching with a `filter`.
+pub fn covering_watcher<'c>(
+    config: &'c Config,
+    kind: &str,
+    rest: &str,
+) -> Option<(&'c str, &'c crate::config::WatcherConfig)> {
+    let lists = |w: &crate::config::WatcherConfig, name: &str| {
+        w.rest
+            .get("models")
+            .and_then(|m| m.as_array())
+            .is_some_and(|m| m.iter().any(|v| v.as_str() == Some(name)))
+    };
+    let found = config.watchers.iter().find(|(_, w)| match kind {
+        "hf" => {
+            let repo = rest.split_once('@').map_or(rest, |(repo, _)| repo);
+            let owner = repo.split('/').next().unwrap_or_default();
+            w.kind == "huggingface"
+                && (lists(w, repo) || w.rest.get("author").and_then(|a| a.as_str()) == Some(owner))
+        }
+        "mlflow" => {
+            let name = rest.rsplit_once('/').map_or(rest, |(name, _)| name);
+            w.kind == "mlflow" && (lists(w, name) || w.rest.contains_key("filter"))
+        }
+        _ => false,
+    });
+    found.map(|(name, w)| (name.as_str(), w))
+}
+
 /// A bad SPEC or config (exit 2).
 fn invalid(message: String) -> ResolveError {
     ResolveError {
@@ -297,13 +340,29 @@ impl Resolver {
                     "model {spec:?}: expected hf:OWNER/NAME[@REVISION]"
                 )));
             }
+            if let Some((_, w)) = covering_watcher(&self.config, kind, rest) {
+                // The watcher's Hub, token and file selection.
+                for key in [
+                    "endpoint",
+                    "token_env",
+                    "token_file",
+                    "subfolder",
+                    "allow",
+                    "timeout",
+                ] {
+                    if let Some(v) = w.rest.get(key) {
+                        table.insert(key.into(), v.clone());
+                    }
+                }
+            } else {
+                if let Some(endpoint) = env_nonempty("HF_ENDPOINT") {
+                    table.insert("endpoint".into(), endpoint.into());
+                }
+                if env_nonempty("HF_TOKEN").is_some() {
+                    table.insert("token_env".into(), "HF_TOKEN".into());
+                }
+            }
             table.insert("models".into(), toml::Value::Array(vec![repo.into()]));
-            if let Some(endpoint) = env_nonempty("HF_ENDPOINT") {
-                table.insert("endpoint".into(), endpoint.into());
-            }
-            if env_nonempty("HF_TOKEN").is_some() {
-                table.insert("token_env".into(), "HF_TOKEN".into());
-            }
             let w =
                 HuggingfaceWatcher::from_config("hf", &table).map_err(|p| invalid(p.join("; ")))?;
             let cp = rev.map(|rev| Checkpoint {
@@ -320,11 +379,16 @@ impl Resolver {
                     "model {spec:?}: expected mlflow:NAME/VERSION"
                 )));
             };
-            let uri = self
-                .config
-                .watchers
-                .values()
-                .find(|w| w.kind == "mlflow")
+            // The watcher covering the model, else the first mlflow watcher.
+            let watcher = covering_watcher(&self.config, kind, rest)
+                .map(|(_, w)| w)
+                .or_else(|| self.config.watchers.values().find(|w| w.kind == "mlflow"));
+            for key in ["token_env", "token_file", "timeout"] {
+                if let Some(v) = watcher.and_then(|w| w.rest.get(key)) {
+                    table.insert(key.into(), v.clone());
+                }
+            }
+            let uri = watcher
                 .and_then(|w| w.rest.get("tracking_uri"))
                 .and_then(|v| v.as_str().map(str::to_string))
                 .or_else(|| env_nonempty("MLFLOW_TRACKING_URI"))

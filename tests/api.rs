@@ -1040,6 +1040,12 @@ async fn the_daemon_evaluates_an_evaluation_queued_through_the_api() {
         })
         .collect();
     let bench = s.jsonl("bench.jsonl", &rows);
+    // The API names local files only under `api.allowed_paths`.
+    let config = std::fs::read_to_string(s.config()).unwrap().replace(
+        "[api]\n",
+        &format!("[api]\nallowed_paths = [{:?}]\n", s.path("")),
+    );
+    std::fs::write(s.config(), config).unwrap();
     let mut daemon = s
         .daemon()
         .env("SAFEDRIFT_TEST_TOKEN", TOKEN)

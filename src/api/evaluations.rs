@@ -19,7 +19,9 @@ pub const SOURCE: &str = "api";
 
 /// What to evaluate. Unset fields take the config's defaults: the bundled
 /// probe benchmark, the keyword judge, the model's own template (else
-/// `default`), `[eval]` decoding settings.
+/// `default`), `[eval]` decoding settings. Fields name configured entries;
+/// local paths are accepted only under `[api] allowed_paths` (see
+/// `docs/security.md`).
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluationRequest {
@@ -70,76 +72,45 @@ impl EvaluationRequest {
     }
 }
 
-const MODEL_KINDS: [&str; 4] = ["openai", "onnx", "hf", "mlflow"];
-
-fn check_spec(config: &Config, field: &str, spec: &str) -> Result<(), ApiError> {
-    let spec = spec.trim();
-    if spec.is_empty() {
-        return Err(ApiError::invalid(field, "must not be empty"));
-    }
-    if spec.len() > 1000 || spec.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            "at most 1000 characters, no control characters",
-        ));
-    }
-    if config.models.contains_key(spec) || config.backends.contains_key(spec) {
-        return Ok(());
-    }
-    match spec.split_once(':') {
-        Some((kind, rest))
-            if !rest.trim().is_empty()
-                && (MODEL_KINDS.contains(&kind) || config.backends.contains_key(kind)) =>
-        {
-            Ok(())
-        }
-        _ => Err(ApiError::invalid(
-            field,
-            format!("{spec:?} is not a model SPEC: expected openai:MODEL, onnx:DIR, hf:OWNER/NAME, mlflow:NAME/VERSION, BACKEND:MODEL or a configured name"),
-        )),
-    }
-}
-
-/// Checks a request against the config: every field it names must resolve.
+/// Checks a request against the config: every field it names must be
+/// within the API's boundary ([`super::boundary`]) and resolve. Errors name
+/// the field and never carry a file's name or content: a benchmark that
+/// does not load is described by its line and error class only.
 pub fn validate(config: &Config, req: &EvaluationRequest) -> Result<(), ApiError> {
-    if let Some(b) = &req.backend {
-        if !config.backends.contains_key(b) {
-            return Err(ApiError::invalid(
-                "backend",
-                format!("no [backends.{b}] in the config"),
-            ));
-        }
-    }
-    check_spec(config, "model", &req.model_spec())?;
-    if let Some(b) = &req.baseline {
-        check_spec(config, "baseline", b)?;
-    }
     if req.limit.is_some_and(|l| !(1..=100_000).contains(&l)) {
         return Err(ApiError::invalid("limit", "from 1 to 100000"));
     }
-    let resolver = crate::resolve::Resolver::new(config.clone(), None, None, 1);
     let specs = req.benchmark_specs();
     if specs.is_empty() || specs.len() > 32 {
         return Err(ApiError::invalid("benchmarks", "from 1 to 32 benchmarks"));
     }
+    super::boundary::check(config, req)?;
+    let resolver = crate::resolve::Resolver::new(config.clone(), None, None, 1);
     for (i, spec) in specs.iter().enumerate() {
         if let Err(e) = resolver.benchmark(spec) {
             return Err(ApiError::invalid(
                 &format!("benchmarks[{i}]"),
-                e.to_string(),
+                format!("the benchmark does not load: {}", e.public_message()),
             ));
         }
     }
     if let Err(e) = resolver.judge(&req.judge_spec()) {
-        return Err(ApiError::invalid("judge", e.to_string()));
+        return Err(ApiError::invalid("judge", e.public_message()));
     }
     if let Some(t) = &req.template {
-        if let Err(e) = resolver.template(t) {
-            return Err(ApiError::invalid("template", e.to_string()));
+        if resolver.template(t).is_err() {
+            return Err(ApiError::invalid(
+                "template",
+                "no such entry in the config's [templates] (built in: default)",
+            ));
         }
     }
     Ok(())
 }
+
+/// Held while the queue's depth is checked and an evaluation added, so that
+/// concurrent requests cannot together pass `api.max_queue`.
+static ENQUEUE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The answer to a queued evaluation.
 #[derive(Serialize, ToSchema)]
@@ -195,6 +166,7 @@ pub async fn create_evaluation(
     let Json(req) = body.map_err(|e| rejection(e.status(), e.body_text()))?;
     blocking(move || {
         validate(&api.config, &req)?;
+        let _queue = ENQUEUE.lock().unwrap_or_else(|e| e.into_inner());
         let records = api.store.checkpoints()?;
         let depth = queue_depth(&records);
         if depth >= api.config.api.max_queue {

@@ -16,9 +16,14 @@
 //!   a deadline (`[api] request_timeout`) and at most `[api] max_concurrency`
 //!   requests are handled at once (the rest wait).
 //! - CORS is off unless `[api] cors_origins` lists origins.
+//! - A request whose `Host` is not the listen address, a loopback name,
+//!   the host of `public_url` or one of `[api] allowed_hosts` gets 421: a
+//!   page that rebinds its own name to this address cannot use the API.
+//! - What a queued evaluation may name is checked by [`boundary`].
 //! - Every error is JSON (`{"error": "...", "kind": "..."}`) and says what
 //!   was wrong with the request, never how the server is built.
 
+pub mod boundary;
 pub mod dashboard;
 pub mod evaluations;
 pub mod metrics;
@@ -280,6 +285,81 @@ async fn json_errors(request: Request, next: Next) -> Response {
     response
 }
 
+/// The host names a request may carry in `Host` (lowercase, no port).
+#[derive(Clone, Debug)]
+pub struct HostAllowlist(Arc<Vec<String>>);
+
+impl HostAllowlist {
+    /// The listen address, `localhost`, `127.0.0.1`, `::1`, the host of
+    /// `public_url` and `allowed_hosts`.
+    pub fn new(api: &ApiConfig) -> HostAllowlist {
+        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        if let Ok(addr) = api.listen.parse::<std::net::SocketAddr>() {
+            hosts.push(addr.ip().to_string());
+        }
+        if let Some(host) = api
+            .public_url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .and_then(|u| u.host_str().map(str::to_string))
+        {
+            hosts.push(normalize_host(&host));
+        }
+        hosts.extend(api.allowed_hosts.iter().map(|h| normalize_host(h)));
+        HostAllowlist(Arc::new(hosts))
+    }
+
+    /// Whether a `Host` header's value (`name[:port]`, `[v6][:port]`) is
+    /// allowed.
+    pub fn allows(&self, value: &str) -> bool {
+        let Ok(authority) = value.parse::<axum::http::uri::Authority>() else {
+            return false;
+        };
+        if authority.as_str() != value || value.contains('@') {
+            return false;
+        }
+        let host = normalize_host(authority.host());
+        self.0.contains(&host)
+    }
+}
+
+fn normalize_host(host: &str) -> String {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// Refuses requests for a host this server does not answer to (421). A
+/// request without `Host` (HTTP/1.0, tests) is let through: browsers
+/// always send one.
+async fn check_host(State(hosts): State<HostAllowlist>, request: Request, next: Next) -> Response {
+    let host = match request.headers().get(header::HOST) {
+        Some(v) => Some(v.to_str().unwrap_or("\u{0}").to_string()),
+        None => request.uri().authority().map(|a| a.as_str().to_string()),
+    };
+    match host {
+        Some(h) if !hosts.allows(&h) => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected",
+            "this server does not answer to that host name (see `api.allowed_hosts`)",
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// Wraps a router in the `Host` check of `[api]`.
+pub fn guard_hosts(router: Router, api: &ApiConfig) -> Router {
+    router.layer(middleware::from_fn_with_state(
+        HostAllowlist::new(api),
+        check_host,
+    ))
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
@@ -331,7 +411,7 @@ pub fn app(api: Api) -> Router {
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
         );
     }
-    router
+    guard_hosts(router, &settings)
         .layer(middleware::from_fn(json_errors))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
