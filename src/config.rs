@@ -239,6 +239,56 @@ pub struct EvalConfig {
     pub top_p: Option<f64>,
     /// Sampling seed for local models.
     pub seed: Option<u64>,
+    /// How the daemon runs queued evaluations: `"backend"` (default) gives
+    /// every backend its own lane, `"single"` runs one evaluation at a time
+    /// in the order queued (one lane named `all`).
+    #[serde(default)]
+    pub lanes: LaneMode,
+    /// Evaluations run at once per lane, by backend kind, for lanes whose
+    /// `[backends.NAME]` entry sets no `max_parallel` of its own.
+    #[serde(default)]
+    pub max_parallel: MaxParallel,
+}
+
+/// How the daemon groups queued evaluations into lanes.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LaneMode {
+    /// One lane per backend: a local ONNX evaluation never holds back one
+    /// served through an API.
+    #[default]
+    Backend,
+    /// Everything in one lane, one evaluation at a time, oldest first.
+    Single,
+}
+
+/// Default `max_parallel` of a lane by the kind of its backend.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MaxParallel {
+    /// Local ONNX models (default 1: one model at a time per lane uses all
+    /// the cores it is given).
+    #[serde(default = "default_parallel_onnx")]
+    pub onnx: usize,
+    /// OpenAI-compatible endpoints (default 4).
+    #[serde(default = "default_parallel_openai")]
+    pub openai: usize,
+}
+
+fn default_parallel_onnx() -> usize {
+    1
+}
+fn default_parallel_openai() -> usize {
+    4
+}
+
+impl Default for MaxParallel {
+    fn default() -> Self {
+        MaxParallel {
+            onnx: default_parallel_onnx(),
+            openai: default_parallel_openai(),
+        }
+    }
 }
 
 fn default_concurrency() -> usize {
@@ -256,6 +306,8 @@ impl Default for EvalConfig {
             temperature: 0.0,
             top_p: None,
             seed: None,
+            lanes: LaneMode::default(),
+            max_parallel: MaxParallel::default(),
         }
     }
 }
@@ -295,6 +347,9 @@ pub struct OpenAiBackendConfig {
     pub max_tokens_field: Option<String>,
     /// Template used with this endpoint's models unless `--template` is given.
     pub template: Option<String>,
+    /// The daemon's evaluations of this endpoint's models run at once
+    /// (default `eval.max_parallel.openai`).
+    pub max_parallel: Option<usize>,
 }
 
 /// A local ONNX model (run by the ONNX Runtime backend).
@@ -321,6 +376,9 @@ pub struct OnnxBackendConfig {
     /// (defaults 64 and 16; 0 turns it off).
     pub repetition_window: Option<usize>,
     pub repetition_max_period: Option<usize>,
+    /// The daemon's evaluations on this backend run at once (default
+    /// `eval.max_parallel.onnx`).
+    pub max_parallel: Option<usize>,
 }
 
 fn default_device() -> String {
@@ -728,6 +786,9 @@ impl Config {
                     if o.max_concurrency == Some(0) {
                         p.push(format!("`{key}.max_concurrency`: must be at least 1"));
                     }
+                    if o.max_parallel == Some(0) {
+                        p.push(format!("`{key}.max_parallel`: must be at least 1"));
+                    }
                     if let Some(f) = &o.max_tokens_field {
                         if f != "max_tokens" && f != "max_completion_tokens" {
                             p.push(format!(
@@ -747,6 +808,9 @@ impl Config {
                     }
                     if !matches!(o.device.as_str(), "cpu" | "cuda") {
                         p.push(format!("`{key}.device`: expected \"cpu\" or \"cuda\""));
+                    }
+                    if o.max_parallel == Some(0) {
+                        p.push(format!("`{key}.max_parallel`: must be at least 1"));
                     }
                     self.check_template_ref(o.template.as_deref(), &key, &mut p);
                 }
@@ -874,6 +938,14 @@ impl Config {
         }
         if self.eval.concurrency == 0 {
             p.push("`eval.concurrency`: must be at least 1".into());
+        }
+        for (k, v) in [
+            ("onnx", self.eval.max_parallel.onnx),
+            ("openai", self.eval.max_parallel.openai),
+        ] {
+            if v == 0 {
+                p.push(format!("`eval.max_parallel.{k}`: must be at least 1"));
+            }
         }
         p
     }

@@ -8,17 +8,24 @@
 //! - What a poll finds goes into the durable queue in the store, keyed by
 //!   (watcher, model, revision, evaluation plan): inserted once, so a
 //!   checkpoint announced twice, or again after a restart, is evaluated once.
-//! - One evaluator takes queued checkpoints in order: fetches them, resolves
-//!   their baseline (configured, or named by the registry), reuses the
-//!   baseline's completed run when the plan is unchanged, evaluates, decides
-//!   drift and hands the run to the alert hook. A failed attempt is recorded
-//!   and retried with backoff; a crash resumes the run where it stopped.
+//! - Queued checkpoints run in lanes, one per backend (a `[backends.NAME]`
+//!   entry, the local ONNX runtime, an OpenAI-compatible endpoint), each with
+//!   its own `max_parallel`: a slow local evaluation never holds back the
+//!   API-served checkpoints queued behind it. Within a lane the oldest due
+//!   checkpoint starts first; a checkpoint never runs twice at once. Each
+//!   evaluation fetches its checkpoint, resolves its baseline (configured, or
+//!   named by the registry), reuses the baseline's completed run when the
+//!   plan is unchanged (one evaluation per run identity at a time, so two
+//!   lanes never evaluate a shared baseline twice), evaluates, decides drift
+//!   and hands the run to the alert hook. A failed attempt is recorded and
+//!   retried with backoff; a crash resumes the run where it stopped.
 //! - SIGTERM/SIGINT stop at a prompt boundary with progress saved; SIGHUP
 //!   reloads the config (an invalid one is rejected and the old one kept);
 //!   systemd hears READY, WATCHDOG (only while healthy) and STOPPING.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
@@ -37,7 +44,7 @@ use tracing::{error, info, warn};
 
 use crate::backend::Decoding;
 use crate::benchmark::Benchmark;
-use crate::config::{self, Config, Source, WatcherConfig};
+use crate::config::{self, BackendConfig, Config, LaneMode, Source, WatcherConfig};
 use crate::pipeline::{self, EvalError, Job};
 use crate::report::Run;
 use crate::resolve::Resolver;
@@ -138,6 +145,183 @@ struct WatcherSlot {
     watcher: Arc<dyn Watcher>,
     plan: Arc<Plan>,
     trigger: Arc<Notify>,
+    /// Where its checkpoints are evaluated.
+    lane: Lane,
+}
+
+/// A lane of evaluations: those that run on one backend, at most
+/// `max_parallel` of them at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Lane {
+    name: String,
+    max_parallel: usize,
+}
+
+/// The one lane of `[eval] lanes = "single"`.
+const SINGLE_LANE: &str = "all";
+/// Local ONNX models run without a `[backends.NAME]` entry of their own.
+const LOCAL_LANE: &str = "onnx";
+/// A checkpoint whose lane cannot be known (its watcher is gone, its
+/// request unreadable): its evaluation fails at once and is retried.
+const UNKNOWN_LANE: &str = "unassigned";
+
+/// The lane of the `[backends.NAME]` entry, if there is one.
+fn backend_lane(config: &Config, name: &str) -> Option<Lane> {
+    let max_parallel = match config.backends.get(name)? {
+        BackendConfig::Onnx(o) => o.max_parallel.unwrap_or(config.eval.max_parallel.onnx),
+        BackendConfig::Openai(o) => o.max_parallel.unwrap_or(config.eval.max_parallel.openai),
+    };
+    Some(Lane {
+        name: name.to_string(),
+        max_parallel: max_parallel.max(1),
+    })
+}
+
+/// A local ONNX model: the lane of its `[backends.NAME]` ONNX settings, else
+/// the shared `onnx` lane.
+fn local_lane(config: &Config, backend: Option<&str>) -> Lane {
+    backend
+        .filter(|b| matches!(config.backends.get(*b), Some(BackendConfig::Onnx(_))))
+        .and_then(|b| backend_lane(config, b))
+        .unwrap_or_else(|| Lane {
+            name: LOCAL_LANE.to_string(),
+            max_parallel: config.eval.max_parallel.onnx.max(1),
+        })
+}
+
+/// An OpenAI-compatible endpoint: the lane of the `[backends.NAME]` entry
+/// that lists its base URL, else a lane named by the URL.
+fn endpoint_lane(config: &Config, base_url: &str) -> Lane {
+    let norm = |u: &str| u.trim().trim_end_matches('/').to_string();
+    let url = norm(base_url);
+    for (name, b) in &config.backends {
+        if let BackendConfig::Openai(o) = b {
+            if o.base_url
+                .iter()
+                .chain(&o.base_urls)
+                .any(|u| norm(u) == url)
+            {
+                if let Some(lane) = backend_lane(config, name) {
+                    return lane;
+                }
+            }
+        }
+    }
+    Lane {
+        name: url,
+        max_parallel: config.eval.max_parallel.openai.max(1),
+    }
+}
+
+/// The lane of a model SPEC, read as [`Resolver::model`] reads it, without
+/// resolving (or loading, or downloading) anything.
+fn spec_lane(config: &Config, spec: &str) -> Lane {
+    let spec = spec.trim();
+    if let Some(lane) = config
+        .models
+        .get(spec)
+        .and_then(|m| backend_lane(config, &m.backend))
+    {
+        return lane;
+    }
+    if let Some(lane) = backend_lane(config, spec) {
+        return lane;
+    }
+    match spec.split_once(':') {
+        Some(("openai", _)) => {
+            let base = std::env::var("OPENAI_BASE_URL")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| crate::resolve::OPENAI_DEFAULT_BASE.to_string());
+            endpoint_lane(config, &base)
+        }
+        Some((kind, _)) if config.backends.contains_key(kind) => {
+            backend_lane(config, kind).expect("configured")
+        }
+        // `onnx:`, `hf:` and `mlflow:` models run with the only ONNX
+        // backend's settings, if there is exactly one.
+        _ => {
+            let mut onnx = config
+                .backends
+                .iter()
+                .filter(|(_, b)| matches!(b, BackendConfig::Onnx(_)))
+                .map(|(n, _)| n.as_str());
+            let only = match (onnx.next(), onnx.next()) {
+                (Some(name), None) => Some(name),
+                _ => None,
+            };
+            local_lane(config, only)
+        }
+    }
+}
+
+/// The lane of a watcher's checkpoints: its endpoint for the watchers of
+/// served models (ollama, openai-finetunes), else the local ONNX lane of its
+/// `backend`.
+fn watcher_lane(config: &Config, w: &WatcherConfig, backend: Option<&str>) -> Lane {
+    let url = |default: &str| {
+        w.rest
+            .get("base_url")
+            .and_then(|v| v.as_str())
+            .unwrap_or(default)
+            .trim_end_matches('/')
+            .to_string()
+    };
+    match w.kind.as_str() {
+        "ollama" => endpoint_lane(config, &format!("{}/v1", url("http://localhost:11434"))),
+        "openai-finetunes" => endpoint_lane(config, &url(crate::resolve::OPENAI_DEFAULT_BASE)),
+        _ => local_lane(config, backend),
+    }
+}
+
+/// The lane a queued checkpoint runs in, from its record and the config.
+fn record_lane(config: &Config, slots: &[WatcherSlot], record: &CheckpointRecord) -> Lane {
+    if config.eval.lanes == LaneMode::Single {
+        return Lane {
+            name: SINGLE_LANE.to_string(),
+            max_parallel: 1,
+        };
+    }
+    let cp = &record.checkpoint;
+    let unknown = || Lane {
+        name: UNKNOWN_LANE.to_string(),
+        max_parallel: 1,
+    };
+    if cp.watcher == crate::api::evaluations::SOURCE {
+        return serde_json::from_value::<crate::api::evaluations::EvaluationRequest>(
+            cp.detail.clone(),
+        )
+        .map(|r| spec_lane(config, &r.model_spec()))
+        .unwrap_or_else(|_| unknown());
+    }
+    slots
+        .iter()
+        .find(|s| s.name == cp.watcher)
+        .map(|s| s.lane.clone())
+        .unwrap_or_else(unknown)
+}
+
+/// One async lock per key (a run identity, a checkpoint being fetched),
+/// forgotten once nobody holds or waits for it.
+#[derive(Default)]
+struct KeyedLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+impl KeyedLocks {
+    async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().unwrap();
+            map.retain(|_, w| w.strong_count() > 0);
+            match map.get(key).and_then(Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key.to_string(), Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
 }
 
 /// A watcher's health, as `/healthz` shows it.
@@ -151,11 +335,23 @@ pub struct WatcherHealth {
     pub checkpoints_seen: usize,
 }
 
+/// An evaluation under way, by its queue record's key.
+struct Evaluation {
+    lane: Lane,
+    /// The checkpoint's own key (without the plan).
+    checkpoint: String,
+    attempt: u32,
+    started: String,
+    /// Its run's progress (the bar's prefix is the run id once it starts).
+    progress: indicatif::ProgressBar,
+}
+
 #[derive(Default)]
 struct Health {
     watchers: BTreeMap<String, WatcherHealth>,
-    evaluating: Option<String>,
-    /// The evaluator loop ended while the daemon was not stopping.
+    /// The evaluations under way, by queue record key.
+    evaluating: BTreeMap<String, Evaluation>,
+    /// The dispatcher loop ended while the daemon was not stopping.
     evaluator_dead: bool,
 }
 
@@ -173,8 +369,13 @@ struct Daemon {
     /// Cancels the current watcher tasks (replaced on reload).
     watcher_tasks: Mutex<CancellationToken>,
     alerts: crate::alerts::Alerts,
-    /// The progress of the run being evaluated (its prefix is the run id).
-    progress: Mutex<Option<indicatif::ProgressBar>>,
+    /// One evaluation per run identity at a time (a baseline shared by
+    /// checkpoints in two lanes is evaluated once), and one download per
+    /// checkpoint.
+    locks: KeyedLocks,
+    /// Checkpoint folders that evaluations under way use: never evicted.
+    /// Evictions happen under this lock.
+    in_use: Mutex<Vec<PathBuf>>,
 }
 
 /// What the API sees of the daemon.
@@ -182,10 +383,16 @@ struct Link(Arc<Daemon>);
 
 impl crate::api::DaemonLink for Link {
     fn progress(&self, run_id: &str) -> Option<crate::api::Progress> {
-        let bar = self.0.progress.lock().unwrap().clone()?;
-        if bar.prefix() != run_id {
-            return None;
-        }
+        let bar = self
+            .0
+            .health
+            .lock()
+            .unwrap()
+            .evaluating
+            .values()
+            .find(|e| e.progress.prefix() == run_id)?
+            .progress
+            .clone();
         let done = bar.position();
         let total = bar.length().unwrap_or(0);
         let rate = bar.per_sec();
@@ -310,6 +517,7 @@ fn build_watchers(config: &Config, resolver: &Resolver) -> Result<Vec<WatcherSlo
                 seed: config.eval.seed,
             };
             let key = plan_key(&benchmarks, judge.as_ref(), &template, &decoding);
+            let lane = watcher_lane(config, w, backend.as_deref());
             slots.push(WatcherSlot {
                 name: name.clone(),
                 kind: w.kind.clone(),
@@ -328,6 +536,7 @@ fn build_watchers(config: &Config, resolver: &Resolver) -> Result<Vec<WatcherSlo
                     audit,
                 }),
                 trigger: Arc::new(Notify::new()),
+                lane,
             });
         }
     }
@@ -387,7 +596,8 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
         cancel: CancellationToken::new(),
         watcher_tasks: Mutex::new(CancellationToken::new()),
         alerts,
-        progress: Mutex::new(None),
+        locks: KeyedLocks::default(),
+        in_use: Mutex::new(Vec::new()),
     });
     let _flusher = daemon.store.spawn_flusher();
     daemon.recover()?;
@@ -431,7 +641,7 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
 
     daemon.cancel.cancelled().await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    info!("stopping: the current evaluation stops at a prompt boundary");
+    info!("stopping: the evaluations of every lane stop at a prompt boundary");
     daemon.watcher_tasks.lock().unwrap().cancel();
     let _ = scheduler.shutdown().await;
     let _ = evaluator.await;
@@ -684,7 +894,9 @@ impl Daemon {
         added
     }
 
-    /// Takes queued checkpoints one at a time until the daemon stops.
+    /// The dispatcher: starts the oldest due queued checkpoint of every lane
+    /// that has room, until the daemon stops; then waits for the evaluations
+    /// of every lane to stop at a prompt boundary.
     async fn evaluator(self: Arc<Self>) {
         struct Alive<'a>(&'a Daemon);
         impl Drop for Alive<'_> {
@@ -696,48 +908,102 @@ impl Daemon {
             }
         }
         let _alive = Alive(&self);
+        let mut tasks = tokio::task::JoinSet::new();
         loop {
+            while tasks.try_join_next().is_some() {}
             if self.cancel.is_cancelled() {
-                return;
+                break;
             }
-            let records = match self.store.checkpoints() {
-                Ok(r) => r,
-                Err(e) => {
-                    error!(error = %e, "cannot read the queue");
-                    Vec::new()
-                }
-            };
-            let now = now_ms();
-            let next = records
-                .iter()
-                .filter(|r| r.status == CheckpointStatus::Queued && r.next_attempt_ms <= now)
-                .min_by(|a, b| a.first_seen.cmp(&b.first_seen).then(a.key.cmp(&b.key)))
-                .cloned();
-            let Some(record) = next else {
-                let wait = records
-                    .iter()
-                    .filter(|r| r.status == CheckpointStatus::Queued)
-                    .map(|r| r.next_attempt_ms.saturating_sub(now))
-                    .min()
-                    .unwrap_or(60_000)
-                    .clamp(100, 60_000);
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return,
-                    _ = self.queue.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-                }
-                continue;
-            };
-            // Each evaluation runs in its own task so that a panic (a bug, a
-            // hostile input nobody foresaw) fails that checkpoint, not the
-            // evaluator.
-            let key = record.key.clone();
-            let me = self.clone();
-            if let Err(e) = tokio::spawn(async move { me.process(record).await }).await {
-                error!(checkpoint = %key, error = %e, "the evaluation crashed; will retry");
-                self.fail_after_crash(&key, e.to_string());
+            let wait = self.dispatch(&mut tasks);
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                // Something was queued, or an evaluation ended.
+                _ = self.queue.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Starts what the lanes have room for; returns how long to wait before
+    /// the next queued checkpoint is due (when nothing else wakes the loop).
+    fn dispatch(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) -> Duration {
+        let records = match self.store.checkpoints() {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot read the queue");
+                Vec::new()
+            }
+        };
+        let config = self.config();
+        let slots = self.watchers.read().unwrap().clone();
+        let now = now_ms();
+        let mut due: Vec<&CheckpointRecord> = records
+            .iter()
+            .filter(|r| r.status == CheckpointStatus::Queued && r.next_attempt_ms <= now)
+            .collect();
+        due.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(a.key.cmp(&b.key)));
+        let mut health = self.health.lock().unwrap();
+        let mut busy: HashMap<String, usize> = HashMap::new();
+        let mut running: HashSet<String> = HashSet::new();
+        for (key, e) in &health.evaluating {
+            *busy.entry(e.lane.name.clone()).or_default() += 1;
+            running.insert(key.clone());
+            running.insert(e.checkpoint.clone());
+        }
+        for record in due {
+            let checkpoint = record.checkpoint.key();
+            // Never the same checkpoint twice at once (under two plans, say).
+            if running.contains(&record.key) || running.contains(&checkpoint) {
+                continue;
+            }
+            let lane = record_lane(&config, &slots, record);
+            let in_lane = busy.entry(lane.name.clone()).or_default();
+            if *in_lane >= lane.max_parallel || self.cancel.is_cancelled() {
+                continue;
+            }
+            *in_lane += 1;
+            running.insert(record.key.clone());
+            running.insert(checkpoint.clone());
+            let progress = indicatif::ProgressBar::hidden();
+            health.evaluating.insert(
+                record.key.clone(),
+                Evaluation {
+                    lane: lane.clone(),
+                    checkpoint,
+                    attempt: record.attempts + 1,
+                    started: now_rfc3339(),
+                    progress: progress.clone(),
+                },
+            );
+            let record = record.clone();
+            let me = self.clone();
+            tasks.spawn(async move {
+                // Each evaluation runs in its own task so that a panic (a
+                // bug, a hostile input nobody foresaw) fails that checkpoint,
+                // not its lane or the dispatcher.
+                let key = record.key.clone();
+                let inner = {
+                    let me = me.clone();
+                    tokio::spawn(async move { me.process(record, &lane.name, progress).await })
+                };
+                if let Err(e) = inner.await {
+                    error!(checkpoint = %key, error = %e, "the evaluation crashed; will retry");
+                    me.fail_after_crash(&key, e.to_string());
+                }
+                me.health.lock().unwrap().evaluating.remove(&key);
+                me.queue.notify_one();
+            });
+        }
+        drop(health);
+        let wait = records
+            .iter()
+            .filter(|r| r.status == CheckpointStatus::Queued && r.next_attempt_ms > now)
+            .map(|r| r.next_attempt_ms - now)
+            .min()
+            .unwrap_or(60_000)
+            .clamp(100, 60_000);
+        Duration::from_millis(wait)
     }
 
     /// Records a crashed evaluation as failed, to be retried with backoff.
@@ -755,7 +1021,12 @@ impl Daemon {
         }
     }
 
-    async fn process(&self, mut record: CheckpointRecord) {
+    async fn process(
+        &self,
+        mut record: CheckpointRecord,
+        lane: &str,
+        progress: indicatif::ProgressBar,
+    ) {
         record.status = CheckpointStatus::Running;
         record.attempts += 1;
         record.updated = now_rfc3339();
@@ -764,11 +1035,8 @@ impl Daemon {
             return;
         }
         let _ = self.store.flush().await;
-        self.health.lock().unwrap().evaluating = Some(record.checkpoint.key());
-        info!(checkpoint = %record.checkpoint.key(), attempt = record.attempts, "evaluating");
-        let outcome = self.evaluate(&record).await;
-        self.health.lock().unwrap().evaluating = None;
-        *self.progress.lock().unwrap() = None;
+        info!(checkpoint = %record.checkpoint.key(), lane, attempt = record.attempts, "evaluating");
+        let outcome = self.evaluate(&record, &progress).await;
         match outcome {
             Ok((run, baseline)) => {
                 record.status = CheckpointStatus::Done;
@@ -815,6 +1083,7 @@ impl Daemon {
     async fn evaluate(
         &self,
         record: &CheckpointRecord,
+        progress: &indicatif::ProgressBar,
     ) -> Result<(RunRecord, Option<String>), Failure> {
         let cp = &record.checkpoint;
         let resolver = self.resolver.read().unwrap().clone();
@@ -834,10 +1103,9 @@ impl Daemon {
                 if record.eval_key != plan.key {
                     return Err(Failure::Superseded);
                 }
-                let target = slot
-                    .watcher
-                    .fetch(cp, &self.cache)
-                    .await
+                let target = self
+                    .fetch(slot, cp)
+                    .await?
                     .map_err(|e| err(e.to_string()))?;
                 let candidate = resolver
                     .target(&target, plan.backend.as_deref())
@@ -901,10 +1169,9 @@ impl Daemon {
                 (None, Some(Baseline::Checkpoint(base))) => {
                     let slot =
                         slot.ok_or_else(|| err("no watcher to fetch the baseline".into()))?;
-                    let t = slot
-                        .watcher
-                        .fetch(base, &self.cache)
-                        .await
+                    let t = self
+                        .fetch(slot, base)
+                        .await?
                         .map_err(|e| err(format!("baseline {}: {e}", base.key())))?;
                     if let Target::Onnx { dir } = &t {
                         baseline_dir = Some(dir.clone());
@@ -940,19 +1207,13 @@ impl Daemon {
                 (None, None) => None,
             };
 
-        // Keep the cache under its limit, never evicting what is about to run.
-        let mut keep: Vec<&std::path::Path> = baseline_dir.iter().map(|d| d.as_path()).collect();
+        // Keep the cache under its limit, never evicting what this or any
+        // other lane's evaluation is about to run or running.
+        let mut mine: Vec<PathBuf> = baseline_dir.into_iter().collect();
         if let Some(Target::Onnx { dir }) = &target {
-            keep.push(dir);
+            mine.push(dir.clone());
         }
-        match self.cache.evict(&keep) {
-            Ok(0) => {}
-            Ok(freed) => info!(
-                freed_mb = freed / (1024 * 1024),
-                "evicted least recently used checkpoints from the cache"
-            ),
-            Err(e) => warn!(error = %e, "cannot evict from the download cache"),
-        }
+        let _in_use = self.use_dirs(mine);
 
         let job = |model: ModelRef, backend: Arc<dyn crate::backend::Backend>| Job {
             model,
@@ -965,8 +1226,6 @@ impl Daemon {
             limit: plan.limit,
         };
         let concurrency = self.config().eval.concurrency;
-        let progress = indicatif::ProgressBar::hidden();
-        *self.progress.lock().unwrap() = Some(progress.clone());
         let stopped = |s: pipeline::Stopped| match s.error {
             EvalError::Interrupted => Failure::Stopped,
             _ => Failure::Error(s.to_string()),
@@ -976,6 +1235,9 @@ impl Daemon {
             Some((r, backend)) => {
                 let base_job = job(r, backend);
                 let identity = pipeline::identity(&base_job);
+                // Another lane may be evaluating this baseline right now:
+                // wait for it and reuse its run.
+                let _one = self.lock_identity(&identity).await?;
                 let reused = self
                     .store
                     .completed_run(&identity)
@@ -993,7 +1255,7 @@ impl Daemon {
                         &self.store,
                         &base_job,
                         concurrency,
-                        &progress,
+                        progress,
                         &self.cancel,
                     )
                     .await
@@ -1009,6 +1271,9 @@ impl Daemon {
         // completed run of the same model (evaluated as another checkpoint's
         // baseline) is reused.
         let identity = pipeline::identity(&cand_job);
+        // Held until the run is stored with its checkpoint: the same model
+        // queued twice (two plans' watchers, the API) is evaluated once.
+        let _one = self.lock_identity(&identity).await?;
         let (mut run, results) = match self
             .store
             .completed_run(&identity)
@@ -1026,11 +1291,9 @@ impl Daemon {
                     .map_err(|e| err(e.to_string()))?;
                 (run, results)
             }
-            None => {
-                pipeline::evaluate(&self.store, &cand_job, concurrency, &progress, &self.cancel)
-                    .await
-                    .map_err(stopped)?
-            }
+            None => pipeline::evaluate(&self.store, &cand_job, concurrency, progress, &self.cancel)
+                .await
+                .map_err(stopped)?,
         };
         if let Some(plan_audit) = &plan.audit {
             pipeline::audit_run(&self.store, &mut run, &results, plan_audit, concurrency).await;
@@ -1051,6 +1314,52 @@ impl Daemon {
         self.store.flush().await.map_err(|e| err(e.to_string()))?;
         self.alerts.run_completed(&doc).await;
         Ok((run, baseline_id))
+    }
+
+    /// Fetches a checkpoint through its watcher, one download per checkpoint
+    /// at a time (two lanes may need the same baseline); `Err` when the
+    /// daemon stops while waiting.
+    async fn fetch(
+        &self,
+        slot: &WatcherSlot,
+        cp: &Checkpoint,
+    ) -> Result<Result<Target, safedrift_watchers::WatchError>, Failure> {
+        let key = format!("fetch {}", cp.key());
+        let _one = tokio::select! {
+            g = self.locks.lock(&key) => g,
+            _ = self.cancel.cancelled() => return Err(Failure::Stopped),
+        };
+        Ok(slot.watcher.fetch(cp, &self.cache).await)
+    }
+
+    /// Waits until no other evaluation of this run identity is under way
+    /// (or the daemon stops).
+    async fn lock_identity(
+        &self,
+        identity: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, Failure> {
+        let key = format!("run {identity}");
+        tokio::select! {
+            g = self.locks.lock(&key) => Ok(g),
+            _ = self.cancel.cancelled() => Err(Failure::Stopped),
+        }
+    }
+
+    /// Marks checkpoint folders as in use until the guard drops, then keeps
+    /// the cache under its limit without evicting any folder in use.
+    fn use_dirs(&self, dirs: Vec<PathBuf>) -> InUse<'_> {
+        let mut in_use = self.in_use.lock().unwrap();
+        in_use.extend(dirs.iter().cloned());
+        let keep: Vec<&Path> = in_use.iter().map(|d| d.as_path()).collect();
+        match self.cache.evict(&keep) {
+            Ok(0) => {}
+            Ok(freed) => info!(
+                freed_mb = freed / (1024 * 1024),
+                "evicted least recently used checkpoints from the cache"
+            ),
+            Err(e) => warn!(error = %e, "cannot evict from the download cache"),
+        }
+        InUse { daemon: self, dirs }
     }
 
     /// Applies a new config: rejected as a whole if any part is invalid.
@@ -1129,10 +1438,101 @@ impl Daemon {
                 "done": count(CheckpointStatus::Done),
                 "retrying": failing,
             },
-            "evaluating": health.evaluating,
+            // The evaluation that started first of those under way (every
+            // one is under `lanes`).
+            "evaluating": health
+                .evaluating
+                .values()
+                .min_by(|a, b| a.started.cmp(&b.started))
+                .map(|e| e.checkpoint.clone()),
+            "lanes": self.lanes_report(&health, &records),
             "evaluator": if health.evaluator_dead { "failing" } else { "ok" },
         });
         (ok, doc)
+    }
+
+    /// Each lane: its `max_parallel`, the evaluations it runs (with their
+    /// run's progress) and how many checkpoints wait in it. Lanes of the
+    /// configured watchers are listed even when idle.
+    fn lanes_report(&self, health: &Health, records: &[CheckpointRecord]) -> serde_json::Value {
+        #[derive(Default)]
+        struct LaneDoc {
+            max_parallel: usize,
+            running: Vec<serde_json::Value>,
+            queued: usize,
+        }
+        let config = self.config();
+        let slots = self.watchers.read().unwrap().clone();
+        let mut lanes: BTreeMap<String, LaneDoc> = BTreeMap::new();
+        fn add<'a>(lanes: &'a mut BTreeMap<String, LaneDoc>, lane: &Lane) -> &'a mut LaneDoc {
+            let doc = lanes.entry(lane.name.clone()).or_default();
+            doc.max_parallel = doc.max_parallel.max(lane.max_parallel);
+            doc
+        }
+        if config.eval.lanes == LaneMode::Single {
+            add(
+                &mut lanes,
+                &Lane {
+                    name: SINGLE_LANE.to_string(),
+                    max_parallel: 1,
+                },
+            );
+        } else {
+            for slot in slots.iter() {
+                add(&mut lanes, &slot.lane);
+            }
+        }
+        for r in records
+            .iter()
+            .filter(|r| r.status == CheckpointStatus::Queued)
+            .filter(|r| !health.evaluating.contains_key(&r.key))
+        {
+            add(&mut lanes, &record_lane(&config, &slots, r)).queued += 1;
+        }
+        for e in health.evaluating.values() {
+            let run = e.progress.prefix();
+            let total = e.progress.length();
+            add(&mut lanes, &e.lane).running.push(serde_json::json!({
+                "checkpoint": e.checkpoint,
+                "attempt": e.attempt,
+                "started": e.started,
+                "run": (!run.is_empty()).then_some(run),
+                "done": total.map(|_| e.progress.position()),
+                "total": total,
+            }));
+        }
+        serde_json::Value::Object(
+            lanes
+                .into_iter()
+                .map(|(name, l)| {
+                    (
+                        name,
+                        serde_json::json!({
+                            "max_parallel": l.max_parallel,
+                            "running": l.running,
+                            "queued": l.queued,
+                        }),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Checkpoint folders an evaluation uses (see [`Daemon::use_dirs`]).
+struct InUse<'a> {
+    daemon: &'a Daemon,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        let mut in_use = self.daemon.in_use.lock().unwrap();
+        for d in &self.dirs {
+            if let Some(i) = in_use.iter().position(|x| x == d) {
+                in_use.swap_remove(i);
+            }
+        }
     }
 }
 
@@ -1181,4 +1581,200 @@ fn hook_answer(status: StatusCode) -> impl IntoResponse {
         status,
         Json(serde_json::json!({"error": error, "kind": kind})),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        config::parse(text, &Source::Embedded).unwrap()
+    }
+
+    fn record(watcher: &str, detail: serde_json::Value) -> CheckpointRecord {
+        CheckpointRecord {
+            key: format!("{watcher}/m@1|k"),
+            checkpoint: Checkpoint {
+                watcher: watcher.into(),
+                model: "m".into(),
+                revision: "1".into(),
+                baseline: None,
+                detail,
+            },
+            eval_key: "k".into(),
+            status: CheckpointStatus::Queued,
+            attempts: 0,
+            last_error: None,
+            next_attempt_ms: 0,
+            run_id: None,
+            baseline_run_id: None,
+            first_seen: now_rfc3339(),
+            updated: now_rfc3339(),
+        }
+    }
+
+    fn lane(name: &str, max_parallel: usize) -> Lane {
+        Lane {
+            name: name.into(),
+            max_parallel,
+        }
+    }
+
+    const BACKENDS: &str = r#"
+[eval]
+max_parallel = { openai = 6 }
+
+[backends.local]
+kind = "onnx"
+
+[backends.fast]
+kind = "onnx"
+max_parallel = 2
+
+[backends.vllm]
+kind = "openai"
+base_urls = ["http://10.0.0.11:8000/v1", "http://10.0.0.12:8000/v1/"]
+max_parallel = 3
+
+[backends.other]
+kind = "openai"
+base_url = "http://10.0.0.13:8000/v1"
+
+[models.tuned]
+backend = "vllm"
+model = "tuned"
+"#;
+
+    #[test]
+    fn every_backend_is_a_lane_with_its_own_max_parallel() {
+        let c = config(BACKENDS);
+        assert_eq!(spec_lane(&c, "tuned"), lane("vllm", 3));
+        assert_eq!(spec_lane(&c, "vllm:some-model"), lane("vllm", 3));
+        assert_eq!(spec_lane(&c, "other:m"), lane("other", 6));
+        assert_eq!(spec_lane(&c, "local:/srv/m"), lane("local", 1));
+        assert_eq!(spec_lane(&c, "fast:/srv/m"), lane("fast", 2));
+        // Two ONNX backends: `onnx:DIR` uses neither's settings.
+        assert_eq!(spec_lane(&c, "onnx:/srv/m"), lane(LOCAL_LANE, 1));
+        // An endpoint configured as a backend is that backend's lane; any
+        // other is a lane of its own, named by its URL.
+        assert_eq!(
+            endpoint_lane(&c, "http://10.0.0.12:8000/v1"),
+            lane("vllm", 3)
+        );
+        assert_eq!(
+            endpoint_lane(&c, "http://ollama:11434/v1/"),
+            lane("http://ollama:11434/v1", 6)
+        );
+    }
+
+    #[test]
+    fn the_only_onnx_backend_takes_onnx_specs() {
+        let c = config("[backends.local]\nkind = \"onnx\"\nmax_parallel = 2\n");
+        assert_eq!(spec_lane(&c, "onnx:/srv/m"), lane("local", 2));
+        assert_eq!(spec_lane(&c, "hf:acme/m"), lane("local", 2));
+        let c = config("");
+        assert_eq!(spec_lane(&c, "mlflow:m/3"), lane(LOCAL_LANE, 1));
+    }
+
+    #[test]
+    fn watchers_of_served_models_run_in_their_endpoints_lane() {
+        let c = config(BACKENDS);
+        let w = |kind: &str, extra: &str| -> WatcherConfig {
+            toml::from_str(&format!("kind = {kind:?}\n{extra}")).unwrap()
+        };
+        assert_eq!(
+            watcher_lane(
+                &c,
+                &w("ollama", "base_url = \"http://10.0.0.11:8000/\""),
+                None
+            ),
+            lane("vllm", 3)
+        );
+        assert_eq!(
+            watcher_lane(&c, &w("ollama", ""), None),
+            lane("http://localhost:11434/v1", 6)
+        );
+        assert_eq!(
+            watcher_lane(&c, &w("openai-finetunes", ""), None),
+            lane("https://api.openai.com/v1", 6)
+        );
+        assert_eq!(
+            watcher_lane(&c, &w("directory", "path = \"/x\""), Some("fast")),
+            lane("fast", 2)
+        );
+        assert_eq!(
+            watcher_lane(&c, &w("huggingface", ""), Some("vllm")),
+            lane(LOCAL_LANE, 1)
+        );
+    }
+
+    #[test]
+    fn records_queued_through_the_api_take_their_models_lane() {
+        let c = config(BACKENDS);
+        let api = crate::api::evaluations::SOURCE;
+        let r = record(api, serde_json::json!({"model": "m", "backend": "vllm"}));
+        assert_eq!(record_lane(&c, &[], &r), lane("vllm", 3));
+        let r = record(api, serde_json::json!({"model": "onnx:/x"}));
+        assert_eq!(record_lane(&c, &[], &r), lane(LOCAL_LANE, 1));
+        let r = record(api, serde_json::json!({"nonsense": true}));
+        assert_eq!(record_lane(&c, &[], &r), lane(UNKNOWN_LANE, 1));
+        // A watcher that is gone.
+        assert_eq!(
+            record_lane(&c, &[], &record("gone", serde_json::Value::Null)),
+            lane(UNKNOWN_LANE, 1)
+        );
+        // One lane for everything: the order of the queue, one at a time.
+        let single = config(
+            &format!("{BACKENDS}\n[eval]\nlanes = \"single\"\n")
+                .replace("[eval]\nmax_parallel = { openai = 6 }\n", ""),
+        );
+        let r = record(api, serde_json::json!({"model": "tuned"}));
+        assert_eq!(record_lane(&single, &[], &r), lane(SINGLE_LANE, 1));
+    }
+
+    #[test]
+    fn max_parallel_must_be_at_least_one() {
+        let p = config::parse(
+            "[eval]\nmax_parallel = { onnx = 0 }\n[backends.b]\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmax_parallel = 0\n",
+            &Source::Embedded,
+        )
+        .unwrap_err()
+        .problems
+        .join("\n");
+        assert!(p.contains("`eval.max_parallel.onnx`"), "{p}");
+        assert!(p.contains("`backends.b.max_parallel`"), "{p}");
+        let p = config::parse("[eval]\nlanes = \"several\"\n", &Source::Embedded)
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(p.contains("lanes"), "{p}");
+    }
+
+    #[tokio::test]
+    async fn keyed_locks_exclude_per_key_and_are_forgotten() {
+        let locks = Arc::new(KeyedLocks::default());
+        let a = locks.lock("a").await;
+        // Another key is free.
+        let _b = locks.lock("b").await;
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                let _a = locks.lock("a").await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "the same key waits");
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(_b);
+        let _c = locks.lock("c").await;
+        assert_eq!(
+            locks.0.lock().unwrap().len(),
+            1,
+            "unheld keys are forgotten"
+        );
+    }
 }
