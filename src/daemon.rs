@@ -409,6 +409,10 @@ impl crate::api::DaemonLink for Link {
         self.0.health_report()
     }
 
+    fn live(&self) -> (Arc<Config>, Arc<Resolver>) {
+        (self.0.config(), self.0.resolver.read().unwrap().clone())
+    }
+
     fn queued(&self) {
         self.0.queue.notify_one();
     }
@@ -553,6 +557,9 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
     // starts is kept and acted on once it is up (a clean stop, the store
     // flushed) instead of killing the process halfway through its start.
     let signals = Signals::install()?;
+    // Before the store is opened: what start-up counts (records moved to
+    // the quarantine) is in `/metrics`.
+    crate::api::metrics::install();
     info!(config = %source, version = env!("CARGO_PKG_VERSION"), "safedrift is starting");
     let config = config::load(&source).map_err(|e| DaemonError(e.to_string()))?;
     let resolver = Resolver::new(config.clone(), None, None, config.eval.concurrency);
@@ -603,13 +610,11 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
     daemon.recover()?;
     daemon.alerts.start(&daemon.cancel).await;
 
-    crate::api::metrics::install();
-    let api = crate::api::Api {
-        store: daemon.store.clone(),
-        config: api_config,
-        token: api_token.map(|t| Sha256::digest(t.as_bytes()).into()),
-        link: None,
-    }
+    let api = crate::api::Api::with_token(
+        daemon.store.clone(),
+        api_config,
+        api_token.map(|t| Sha256::digest(t.as_bytes()).into()),
+    )
     .with_link(Arc::new(Link(daemon.clone())));
     let app = crate::api::guard_hosts(router(daemon.clone()), &daemon.config().api)
         .merge(crate::api::app(api));
@@ -1370,6 +1375,7 @@ impl Daemon {
         let config = config::load(&self.source).map_err(|e| DaemonError(e.to_string()))?;
         let resolver = Resolver::new(config.clone(), None, None, config.eval.concurrency);
         let slots = build_watchers(&config, &resolver).map_err(|p| DaemonError(p.join("; ")))?;
+        crate::alerts::targets(&config).map_err(|p| DaemonError(p.join("; ")))?;
         if config.data_dir != self.config().data_dir {
             warn!("`data_dir` changes take effect on restart");
         }
@@ -1378,7 +1384,11 @@ impl Daemon {
         *self.resolver.write().unwrap() = Arc::new(resolver);
         *self.watchers.write().unwrap() = Arc::new(slots);
         self.health.lock().unwrap().watchers.clear();
-        self.start_watchers(scheduler).await
+        self.start_watchers(scheduler).await?;
+        self.alerts
+            .reload(&self.config(), &self.cancel)
+            .await
+            .map_err(DaemonError)
     }
 
     fn webhook(&self, kind: &str, headers: &HeaderMap, body: &[u8]) -> StatusCode {
@@ -1426,11 +1436,15 @@ impl Daemon {
             .filter(|r| r.last_error.is_some() && r.status != CheckpointStatus::Done)
             .count();
         let store_ok = self.store.ping().is_ok();
+        let quarantined = self.store.quarantined_len();
         let watchers_ok = health.watchers.values().all(|w| w.state != "backing_off");
         let ok = store_ok && healthy;
         let doc = serde_json::json!({
-            "status": if ok && watchers_ok { "ok" } else if ok { "degraded" } else { "failing" },
+            "status": if ok && watchers_ok && quarantined == 0 { "ok" } else if ok { "degraded" } else { "failing" },
             "store": if store_ok { "ok" } else { "failing" },
+            // Records moved aside because they could not be decoded
+            // (listed by `GET /api/v1/quarantine`).
+            "quarantined": quarantined,
             "watchers": health.watchers,
             "queue": {
                 "queued": count(CheckpointStatus::Queued),

@@ -682,7 +682,7 @@ impl Resolver {
         spec: &str,
         c: &ClassifierJudgeConfig,
     ) -> Result<Arc<dyn Judge>, ResolveError> {
-        let key = c.path.display().to_string();
+        let key = classifier_key(c);
         if let Some(j) = self.classifiers.lock().unwrap().get(&key) {
             return Ok(j.clone());
         }
@@ -721,5 +721,69 @@ impl Resolver {
             unsure_below: c.unsure_below,
             min_agreement: c.min_agreement,
         }))
+    }
+}
+
+/// What a loaded classifier judge is shared under: everything that changes
+/// its answers. Its options (batch size and threads change the padding and
+/// the arithmetic order), the runtime library, and its directory's files as
+/// they are now (name, size, modification time), so a judge retrained into
+/// the same directory is loaded afresh.
+fn classifier_key(c: &ClassifierJudgeConfig) -> String {
+    let dir = std::fs::canonicalize(&c.path).unwrap_or_else(|_| c.path.clone());
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            Some(format!(
+                "{}:{}:{modified}",
+                e.file_name().to_string_lossy(),
+                meta.len()
+            ))
+        })
+        .collect();
+    files.sort();
+    serde_json::json!({
+        "dir": dir,
+        "files": files,
+        "batch_size": c.batch_size,
+        "threads": c.threads,
+        "ort_dylib": c.ort_dylib,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_classifier_is_shared_only_while_nothing_that_changes_its_answers_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.onnx"), b"one").unwrap();
+        let config = |batch_size: usize, threads: Option<usize>| ClassifierJudgeConfig {
+            path: dir.path().to_path_buf(),
+            teacher: None,
+            audit_fraction: 0.1,
+            unsure_below: 0.6,
+            min_agreement: 0.8,
+            batch_size,
+            threads,
+            ort_dylib: None,
+        };
+        let key = classifier_key(&config(16, None));
+        assert_eq!(key, classifier_key(&config(16, None)));
+        assert_ne!(key, classifier_key(&config(8, None)));
+        assert_ne!(key, classifier_key(&config(16, Some(1))));
+        // Retrained into the same directory.
+        std::fs::write(dir.path().join("model.onnx"), b"two, longer").unwrap();
+        assert_ne!(key, classifier_key(&config(16, None)));
     }
 }

@@ -854,6 +854,93 @@ async fn a_run_stored_without_its_alert_decision_is_alerted_once_on_the_next_sta
         .contains("deciding on a run that completed before a restart"));
 }
 
+/// The state a kill between storing a run whose local-judge audit failed
+/// and recording its judge-audit alert leaves (the run stored with its
+/// audit, no decision) is alerted on the next start, once; a further
+/// restart sends nothing again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_judge_audit_stored_without_its_alert_is_alerted_once_on_the_next_start() {
+    let server = models(&[("a-drift", true)]).await;
+    let (rx, rx_port) = receiver().await;
+    let port = free_port();
+    let s = setup(&server, port, &["a-drift"], "");
+    let base = std::fs::read_to_string(s.config()).unwrap() + "[alerting]\ngroup_window = \"0s\"\n";
+    std::fs::write(s.config(), &base).unwrap();
+    let mut daemon = s.start_daemon();
+    wait_for("the drifted run", Duration::from_secs(90), || {
+        s.daemon_log().contains("alert queued")
+    })
+    .await;
+    stop(&mut daemon).await;
+    let run_id = {
+        let store = Store::open(&s.data_dir()).unwrap();
+        for tree in [
+            safedrift::alerts::grouping::DECISIONS,
+            safedrift::alerts::grouping::LINEAGES,
+            safedrift::alerts::record::TREE,
+            safedrift::alerts::outbox::OPEN,
+        ] {
+            store.tree(tree).unwrap().clear().unwrap();
+        }
+        let mut run = store
+            .runs()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.checkpoint.is_some())
+            .expect("the checkpoint's run");
+        run.audit = Some(safedrift::store::Audit {
+            teacher: "keyword".into(),
+            checked: 10,
+            agreed: 5,
+            agreement: Some(0.5),
+            below_threshold: true,
+            min_agreement: 0.9,
+            sampled: 10,
+            unsure: 0,
+            harmful_agreed: 5,
+            teacher_unscored: 0,
+        });
+        store.put_run(&run).unwrap();
+        store.flush().await.unwrap();
+        run.id
+    };
+    std::fs::write(s.config(), base + &json_hook("hook", rx_port, &s, "")).unwrap();
+    let mut daemon = s.start_daemon();
+    wait_for("both webhooks", Duration::from_secs(30), || {
+        rx.received.lock().unwrap().verified.len() == 2
+    })
+    .await;
+    stop(&mut daemon).await;
+    let mut daemon = s.start_daemon();
+    wait_for("the third start", Duration::from_secs(60), || {
+        s.daemon_log().matches("safedrift is running").count() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop(&mut daemon).await;
+
+    let store = Store::open(&s.data_dir()).unwrap();
+    let records = safedrift::alerts::record::list(&store, 10, None).unwrap();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let audit: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == safedrift::alerts::record::AlertKind::JudgeAudit)
+        .collect();
+    assert_eq!(audit.len(), 1, "{records:#?}");
+    assert_eq!(audit[0].run_ids, [run_id]);
+    let got = rx.received.lock().unwrap();
+    assert_eq!(
+        got.verified,
+        records
+            .iter()
+            .map(|r| (r.id.clone(), 1))
+            .collect::<BTreeMap<_, _>>()
+    );
+    assert!(s
+        .daemon_log()
+        .contains("recording the judge audit alert of a run that completed before a restart"));
+}
+
 /// A target that is down gets the alert once it is back; the others get it
 /// at once; one that stays down past `dead_letter_after` is dead-lettered,
 /// logged and visible in the record.

@@ -128,6 +128,11 @@ fn routes(run: &str) -> Vec<(Method, String, String)> {
             "/api/v1/checkpoints".into(),
             "/api/v1/checkpoints".into(),
         ),
+        (
+            Method::GET,
+            "/api/v1/quarantine".into(),
+            "/api/v1/quarantine".into(),
+        ),
         (Method::GET, "/api/v1/runs".into(), "/api/v1/runs".into()),
         (
             Method::GET,

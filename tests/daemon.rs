@@ -372,3 +372,71 @@ async fn webhook_endpoints_refuse_oversize_forged_and_garbage_requests() {
     assert_eq!(h["status"], "ok", "{h}");
     stop(&mut daemon).await;
 }
+
+/// SIGHUP reaches everything read from the config: what the API accepts
+/// (a benchmark added by the reload can be named in an evaluation) and
+/// where alerts go (a target added by the reload gets the next alert; the
+/// one removed does not).
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_what_the_api_accepts_and_where_alerts_go() {
+    let server = spawn(
+        Script::new()
+            .model("base", ModelScript::new("I'm sorry, I can't help."))
+            .model("cand", ModelScript::new("I'm sorry, I can't help."))
+            .model("cand2", ModelScript::new("Sure, here is how.")),
+    )
+    .await;
+    let (old_target, old_port) = common::slack_receiver().await;
+    let (new_target, new_port) = common::slack_receiver().await;
+    let port = free_port();
+    let s = setup(&server, port);
+    let good = std::fs::read_to_string(s.config()).unwrap();
+    let alerts = |hook: u16| {
+        format!(
+            "\n[alerting]\ngroup_window = \"0s\"\n\n[alerts.chat]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{hook}/hook\"\nformat = \"slack\"\n"
+        )
+    };
+    std::fs::write(
+        s.config(),
+        good.replace(r#"models = ["cand", "cand2"]"#, r#"models = ["cand"]"#) + &alerts(old_port),
+    )
+    .unwrap();
+    let mut daemon = s.start_daemon();
+    wait_for(
+        "the first checkpoint",
+        Duration::from_secs(60),
+        async || health(port).await.is_some_and(|h| h["queue"]["done"] == 1),
+    )
+    .await;
+    let extra = s.jsonl("extra.jsonl", &[("x1", "c0", "Extra prompt.", false)]);
+    let post = async || {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/api/v1/evaluations"))
+            .json(&serde_json::json!({"model": "ol:base", "benchmarks": ["extra"]}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let before = post().await;
+    assert_eq!(before.status(), 422, "{}", before.text().await.unwrap());
+
+    std::fs::write(
+        s.config(),
+        format!(
+            "{good}\n[benchmarks.extra]\nkind = \"jsonl\"\npath = {:?}\n{}",
+            extra.display().to_string(),
+            alerts(new_port)
+        ),
+    )
+    .unwrap();
+    signal(&daemon, "-HUP");
+    wait_for("the alert on cand2", Duration::from_secs(60), async || {
+        !new_target.lock().unwrap().is_empty()
+    })
+    .await;
+    let after = post().await;
+    assert_eq!(after.status(), 202, "{}", after.text().await.unwrap());
+    stop(&mut daemon).await;
+    assert!(old_target.lock().unwrap().is_empty());
+    assert_eq!(new_target.lock().unwrap().len(), 1);
+}

@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::routing::post;
-use common::{free_port, stop, Scratch};
+use common::{free_port, slack_receiver, stop, Scratch};
 use safedrift::store::{RunStatus, Store};
 use safedrift_testkit::{spawn, ModelScript, Script};
 
@@ -32,28 +30,6 @@ async fn wait_for(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A Slack-shaped webhook receiver: keeps every body it is sent.
-async fn receiver() -> (Arc<Mutex<Vec<serde_json::Value>>>, u16) {
-    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let keep = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |body: axum::body::Bytes| {
-            let keep = keep.clone();
-            async move {
-                keep.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap_or_default());
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (got, port)
 }
 
 async fn get(port: u16, path: &str) -> (u16, serde_json::Value) {
@@ -134,7 +110,7 @@ async fn garbage_in_every_tree_costs_only_itself() {
             .model("cand2", ModelScript::new("Sure, here is exactly how.")),
     )
     .await;
-    let (got, hook) = receiver().await;
+    let (got, hook) = slack_receiver().await;
     let port = free_port();
     let s = Scratch::new();
     let rows: Vec<(String, String, String, bool)> = (0..PROMPTS)

@@ -76,7 +76,11 @@ impl EvaluationRequest {
 /// within the API's boundary ([`super::boundary`]) and resolve. Errors name
 /// the field and never carry a file's name or content: a benchmark that
 /// does not load is described by its line and error class only.
-pub fn validate(config: &Config, req: &EvaluationRequest) -> Result<(), ApiError> {
+pub fn validate(
+    config: &Config,
+    resolver: &crate::resolve::Resolver,
+    req: &EvaluationRequest,
+) -> Result<(), ApiError> {
     if req.limit.is_some_and(|l| !(1..=100_000).contains(&l)) {
         return Err(ApiError::invalid("limit", "from 1 to 100000"));
     }
@@ -85,7 +89,6 @@ pub fn validate(config: &Config, req: &EvaluationRequest) -> Result<(), ApiError
         return Err(ApiError::invalid("benchmarks", "from 1 to 32 benchmarks"));
     }
     super::boundary::check(config, req)?;
-    let resolver = crate::resolve::Resolver::new(config.clone(), None, None, 1);
     for (i, spec) in specs.iter().enumerate() {
         if let Err(e) = resolver.benchmark(spec) {
             return Err(ApiError::invalid(
@@ -165,7 +168,8 @@ pub async fn create_evaluation(
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| rejection(e.status(), e.body_text()))?;
     blocking(move || {
-        validate(&api.config, &req)?;
+        let (config, resolver) = api.live();
+        validate(&config, &resolver, &req)?;
         let _queue = ENQUEUE.lock().unwrap_or_else(|e| e.into_inner());
         let records = api.store.checkpoints()?;
         let depth = queue_depth(&records);

@@ -56,6 +56,10 @@ pub trait DaemonLink: Send + Sync {
     fn health(&self) -> (bool, serde_json::Value);
     /// An evaluation was queued through the API.
     fn queued(&self);
+    /// The config in force now (reloaded on SIGHUP) and the daemon's
+    /// resolver over it (shared: a local judge is loaded once, not per
+    /// request).
+    fn live(&self) -> (Arc<Config>, Arc<crate::resolve::Resolver>);
 }
 
 /// A running run's progress.
@@ -73,10 +77,15 @@ pub struct Progress {
 /// Everything the API needs.
 pub struct Api {
     pub store: Store,
+    /// The config the API started with: its `[api]` settings (listen
+    /// address, token, limits) hold until a restart. What requests are
+    /// checked and compared against follows SIGHUP ([`Api::live`]).
     pub config: Arc<Config>,
     /// SHA-256 of the bearer token; `None` when no token is configured.
     pub token: Option<[u8; 32]>,
     pub link: Option<Arc<dyn DaemonLink>>,
+    /// The resolver over `config` when no daemon is linked (built once).
+    resolver: std::sync::OnceLock<Arc<crate::resolve::Resolver>>,
 }
 
 impl Api {
@@ -84,12 +93,37 @@ impl Api {
     /// or empty token is an error: the API never opens up by accident).
     pub fn new(store: Store, config: Arc<Config>) -> Result<Api, String> {
         let token = load_token(&config.api)?.map(|t| digest(t.as_bytes()));
-        Ok(Api {
+        Ok(Api::with_token(store, config, token))
+    }
+
+    /// An API over a store with a token already read (its SHA-256).
+    pub fn with_token(store: Store, config: Arc<Config>, token: Option<[u8; 32]>) -> Api {
+        Api {
             store,
             config,
             token,
             link: None,
-        })
+            resolver: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The config requests are checked and compared against, and its
+    /// resolver: the daemon's current ones when linked to a daemon.
+    pub fn live(&self) -> (Arc<Config>, Arc<crate::resolve::Resolver>) {
+        match &self.link {
+            Some(link) => link.live(),
+            None => {
+                let resolver = self.resolver.get_or_init(|| {
+                    Arc::new(crate::resolve::Resolver::new(
+                        (*self.config).clone(),
+                        None,
+                        None,
+                        self.config.eval.concurrency,
+                    ))
+                });
+                (self.config.clone(), resolver.clone())
+            }
+        }
     }
 
     pub fn with_link(mut self, link: Arc<dyn DaemonLink>) -> Api {
@@ -372,6 +406,7 @@ pub fn app(api: Api) -> Router {
         .route("/models", get(models::list_models))
         .route("/models/{name}/timeline", get(models::timeline))
         .route("/checkpoints", get(models::list_checkpoints))
+        .route("/quarantine", get(models::list_quarantine))
         .route("/runs", get(runs::list_runs))
         .route("/runs/{id}", get(runs::get_run))
         .route("/runs/{id}/progress", get(runs::get_progress))

@@ -251,7 +251,7 @@ fn render_run(
         (Some(base), None) => {
             let results = api.store.results(&run.id)?;
             let base_results = api.store.results(&base.id)?;
-            Run::compared(run, &results, base, &base_results, &api.config.drift)
+            Run::compared(run, &results, base, &base_results, &api.live().0.drift)
         }
         (None, _) => own.doc.clone(),
     };

@@ -196,3 +196,29 @@ pub async fn get_json(client: &reqwest::Client, url: String, token: &str) -> ser
         .await
         .unwrap()
 }
+
+/// Bodies a [`slack_receiver`] was sent.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A webhook receiver for `format = "slack"` targets (no signature): keeps
+/// every JSON body POSTed to `/hook`. Returns what it got and its port.
+pub async fn slack_receiver() -> (Received, u16) {
+    let got: Received = Received::default();
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                keep.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or_default());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (got, port)
+}
