@@ -141,6 +141,17 @@ impl HuggingfaceWatcher {
     /// Builds the watcher from its `[watchers.NAME]` table (common keys are
     /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
     pub fn from_config(name: &str, table: &toml::Table) -> Result<Self, Vec<String>> {
+        Self::configure(name, table, true)
+            .map(|w| w.expect("configure builds the watcher when asked to"))
+    }
+
+    /// Parses and checks the table; with `build` false it stops there
+    /// (`Ok(None)`: the config is valid) without building an HTTP client.
+    pub(crate) fn configure(
+        name: &str,
+        table: &toml::Table,
+        build: bool,
+    ) -> Result<Option<Self>, Vec<String>> {
         let config: Config = crate::parse_config(name, table)?;
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
@@ -261,12 +272,15 @@ impl HuggingfaceWatcher {
             &key("timeout"),
             &mut problems,
         );
-        let http = crate::http::watcher_client(name, timeout)?;
 
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(HuggingfaceWatcher {
+        if !build {
+            return Ok(None);
+        }
+        let http = crate::http::watcher_client(name, timeout)?;
+        Ok(Some(HuggingfaceWatcher {
             name: name.to_string(),
             endpoint,
             source,
@@ -280,7 +294,7 @@ impl HuggingfaceWatcher {
             http,
             retry: RetryPolicy::default(),
             not_before: Mutex::new(None),
-        })
+        }))
     }
 
     fn token(&self) -> Result<Option<String>, WatchError> {

@@ -201,6 +201,75 @@ pub fn read_secret(
     Ok(None)
 }
 
+/// The registry kinds, as `kind = "..."` names them in `[watchers.NAME]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Directory,
+    Mlflow,
+    Huggingface,
+    OpenaiFinetunes,
+    Ollama,
+}
+
+impl Kind {
+    /// The name written in the config (`openai-finetunes`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Directory => directory::KIND,
+            Kind::Mlflow => "mlflow",
+            Kind::Huggingface => "huggingface",
+            Kind::OpenaiFinetunes => "openai-finetunes",
+            Kind::Ollama => "ollama",
+        }
+    }
+
+    /// Checks the kind-specific keys of `[watchers.NAME]` without building
+    /// the watcher (no HTTP client, no file or network access); every
+    /// problem names its key path.
+    pub fn check_config(self, name: &str, table: &toml::Table) -> Vec<String> {
+        let result = match self {
+            Kind::Directory => directory::DirectoryWatcher::from_config(name, table).map(drop),
+            Kind::Mlflow => mlflow::MlflowWatcher::configure(name, table, false).map(drop),
+            Kind::Huggingface => {
+                huggingface::HuggingfaceWatcher::configure(name, table, false).map(drop)
+            }
+            Kind::OpenaiFinetunes => {
+                openai_finetunes::OpenaiFinetunesWatcher::configure(name, table, false).map(drop)
+            }
+            Kind::Ollama => ollama::OllamaWatcher::configure(name, table, false).map(drop),
+        };
+        result.err().unwrap_or_default()
+    }
+
+    /// Builds the watcher `[watchers.NAME]` configures.
+    pub fn build(
+        self,
+        name: &str,
+        table: &toml::Table,
+    ) -> Result<std::sync::Arc<dyn Watcher>, Vec<String>> {
+        Ok(match self {
+            Kind::Directory => {
+                std::sync::Arc::new(directory::DirectoryWatcher::from_config(name, table)?)
+            }
+            Kind::Mlflow => std::sync::Arc::new(mlflow::MlflowWatcher::from_config(name, table)?),
+            Kind::Huggingface => {
+                std::sync::Arc::new(huggingface::HuggingfaceWatcher::from_config(name, table)?)
+            }
+            Kind::OpenaiFinetunes => std::sync::Arc::new(
+                openai_finetunes::OpenaiFinetunesWatcher::from_config(name, table)?,
+            ),
+            Kind::Ollama => std::sync::Arc::new(ollama::OllamaWatcher::from_config(name, table)?),
+        })
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Settings every watcher kind shares, read by the daemon; the rest of a
 /// `[watchers.NAME]` table belongs to the kind.
 pub const COMMON_KEYS: &[&str] = &[

@@ -178,6 +178,17 @@ impl MlflowWatcher {
     /// Builds the watcher from its `[watchers.NAME]` table (common keys are
     /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
     pub fn from_config(name: &str, table: &toml::Table) -> Result<MlflowWatcher, Vec<String>> {
+        Self::configure(name, table, true)
+            .map(|w| w.expect("configure builds the watcher when asked to"))
+    }
+
+    /// Parses and checks the table; with `build` false it stops there
+    /// (`Ok(None)`: the config is valid) without building an HTTP client.
+    pub(crate) fn configure(
+        name: &str,
+        table: &toml::Table,
+        build: bool,
+    ) -> Result<Option<MlflowWatcher>, Vec<String>> {
         let config: Config = crate::parse_config(name, table)?;
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
@@ -286,11 +297,14 @@ impl MlflowWatcher {
         if !problems.is_empty() {
             return Err(problems);
         }
+        if !build {
+            return Ok(None);
+        }
         // API requests set `timeout` each; artifact downloads fail on a
         // stalled read.
         let http = crate::http::watcher_client(name, timeout)?;
 
-        Ok(MlflowWatcher {
+        Ok(Some(MlflowWatcher {
             name: name.to_string(),
             base,
             source,
@@ -304,7 +318,7 @@ impl MlflowWatcher {
             retry: RetryPolicy::default(),
             page_size: 1000,
             alias_missing: Mutex::new(HashSet::new()),
-        })
+        }))
     }
 
     /// The tracking server's address as configured (path ending in `/`).

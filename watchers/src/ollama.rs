@@ -64,6 +64,17 @@ impl OllamaWatcher {
     /// Builds the watcher from its `[watchers.NAME]` table (common keys are
     /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
     pub fn from_config(name: &str, table: &toml::Table) -> Result<Self, Vec<String>> {
+        Self::configure(name, table, true)
+            .map(|w| w.expect("configure builds the watcher when asked to"))
+    }
+
+    /// Parses and checks the table; with `build` false it stops there
+    /// (`Ok(None)`: the config is valid) without building an HTTP client.
+    pub(crate) fn configure(
+        name: &str,
+        table: &toml::Table,
+        build: bool,
+    ) -> Result<Option<Self>, Vec<String>> {
         let config: Config = crate::parse_config(name, table)?;
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
@@ -104,7 +115,6 @@ impl OllamaWatcher {
             &key("timeout"),
             &mut problems,
         );
-        let http = crate::http::watcher_client(name, timeout)?;
         if config.api_key_env.is_some() && config.api_key_file.is_some() {
             problems.push(format!(
                 "{}: set `api_key_env` or `api_key_file`, not both",
@@ -114,7 +124,11 @@ impl OllamaWatcher {
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(OllamaWatcher {
+        if !build {
+            return Ok(None);
+        }
+        let http = crate::http::watcher_client(name, timeout)?;
+        Ok(Some(OllamaWatcher {
             name: name.to_string(),
             base_url,
             models: config
@@ -125,7 +139,7 @@ impl OllamaWatcher {
             api_key_file: config.api_key_file,
             http,
             retry: RetryPolicy::default(),
-        })
+        }))
     }
 
     fn watched(&self, name: &str) -> bool {
