@@ -155,30 +155,7 @@ fn write_staging(
         Some((_, Err(e))) => return Err(bad(1, format!("cannot read: {e}"))),
         None => return Err(bad(1, "empty file: not a safedrift export".into())),
     };
-    if header.get("safedrift_export").and_then(Value::as_u64) != Some(FORMAT) {
-        return Err(bad(
-            1,
-            format!(
-                "not a safedrift export of format {FORMAT} (the first line must be its header)"
-            ),
-        ));
-    }
-    // An export of an older layout this build upgrades is restored as it
-    // was written (its `meta` tree says its version) and upgraded by the
-    // `Store::open` that checks the staging store below.
-    let schema = header.get("schema_version").and_then(Value::as_u64);
-    let readable = schema.is_some_and(|s| {
-        s == SCHEMA_VERSION as u64 || UPGRADES_FROM.iter().any(|old| *old as u64 == s)
-    });
-    if !readable {
-        return Err(bad(
-            1,
-            format!(
-                "written by a store of schema version {}, this build reads version {SCHEMA_VERSION}; import it with the release that exported it",
-                schema.map_or("(none)".to_string(), |s| s.to_string())
-            ),
-        ));
-    }
+    check_header(&header).map_err(|message| bad(1, message))?;
     let mut records = 0u64;
     let mut ended = false;
     for (i, line) in lines {
@@ -203,28 +180,7 @@ fn write_staging(
             ended = true;
             continue;
         }
-        let tree = record
-            .get("tree")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty() && t.len() <= 64)
-            .ok_or_else(|| bad(n, "missing or invalid `tree`".into()))?;
-        let key = record
-            .get("key")
-            .and_then(Value::as_str)
-            .and_then(|k| hex::decode(k).ok())
-            .ok_or_else(|| bad(n, "missing or invalid `key` (hex)".into()))?;
-        let value = match (record.get("value"), record.get("value_hex")) {
-            (Some(v), None) => serde_json::to_vec(v).expect("a JSON value serializes"),
-            (None, Some(Value::String(h))) => {
-                hex::decode(h).map_err(|_| bad(n, "invalid `value_hex`".into()))?
-            }
-            _ => {
-                return Err(bad(
-                    n,
-                    "exactly one of `value` and `value_hex` is required".into(),
-                ))
-            }
-        };
+        let (tree, key, value) = parse_record(&record).map_err(|message| bad(n, message))?;
         let tree = db.open_tree(tree).map_err(crate::store::StoreError::from)?;
         tree.insert(key, value)
             .map_err(crate::store::StoreError::from)?;
@@ -240,4 +196,48 @@ fn write_staging(
     }
     db.flush().map_err(crate::store::StoreError::from)?;
     Ok(records)
+}
+
+/// Checks an export's header: its format, and a schema version this build
+/// reads or upgrades.
+fn check_header(header: &Value) -> Result<(), String> {
+    if header.get("safedrift_export").and_then(Value::as_u64) != Some(FORMAT) {
+        return Err(format!(
+            "not a safedrift export of format {FORMAT} (the first line must be its header)"
+        ));
+    }
+    // An export of an older layout this build upgrades is restored as it
+    // was written (its `meta` tree says its version) and upgraded by the
+    // `Store::open` that checks the staging store.
+    let schema = header.get("schema_version").and_then(Value::as_u64);
+    let readable = schema.is_some_and(|s| {
+        s == SCHEMA_VERSION as u64 || UPGRADES_FROM.iter().any(|old| *old as u64 == s)
+    });
+    if !readable {
+        return Err(format!(
+            "written by a store of schema version {}, this build reads version {SCHEMA_VERSION}; import it with the release that exported it",
+            schema.map_or("(none)".to_string(), |s| s.to_string())
+        ));
+    }
+    Ok(())
+}
+
+/// The tree, key and value of one record line.
+fn parse_record(record: &Value) -> Result<(&str, Vec<u8>, Vec<u8>), String> {
+    let tree = record
+        .get("tree")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty() && t.len() <= 64)
+        .ok_or("missing or invalid `tree`")?;
+    let key = record
+        .get("key")
+        .and_then(Value::as_str)
+        .and_then(|k| hex::decode(k).ok())
+        .ok_or("missing or invalid `key` (hex)")?;
+    let value = match (record.get("value"), record.get("value_hex")) {
+        (Some(v), None) => serde_json::to_vec(v).expect("a JSON value serializes"),
+        (None, Some(Value::String(h))) => hex::decode(h).map_err(|_| "invalid `value_hex`")?,
+        _ => return Err("exactly one of `value` and `value_hex` is required".into()),
+    };
+    Ok((tree, key, value))
 }

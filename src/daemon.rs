@@ -46,6 +46,7 @@ use crate::backend::Decoding;
 use crate::benchmark::Benchmark;
 use crate::config::{self, BackendConfig, Config, LaneMode, Source, WatcherConfig};
 use crate::pipeline::{self, EvalError, Job};
+use crate::queue::{self, Queue};
 use crate::report::Run;
 use crate::resolve::Resolver;
 use crate::store::{CheckpointRecord, CheckpointStatus, ModelRef, RunRecord, Store, Template};
@@ -745,21 +746,19 @@ impl Daemon {
     /// After a crash, checkpoints left `running` are queued again (their run
     /// resumes where it stopped).
     fn recover(&self) -> Result<(), DaemonError> {
-        let records = self
-            .store
-            .checkpoints()
+        let requeued = self
+            .jobs()
+            .recover()
             .map_err(|e| DaemonError(e.to_string()))?;
-        for mut r in records
-            .into_iter()
-            .filter(|r| r.status == CheckpointStatus::Running)
-        {
+        for r in requeued {
             info!(checkpoint = %r.key, "resuming an evaluation interrupted by a stop or crash");
-            r.status = CheckpointStatus::Queued;
-            self.store
-                .put_checkpoint(&r)
-                .map_err(|e| DaemonError(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The durable queue over the daemon's store.
+    fn jobs(&self) -> Queue {
+        Queue::new(&self.store)
     }
 
     async fn start_watchers(
@@ -877,20 +876,8 @@ impl Daemon {
     fn enqueue(&self, slot: &WatcherSlot, found: &[Checkpoint]) -> usize {
         let mut added = 0;
         for cp in found {
-            let record = CheckpointRecord {
-                key: format!("{}|{}", cp.key(), slot.plan.key),
-                checkpoint: cp.clone(),
-                eval_key: slot.plan.key.clone(),
-                status: CheckpointStatus::Queued,
-                attempts: 0,
-                last_error: None,
-                next_attempt_ms: 0,
-                run_id: None,
-                baseline_run_id: None,
-                first_seen: now_rfc3339(),
-                updated: now_rfc3339(),
-            };
-            match self.store.enqueue(&record) {
+            let record = queue::new_record(cp.clone(), &slot.plan.key, now_rfc3339());
+            match self.jobs().enqueue(&record) {
                 Ok(true) => added += 1,
                 Ok(false) => {}
                 Err(e) => error!(error = %e, "cannot queue a checkpoint"),
@@ -933,21 +920,19 @@ impl Daemon {
     /// Starts what the lanes have room for; returns how long to wait before
     /// the next queued checkpoint is due (when nothing else wakes the loop).
     fn dispatch(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) -> Duration {
-        let records = match self.store.checkpoints() {
-            Ok(r) => r,
+        let now = now_ms();
+        let due = match self.jobs().due(now) {
+            Ok(d) => d,
             Err(e) => {
                 error!(error = %e, "cannot read the queue");
-                Vec::new()
+                queue::Due {
+                    ready: Vec::new(),
+                    next_ms: None,
+                }
             }
         };
         let config = self.config();
         let slots = self.watchers.read().unwrap().clone();
-        let now = now_ms();
-        let mut due: Vec<&CheckpointRecord> = records
-            .iter()
-            .filter(|r| r.status == CheckpointStatus::Queued && r.next_attempt_ms <= now)
-            .collect();
-        due.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(a.key.cmp(&b.key)));
         let mut health = self.health.lock().unwrap();
         let mut busy: HashMap<String, usize> = HashMap::new();
         let mut running: HashSet<String> = HashSet::new();
@@ -956,7 +941,7 @@ impl Daemon {
             running.insert(key.clone());
             running.insert(e.checkpoint.clone());
         }
-        for record in due {
+        for record in &due.ready {
             let checkpoint = record.checkpoint.key();
             // Never the same checkpoint twice at once (under two plans, say).
             if running.contains(&record.key) || running.contains(&checkpoint) {
@@ -1001,28 +986,14 @@ impl Daemon {
             });
         }
         drop(health);
-        let wait = records
-            .iter()
-            .filter(|r| r.status == CheckpointStatus::Queued && r.next_attempt_ms > now)
-            .map(|r| r.next_attempt_ms - now)
-            .min()
-            .unwrap_or(60_000)
-            .clamp(100, 60_000);
+        let wait = due.next_ms.map_or(60_000, |n| n - now).clamp(100, 60_000);
         Duration::from_millis(wait)
     }
 
     /// Records a crashed evaluation as failed, to be retried with backoff.
     fn fail_after_crash(&self, key: &str, error: String) {
-        let Ok(records) = self.store.checkpoints() else {
-            return;
-        };
-        if let Some(mut r) = records.into_iter().find(|r| r.key == key) {
-            let delay = (30_000u64 << r.attempts.min(7)).min(3_600_000);
-            r.status = CheckpointStatus::Queued;
-            r.next_attempt_ms = now_ms() + delay;
-            r.last_error = Some(format!("crashed: {error}"));
-            r.updated = now_rfc3339();
-            let _ = self.store.put_checkpoint(&r);
+        if let Err(e) = self.jobs().crashed(key, error, now_rfc3339()) {
+            error!(error = %e, "cannot update the queue");
         }
     }
 
@@ -1032,10 +1003,8 @@ impl Daemon {
         lane: &str,
         progress: indicatif::ProgressBar,
     ) {
-        record.status = CheckpointStatus::Running;
-        record.attempts += 1;
-        record.updated = now_rfc3339();
-        if let Err(e) = self.store.put_checkpoint(&record) {
+        let jobs = self.jobs();
+        if let Err(e) = jobs.start(&mut record, now_rfc3339()) {
             error!(error = %e, "cannot update the queue");
             return;
         }
@@ -1064,15 +1033,13 @@ impl Daemon {
                 info!(checkpoint = %record.checkpoint.key(), "stopped at a prompt boundary; resumes on the next start");
             }
             Err(Failure::Error(e)) => {
-                let delay = (30_000u64 << record.attempts.min(7)).min(3_600_000);
-                record.status = CheckpointStatus::Queued;
-                record.next_attempt_ms = now_ms() + delay;
-                warn!(checkpoint = %record.checkpoint.key(), error = %e, retry_in_s = delay / 1000, "evaluation failed; will retry");
-                record.last_error = Some(e);
+                let retry_in_s = queue::backoff_ms(record.attempts) / 1000;
+                warn!(checkpoint = %record.checkpoint.key(), error = %e, retry_in_s, "evaluation failed; will retry");
+                Queue::retry_later(&mut record, e);
             }
         }
         record.updated = now_rfc3339();
-        if let Err(e) = self.store.put_checkpoint(&record) {
+        if let Err(e) = jobs.put(&record) {
             error!(error = %e, "cannot update the queue");
         }
         let _ = self.store.flush().await;
@@ -1429,12 +1396,9 @@ impl Daemon {
     fn health_report(&self) -> (bool, serde_json::Value) {
         let healthy = self.healthy();
         let health = self.health.lock().unwrap();
-        let records = self.store.checkpoints().unwrap_or_default();
-        let count = |s: CheckpointStatus| records.iter().filter(|r| r.status == s).count();
-        let failing = records
-            .iter()
-            .filter(|r| r.last_error.is_some() && r.status != CheckpointStatus::Done)
-            .count();
+        let jobs = self.jobs();
+        let counts = jobs.counts().unwrap_or_default();
+        let queued = jobs.queued().unwrap_or_default();
         let store_ok = self.store.ping().is_ok();
         let quarantined = self.store.quarantined_len();
         let watchers_ok = health.watchers.values().all(|w| w.state != "backing_off");
@@ -1447,10 +1411,10 @@ impl Daemon {
             "quarantined": quarantined,
             "watchers": health.watchers,
             "queue": {
-                "queued": count(CheckpointStatus::Queued),
-                "running": count(CheckpointStatus::Running),
-                "done": count(CheckpointStatus::Done),
-                "retrying": failing,
+                "queued": counts.queued,
+                "running": counts.running,
+                "done": counts.done,
+                "retrying": counts.retrying,
             },
             // The evaluation that started first of those under way (every
             // one is under `lanes`).
@@ -1459,7 +1423,7 @@ impl Daemon {
                 .values()
                 .min_by(|a, b| a.started.cmp(&b.started))
                 .map(|e| e.checkpoint.clone()),
-            "lanes": self.lanes_report(&health, &records),
+            "lanes": self.lanes_report(&health, &queued),
             "evaluator": if health.evaluator_dead { "failing" } else { "ok" },
         });
         (ok, doc)
@@ -1468,7 +1432,7 @@ impl Daemon {
     /// Each lane: its `max_parallel`, the evaluations it runs (with their
     /// run's progress) and how many checkpoints wait in it. Lanes of the
     /// configured watchers are listed even when idle.
-    fn lanes_report(&self, health: &Health, records: &[CheckpointRecord]) -> serde_json::Value {
+    fn lanes_report(&self, health: &Health, queued: &[CheckpointRecord]) -> serde_json::Value {
         #[derive(Default)]
         struct LaneDoc {
             max_parallel: usize,
@@ -1496,9 +1460,8 @@ impl Daemon {
                 add(&mut lanes, &slot.lane);
             }
         }
-        for r in records
+        for r in queued
             .iter()
-            .filter(|r| r.status == CheckpointStatus::Queued)
             .filter(|r| !health.evaluating.contains_key(&r.key))
         {
             add(&mut lanes, &record_lane(&config, &slots, r)).queued += 1;

@@ -20,6 +20,8 @@ pub mod distill;
 pub use safedrift_watchers::http;
 pub mod metrics;
 pub mod pipeline;
+pub mod queue;
+pub mod records;
 pub mod report;
 pub mod resolve;
 pub mod stats;

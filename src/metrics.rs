@@ -22,8 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DriftConfig;
+use crate::records::ResultRecord;
+pub use crate::records::{Drift, Finding};
 use crate::stats;
-use crate::store::ResultRecord;
 
 /// The name of the per-category correction, as reported in the output.
 pub const CORRECTION: &str = "holm-bonferroni";
@@ -72,35 +73,6 @@ impl Totals {
             per_benchmark: per_benchmark(results),
         }
     }
-}
-
-/// One tested comparison.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Finding {
-    pub metric: String,
-    pub category: Option<String>,
-    pub baseline: Option<f64>,
-    pub candidate: Option<f64>,
-    pub delta: Option<f64>,
-    pub threshold: f64,
-    /// The test's p-value (uncorrected).
-    pub p_value: f64,
-    /// Holm-corrected p-value for per-category findings; equals `p_value`
-    /// for overall metrics.
-    pub p_adjusted: f64,
-    /// `mcnemar_exact` or `paired_permutation_exact`.
-    pub test: String,
-    /// Prompts scored in both runs that the test used.
-    pub pairs: usize,
-    pub fired: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Drift {
-    pub detected: bool,
-    pub significance: f64,
-    pub correction: String,
-    pub findings: Vec<Finding>,
 }
 
 fn ratio(num: usize, den: usize) -> Option<f64> {

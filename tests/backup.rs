@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{run_json, stderr, Scratch};
-use safedrift::store::Store;
+use safedrift::store::{Store, SCHEMA_VERSION};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -183,8 +183,10 @@ async fn bad_exports_are_refused_and_create_nothing() {
         ),
         (
             "another schema",
-            lines[0].replace("\"schema_version\":1", "\"schema_version\":99")
-                + "\n"
+            lines[0].replace(
+                &format!("\"schema_version\":{SCHEMA_VERSION}"),
+                "\"schema_version\":99",
+            ) + "\n"
                 + &lines[1..].join("\n"),
             "schema version 99".into(),
         ),

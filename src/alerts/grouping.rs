@@ -29,8 +29,8 @@ use super::routing::{self, Severity, Subject};
 use super::target::TargetConfig;
 use crate::report::Run;
 
-pub const DECISIONS: &str = "alert_decisions";
-pub const LINEAGES: &str = "alert_lineages";
+pub const DECISIONS: &str = crate::store::DECISIONS;
+pub const LINEAGES: &str = crate::store::LINEAGES;
 
 /// What became of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -32,28 +32,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::grouping::{self, Decision, LineageState, Plan, DECISIONS, LINEAGES};
-
-/// Index of the deliveries still to make: `target`, `0x00`, alert id -> ``.
-/// Kept in step with the records (same transactions), so a delivery task
-/// reads only its own open deliveries, however long the history grows.
-pub const OPEN: &str = "alert_open";
-
-fn open_key(target: &str, id: &str) -> Vec<u8> {
-    let mut k = target.as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn is_open(status: DeliveryStatus) -> bool {
-    matches!(status, DeliveryStatus::Pending | DeliveryStatus::Sending)
-}
-use super::record::{AlertKind, AlertRecord, DeliveryStatus, TREE};
+use super::grouping::{self, Decision, LineageState, Plan};
+use super::record::{AlertKind, AlertRecord, DeliveryStatus};
 use super::render::{self, Example};
 use super::target::{Format, TargetConfig};
 use super::{email, webhook};
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
+
+/// The index of the deliveries still to make (kept by the store).
+pub use crate::store::OPEN;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -61,65 +48,39 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The outbox's trees and the lock that serializes changes to records.
+/// The outbox: the store's alert trees, and the lock that serializes
+/// changes to records.
 #[derive(Clone)]
 pub struct Outbox {
     pub store: Store,
-    alerts: sled::Tree,
-    decisions: sled::Tree,
-    lineages: sled::Tree,
-    open: sled::Tree,
     lock: Arc<Mutex<()>>,
 }
-
-type TxError = sled::transaction::TransactionError<()>;
 
 impl Outbox {
     pub fn open(store: &Store) -> Result<Outbox, StoreError> {
         Ok(Outbox {
-            alerts: store.tree(TREE)?,
-            decisions: store.tree(DECISIONS)?,
-            lineages: store.tree(LINEAGES)?,
-            open: store.tree(OPEN)?,
             store: store.clone(),
             lock: Arc::new(Mutex::new(())),
         })
     }
 
     pub fn get(&self, id: &str) -> Result<Option<AlertRecord>, StoreError> {
-        match self.alerts.get(id.as_bytes())? {
-            Some(v) => Ok(self.store.read(&self.alerts, id.as_bytes(), &v)),
-            None => Ok(None),
-        }
+        self.store.alert(id)
     }
 
     pub fn decision(&self, run_id: &str) -> Result<Option<Decision>, StoreError> {
-        match self.decisions.get(run_id.as_bytes())? {
-            Some(v) => Ok(self.store.read(&self.decisions, run_id.as_bytes(), &v)),
-            None => Ok(None),
-        }
+        self.store.alert_decision(run_id)
     }
 
     pub fn lineage(&self, lineage: &str) -> Result<LineageState, StoreError> {
         // An undecodable state is quarantined and the lineage starts over.
-        match self.lineages.get(lineage.as_bytes())? {
-            Some(v) => Ok(self
-                .store
-                .read(&self.lineages, lineage.as_bytes(), &v)
-                .unwrap_or_default()),
-            None => Ok(LineageState::default()),
-        }
+        Ok(self.store.alert_lineage(lineage)?.unwrap_or_default())
     }
 
     /// Every alert record, oldest first.
     /// Records that cannot be decoded are quarantined and left out.
     pub fn all(&self) -> Result<Vec<AlertRecord>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.alerts.iter() {
-            let (k, v) = kv?;
-            out.extend(self.store.read(&self.alerts, &k, &v));
-        }
-        Ok(out)
+        self.store.all_alerts()
     }
 
     /// Decides a run once: returns the decision (the stored one when the run
@@ -137,38 +98,13 @@ impl Outbox {
         let state = self.lineage(lineage)?;
         let get = |id: &str| self.get(id).ok().flatten();
         let plan = make(state, &get);
-        let decision = store::encode(&plan.decision);
-        let state = store::encode(&plan.state);
-        let records: Vec<(String, Vec<u8>)> = plan
-            .records
-            .iter()
-            .map(|r| (r.id.clone(), store::encode(r)))
-            .collect();
-        let open: Vec<Vec<u8>> = plan
-            .records
-            .iter()
-            .flat_map(|r| {
-                r.deliveries
-                    .iter()
-                    .filter(|(_, d)| is_open(d.status))
-                    .map(|(t, _)| open_key(t, &r.id))
-            })
-            .collect();
-        use sled::transaction::ConflictableTransactionResult;
-        use sled::Transactional;
-        (&self.decisions, &self.lineages, &self.alerts, &self.open)
-            .transaction(|(d, l, a, o)| -> ConflictableTransactionResult<(), ()> {
-                d.insert(run_id.as_bytes(), decision.as_slice())?;
-                l.insert(plan.lineage.as_bytes(), state.as_slice())?;
-                for (id, bytes) in &records {
-                    a.insert(id.as_bytes(), bytes.as_slice())?;
-                }
-                for k in &open {
-                    o.insert(k.as_slice(), &[] as &[u8])?;
-                }
-                Ok(())
-            })
-            .map_err(tx_error)?;
+        self.store.put_alert_decision(
+            run_id,
+            &plan.decision,
+            &plan.lineage,
+            &plan.state,
+            &plan.records,
+        )?;
         Ok((plan.decision, plan.records))
     }
 
@@ -186,22 +122,7 @@ impl Outbox {
         if !change(&mut rec) {
             return Ok(None);
         }
-        let bytes = store::encode(&rec);
-        use sled::transaction::ConflictableTransactionResult;
-        use sled::Transactional;
-        (&self.alerts, &self.open)
-            .transaction(|(a, o)| -> ConflictableTransactionResult<(), ()> {
-                a.insert(id.as_bytes(), bytes.as_slice())?;
-                for (t, d) in &rec.deliveries {
-                    if is_open(d.status) {
-                        o.insert(open_key(t, id), &[] as &[u8])?;
-                    } else {
-                        o.remove(open_key(t, id))?;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(tx_error)?;
+        self.store.put_alert(&rec)?;
         Ok(Some(rec))
     }
 
@@ -213,11 +134,7 @@ impl Outbox {
         now: u64,
     ) -> Result<(Option<String>, Option<u64>), StoreError> {
         let mut next: Option<u64> = None;
-        let mut prefix = target.as_bytes().to_vec();
-        prefix.push(0);
-        for kv in self.open.scan_prefix(&prefix) {
-            let (k, _) = kv?;
-            let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        for id in self.store.open_deliveries(target)? {
             let Some(rec) = self.get(&id)? else {
                 continue;
             };
@@ -236,16 +153,6 @@ impl Outbox {
             }
         }
         Ok((None, next))
-    }
-}
-
-fn tx_error(e: TxError) -> StoreError {
-    match e {
-        sled::transaction::TransactionError::Storage(e) => StoreError::Io(e),
-        sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
-            key: "alerts".into(),
-            message: "transaction aborted".into(),
-        },
     }
 }
 

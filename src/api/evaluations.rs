@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::{blocking, rejection, ApiError, Shared};
 use crate::config::Config;
-use crate::store::{CheckpointRecord, CheckpointStatus};
+use crate::store::CheckpointRecord;
 
 /// The watcher name of checkpoints queued through the API.
 pub const SOURCE: &str = "api";
@@ -131,14 +131,6 @@ pub struct EvaluationStatus {
     pub queue_depth: usize,
 }
 
-/// How many checkpoints wait or run.
-pub fn queue_depth(records: &[CheckpointRecord]) -> usize {
-    records
-        .iter()
-        .filter(|r| r.status != CheckpointStatus::Done)
-        .count()
-}
-
 fn status_of(r: &CheckpointRecord, depth: usize) -> EvaluationStatus {
     EvaluationStatus {
         id: r.checkpoint.revision.clone(),
@@ -171,8 +163,7 @@ pub async fn create_evaluation(
         let (config, resolver) = api.live();
         validate(&config, &resolver, &req)?;
         let _queue = ENQUEUE.lock().unwrap_or_else(|e| e.into_inner());
-        let records = api.store.checkpoints()?;
-        let depth = queue_depth(&records);
+        let depth = api.queue.depth()?;
         if depth >= api.config.api.max_queue {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -194,20 +185,8 @@ pub async fn create_evaluation(
             baseline: None,
             detail,
         };
-        let record = CheckpointRecord {
-            key: format!("{}|{eval_key}", checkpoint.key()),
-            checkpoint,
-            eval_key,
-            status: CheckpointStatus::Queued,
-            attempts: 0,
-            last_error: None,
-            next_attempt_ms: 0,
-            run_id: None,
-            baseline_run_id: None,
-            first_seen: now.clone(),
-            updated: now,
-        };
-        api.store.enqueue(&record)?;
+        let record = crate::queue::new_record(checkpoint, &eval_key, now);
+        api.queue.enqueue(&record)?;
         if let Some(link) = &api.link {
             link.queued();
         }
@@ -235,12 +214,10 @@ pub async fn get_evaluation(
     Path(id): Path<String>,
 ) -> Result<Json<EvaluationStatus>, ApiError> {
     blocking(move || {
-        let records = api.store.checkpoints()?;
-        let depth = queue_depth(&records);
-        records
-            .iter()
-            .find(|r| r.checkpoint.watcher == SOURCE && r.checkpoint.revision == id)
-            .map(|r| Json(status_of(r, depth)))
+        let depth = api.queue.depth()?;
+        api.queue
+            .by_revision(SOURCE, &id)?
+            .map(|r| Json(status_of(&r, depth)))
             .ok_or_else(|| ApiError::not_found(format!("no evaluation {id}")))
     })
     .await

@@ -58,9 +58,8 @@ pub async fn render(State(api): State<Shared>) -> Result<Response, ApiError> {
             "metrics are not recorded in this process",
         ));
     };
-    let store = api.store.clone();
-    let depth =
-        super::blocking(move || Ok(super::evaluations::queue_depth(&store.checkpoints()?))).await?;
+    let queue = api.queue.clone();
+    let depth = super::blocking(move || Ok(queue.depth()?)).await?;
     ::metrics::gauge!("safedrift_queue_depth").set(depth as f64);
     ::metrics::gauge!("safedrift_store_quarantined_records")
         .set(api.store.quarantined_len() as f64);

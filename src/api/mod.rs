@@ -24,6 +24,7 @@
 //!   was wrong with the request, never how the server is built.
 
 pub mod boundary;
+pub mod cache;
 pub mod dashboard;
 pub mod evaluations;
 pub mod metrics;
@@ -77,6 +78,10 @@ pub struct Progress {
 /// Everything the API needs.
 pub struct Api {
     pub store: Store,
+    /// Documents of completed runs, never stale (see [`cache`]).
+    pub docs: cache::DocCache,
+    /// The daemon's evaluation queue, over `store`.
+    pub queue: crate::queue::Queue,
     /// The config the API started with: its `[api]` settings (listen
     /// address, token, limits) hold until a restart. What requests are
     /// checked and compared against follows SIGHUP ([`Api::live`]).
@@ -99,6 +104,8 @@ impl Api {
     /// An API over a store with a token already read (its SHA-256).
     pub fn with_token(store: Store, config: Arc<Config>, token: Option<[u8; 32]>) -> Api {
         Api {
+            docs: cache::DocCache::new(&store),
+            queue: crate::queue::Queue::new(&store),
             store,
             config,
             token,

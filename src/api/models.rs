@@ -242,7 +242,7 @@ pub(crate) fn checkpoint_status(s: CheckpointStatus) -> &'static str {
     security(("bearer" = [])))]
 pub async fn list_checkpoints(State(api): State<Shared>) -> Result<Json<CheckpointList>, ApiError> {
     blocking(move || {
-        let mut records = api.store.checkpoints()?;
+        let mut records = api.queue.all()?;
         records.sort_by(|a, b| b.first_seen.cmp(&a.first_seen).then(b.key.cmp(&a.key)));
         let items = records
             .into_iter()

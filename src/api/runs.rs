@@ -184,12 +184,12 @@ struct Own {
 }
 
 /// `run` and what else is read here must have been read after
-/// `Store::derived_generation` returned `since`.
+/// `DocCache::generation` returned `since`.
 fn own_document(api: &super::Api, run: &RunRecord, since: u64) -> Result<Arc<Own>, ApiError> {
     let completed = run.status == RunStatus::Completed;
     let key = format!("run:{}", run.id);
     if completed {
-        if let Some(own) = api.store.derived::<Own>(&key) {
+        if let Some(own) = api.docs.get::<Own>(&key) {
             return Ok(own);
         }
     }
@@ -199,8 +199,7 @@ fn own_document(api: &super::Api, run: &RunRecord, since: u64) -> Result<Arc<Own
         doc: Run::with_totals(run, totals),
     });
     if completed {
-        api.store
-            .keep_derived(key, vec![run.id.clone()], own.clone(), since);
+        api.docs.keep(key, vec![run.id.clone()], own.clone(), since);
     }
     Ok(own)
 }
@@ -222,7 +221,7 @@ fn read_run(api: &super::Api, id: &str) -> Result<RunRecord, ApiError> {
 /// The Run document of a run (with its baseline and drift decision), plus
 /// `checkpoint`, `error` and, while it runs, `progress`.
 pub(crate) fn run_document(api: &super::Api, id: &str) -> Result<serde_json::Value, ApiError> {
-    let since = api.store.derived_generation();
+    let since = api.docs.generation();
     let run = read_run(api, id)?;
     render_run(api, &run, since)
 }
@@ -270,14 +269,14 @@ fn render_run(
 }
 
 /// The JSON of [`run_document`]. That of a completed run with a recorded
-/// drift decision (or without a baseline) is kept in the store's memory
+/// drift decision (or without a baseline) is kept in the API's document cache
 /// until the run or its baseline is written again.
 pub(crate) fn run_document_json(api: &super::Api, id: &str) -> Result<Bytes, ApiError> {
     let key = format!("doc:{id}");
-    if let Some(json) = api.store.derived::<Bytes>(&key) {
+    if let Some(json) = api.docs.get::<Bytes>(&key) {
         return Ok((*json).clone());
     }
-    let since = api.store.derived_generation();
+    let since = api.docs.generation();
     let run = read_run(api, id)?;
     let value = render_run(api, &run, since)?;
     let json = Bytes::from(serde_json::to_vec(&value).map_err(|_| render_error())?);
@@ -286,8 +285,7 @@ pub(crate) fn run_document_json(api: &super::Api, id: &str) -> Result<Bytes, Api
     if run.status == RunStatus::Completed && (run.baseline_run.is_none() || run.drift.is_some()) {
         let mut runs = vec![run.id.clone()];
         runs.extend(run.baseline_run.clone());
-        api.store
-            .keep_derived(key, runs, Arc::new(json.clone()), since);
+        api.docs.keep(key, runs, Arc::new(json.clone()), since);
     }
     Ok(json)
 }
