@@ -1,5 +1,10 @@
-//! The durable store (sled 0.34): runs, per-prompt results and the verdict
-//! cache. This module owns every tree and key layout; nothing else builds keys.
+//! The durable store (sled 0.34): runs, per-prompt results, the verdict
+//! cache, the daemon's queue and the alert outbox. This module owns every
+//! tree and key layout; nothing else builds keys. By concern: `runs.rs`
+//! (runs, results and their indexes), `queue.rs` (the queue and its
+//! indexes), `verdicts.rs`, `alerts.rs` (the outbox's trees); this file
+//! opens the store, checks its schema, flushes, and quarantines. The
+//! records themselves are in `crate::records`.
 //!
 //! Trees:
 //! - `meta`: `schema_version` -> decimal string. A store of another version is refused.
@@ -8,23 +13,26 @@
 //! - `open_runs`: run identity -> run id of the unfinished run with that
 //!   identity (what a repeated `eval` resumes).
 //! - `results`: run id, `0x00`, prompt index (u32 big-endian) -> [`ResultRecord`].
-//! - `verdicts`: sha256(judge identity, prompt, response) -> [`Verdict`].
+//! - `verdicts`: sha256(judge identity, prompt, response) ->
+//!   [`safedrift_judges::Verdict`].
 //! - `completed`: run identity -> id of the latest completed run with it
 //!   (baseline runs are reused through it).
 //! - `checkpoints`: `watcher/model@revision|eval key` -> [`CheckpointRecord`]:
 //!   the daemon's durable queue; inserted once, so a checkpoint announced by
-//!   both a poll and a webhook is evaluated once.
+//!   both a poll and a webhook is evaluated once. Its indexes
+//!   `queue_status` and `queue_ids` are described in `queue.rs`.
 //! - `runs_by_model`: model spec, `0x00`, started_at (RFC 3339), `0x00`, run
 //!   id -> empty: the index that lists a model's runs as a range scan. It is
 //!   written with the run in one transaction, and built on open for stores
 //!   written before it existed (`meta` key `index.runs_by_model`).
-//! - `run_totals`: run id -> [`Totals`] (JSON) of a completed run: the
+//! - `run_totals`: run id -> [`crate::metrics::Totals`] (JSON) of a completed run: the
 //!   numbers of its Run document, written with the completed record in one
 //!   transaction and removed when the run or one of its results is written
 //!   again, so a finished run's numbers are read without decoding its
 //!   results. Runs completed before this tree existed have none; their
 //!   numbers are computed from the results when asked.
-//!
+//! - `alerts`, `alert_decisions`, `alert_lineages`, `alert_open`: the alert
+//!   outbox (see `alerts.rs`).
 //! - `quarantine`: tree name, `0x00`, original key -> [`Quarantined`]: a
 //!   record that could not be decoded, moved out of its tree (in one
 //!   transaction) with the error, so that one bad record costs that record
