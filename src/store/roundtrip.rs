@@ -22,6 +22,9 @@ use crate::backend::Decoding;
 use crate::metrics::Totals;
 use crate::metrics::{Drift, Finding};
 
+mod parts;
+use parts::{audit, decoding, template};
+
 /// One store for every case (opening sled per case is slow); keys differ
 /// or are overwritten, and each case reads back what it just wrote.
 fn store() -> &'static Store {
@@ -270,30 +273,7 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
             benign,
         },
     );
-    let template = (
-        text(),
-        option::of(text()),
-        option::of(text()),
-        option::of(text()),
-    )
-        .prop_map(|(name, system, user_prefix, user_suffix)| Template {
-            name,
-            system,
-            user_prefix,
-            user_suffix,
-        });
-    let decoding = (
-        any::<u32>(),
-        float(),
-        option::of(float()),
-        option::of(any::<u64>()),
-    )
-        .prop_map(|(max_new_tokens, temperature, top_p, seed)| Decoding {
-            max_new_tokens,
-            temperature,
-            top_p,
-            seed,
-        });
+    let (template, decoding) = (template(), decoding());
     let drift = (any::<bool>(), float(), text(), vec(finding(), 0..3)).prop_map(
         |(detected, significance, correction, findings)| Drift {
             detected,
@@ -302,40 +282,7 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
             findings,
         },
     );
-    let audit = (
-        text(),
-        (
-            any::<usize>(),
-            any::<usize>(),
-            option::of(float()),
-            any::<bool>(),
-        ),
-        (
-            float(),
-            any::<usize>(),
-            any::<usize>(),
-            any::<usize>(),
-            any::<usize>(),
-        ),
-    )
-        .prop_map(
-            |(
-                teacher,
-                (checked, agreed, agreement, below_threshold),
-                (min_agreement, sampled, unsure, harmful_agreed, teacher_unscored),
-            )| Audit {
-                teacher,
-                checked,
-                agreed,
-                agreement,
-                below_threshold,
-                min_agreement,
-                sampled,
-                unsure,
-                harmful_agreed,
-                teacher_unscored,
-            },
-        );
+    let audit = audit();
     (
         ("[a-z0-9]{1,26}", status, text()),
         (text(), option::of(text()), option::of(text()), text()),
