@@ -16,6 +16,7 @@ pub mod benchmark;
 pub mod config;
 pub mod daemon;
 pub mod distill;
+pub mod evaluation;
 /// The one HTTP retry policy (it lives in the lowest crate that talks HTTP).
 pub use safedrift_watchers::http;
 pub mod metrics;

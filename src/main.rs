@@ -3,17 +3,16 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use safedrift::backend::Decoding;
 use safedrift::config::{self, Config};
-use safedrift::pipeline::{self, EvalError, Job, Stopped};
-use safedrift::report::{self, Run};
-use safedrift::resolve::Resolver;
+use safedrift::evaluation;
+use safedrift::pipeline::{EvalError, Stopped};
+use safedrift::report;
+use safedrift::resolve::{ResolvedModel, Resolver};
 use safedrift::store::{ModelRef, Store};
 
 /// Exit codes of the contract.
@@ -399,7 +398,7 @@ fn alert_test(name: &str, flag: Option<PathBuf>) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(kind) = config.alerts.get(name).map(|a| a.kind.clone()) else {
+    let Some(kind) = config.alerts.get(name).map(|a| a.kind) else {
         let known: Vec<&str> = config.alerts.keys().map(String::as_str).collect();
         return usage(format!(
             "no alert target named {name:?} (configured: {})",
@@ -463,23 +462,27 @@ fn stopped_code(s: &Stopped) -> u8 {
     }
 }
 
-async fn eval(args: EvalArgs) -> u8 {
-    let config = match load_config(args.config.clone()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+/// What `eval` evaluates, resolved from its flags over the config.
+struct EvalInputs {
+    plan: evaluation::Plan,
+    candidate: ResolvedModel,
+    baseline: Option<ResolvedModel>,
+    rules: config::DriftConfig,
+    data_dir: PathBuf,
+    concurrency: usize,
+}
+
+/// Resolves `eval`'s flags: an error is the exit code, its message printed.
+fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
+    let config = load_config(args.config.clone())?;
     let concurrency = args.concurrency.unwrap_or(config.eval.concurrency);
     if concurrency == 0 {
-        return usage("--concurrency must be at least 1");
+        return Err(usage("--concurrency must be at least 1"));
     }
-    let decoding = Decoding {
-        max_new_tokens: args.max_new_tokens.unwrap_or(config.eval.max_new_tokens),
-        temperature: config.eval.temperature,
-        top_p: config.eval.top_p,
-        seed: config.eval.seed,
-    };
+    let mut decoding = evaluation::decoding(&config.eval);
+    decoding.max_new_tokens = args.max_new_tokens.unwrap_or(decoding.max_new_tokens);
     if decoding.max_new_tokens == 0 {
-        return usage("--max-new-tokens must be at least 1");
+        return Err(usage("--max-new-tokens must be at least 1"));
     }
     let rules = config.drift.clone();
     let data_dir = config.data_dir.clone();
@@ -489,151 +492,150 @@ async fn eval(args: EvalArgs) -> u8 {
         args.judge_api_base.clone(),
         concurrency,
     );
-
     let specs = if args.benchmarks.is_empty() {
         vec!["builtin:probes".to_string()]
     } else {
         args.benchmarks.clone()
     };
-    let mut benchmarks = Vec::new();
-    for spec in &specs {
-        match resolver.benchmark(spec) {
-            Ok(b) => benchmarks.push(b),
-            Err(e) => return usage(e),
-        }
-    }
-    let benchmarks = Arc::new(benchmarks);
-    let judge = match resolver.judge(&args.judge) {
-        Ok(j) => j,
-        Err(e) => return usage(e),
-    };
-    let audit = match resolver.audit(&args.judge) {
-        Ok(a) => a,
-        Err(e) => return usage(e),
-    };
-    let candidate = match resolver.model(&args.model) {
-        Ok(m) => m,
-        Err(e) => return resolve_failed(e),
-    };
-    let baseline = match args
-        .baseline
-        .as_deref()
-        .map(|b| resolver.model(b))
-        .transpose()
-    {
-        Ok(b) => b,
-        Err(e) => return resolve_failed(e),
-    };
-    let template_name = args
+    let candidate = resolver.model(&args.model).map_err(resolve_failed)?;
+    let template = args
         .template
         .clone()
         .or_else(|| candidate.template.clone())
         .unwrap_or_else(|| "default".into());
-    let template = match resolver.template(&template_name) {
-        Ok(t) => t,
-        Err(e) => return usage(e),
+    let plan = evaluation::Plan::resolve(
+        &resolver,
+        &specs,
+        &args.judge,
+        &template,
+        decoding,
+        args.limit,
+    )
+    .map_err(|problems| {
+        usage(
+            problems
+                .into_iter()
+                .map(|p| p.message)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(|b| resolver.model(b))
+        .transpose()
+        .map_err(resolve_failed)?;
+    Ok(EvalInputs {
+        plan,
+        candidate,
+        baseline,
+        rules,
+        data_dir,
+        concurrency,
+    })
+}
+
+/// A token cancelled by the first Ctrl-C (the prompts in flight finish);
+/// a second one exits at once.
+fn cancel_on_ctrl_c() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "interrupted: finishing the prompts in flight (Ctrl-C again to quit at once)"
+            );
+            token.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(EXIT_INTERRUPTED.into());
+            }
+        }
+    });
+    cancel
+}
+
+async fn eval(args: EvalArgs) -> u8 {
+    let inputs = match eval_inputs(&args) {
+        Ok(i) => i,
+        Err(code) => return code,
     };
-    let store = match Store::open(&data_dir) {
+    let store = match Store::open(&inputs.data_dir) {
         Ok(s) => s,
         Err(e) => return usage(e),
     };
     let _flusher = store.spawn_flusher();
-
-    let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "interrupted: finishing the prompts in flight (Ctrl-C again to quit at once)"
-                );
-                cancel.cancel();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(EXIT_INTERRUPTED.into());
-                }
-            }
-        });
-    }
-
-    let job_for = |model: &safedrift::resolve::ResolvedModel| Job {
+    let cancel = cancel_on_ctrl_c();
+    let subject = |model: &ResolvedModel| evaluation::Subject {
         model: ModelRef {
             spec: model.spec.clone(),
             revision: None,
             registry: None,
         },
         backend: model.backend.clone(),
-        template: template.clone(),
-        decoding: decoding.clone(),
-        benchmarks: benchmarks.clone(),
-        judge: judge.clone(),
-        judge_spec: args.judge.clone(),
-        limit: args.limit,
     };
     let bar = progress_bar();
-    let mut baseline_done = None;
-    if let Some(base) = &baseline {
-        match pipeline::evaluate(&store, &job_for(base), concurrency, &bar, &cancel).await {
-            Ok(mut done) => {
-                if let Some(plan) = &audit {
-                    pipeline::audit_run(&store, &mut done.0, &done.1, plan, concurrency).await;
-                }
-                baseline_done = Some(done)
-            }
-            Err(stopped) => {
-                bar.abandon();
-                eprintln!("error: {stopped}");
-                return stopped_code(&stopped);
-            }
-        }
-    }
-    let (mut run, results) =
-        match pipeline::evaluate(&store, &job_for(&candidate), concurrency, &bar, &cancel).await {
-            Ok(done) => done,
-            Err(stopped) => {
-                bar.abandon();
-                eprintln!("error: {stopped}");
-                return stopped_code(&stopped);
-            }
-        };
-    bar.finish_and_clear();
-    if let Some(plan) = &audit {
-        pipeline::audit_run(&store, &mut run, &results, plan, concurrency).await;
-    }
-
-    let doc = match &baseline_done {
-        Some((base_run, base_results)) => {
-            let doc = Run::compared(&run, &results, base_run, base_results, &rules);
-            run.baseline_run = Some(base_run.id.clone());
-            run.drift = doc.drift.clone();
-            if let Err(e) = store.put_run(&run) {
-                eprintln!("error: {e}");
-                return EXIT_BACKEND;
-            }
-            doc
-        }
-        None => Run::new(&run, &results),
+    let locks = evaluation::KeyedLocks::default();
+    let evaluator = evaluation::Evaluator {
+        store: &store,
+        concurrency: inputs.concurrency,
+        progress: &bar,
+        cancel: &cancel,
+        locks: &locks,
     };
-    let _ = store.flush().await;
+    // The candidate is evaluated afresh (an earlier completed run of it is
+    // not reused); the baseline's completed run is.
+    let outcome = evaluator
+        .evaluate(
+            &inputs.plan,
+            subject(&inputs.candidate),
+            inputs.baseline.as_ref().map(subject),
+            false,
+            None,
+            &inputs.rules,
+        )
+        .await;
+    match outcome {
+        Ok(outcome) => {
+            bar.finish_and_clear();
+            write_eval_output(&args, &outcome)
+        }
+        Err(evaluation::Failure::Stopped(stopped)) => {
+            bar.abandon();
+            eprintln!("error: {stopped}");
+            stopped_code(&stopped)
+        }
+        Err(e) => {
+            bar.abandon();
+            eprintln!("error: {e}");
+            EXIT_BACKEND
+        }
+    }
+}
 
+/// Writes `--results` and the report; the exit code follows the drift and
+/// `--fail-on-drift`.
+fn write_eval_output(args: &EvalArgs, outcome: &evaluation::Outcome) -> u8 {
     if let Some(path) = &args.results {
         let written = std::fs::File::create(path).and_then(|f| {
             let mut out = std::io::BufWriter::new(f);
-            if let Some((base_run, base_results)) = &baseline_done {
+            if let Some((base_run, base_results)) = &outcome.baseline {
                 report::write_results(&mut out, base_run, base_results)?;
             }
-            report::write_results(&mut out, &run, &results)?;
+            report::write_results(&mut out, &outcome.run, &outcome.results)?;
             out.flush()
         });
         if let Err(e) = written {
             return usage(format!("cannot write results to {}: {e}", path.display()));
         }
     }
+    let doc = &outcome.report;
     let mut stdout = std::io::stdout().lock();
     let printed = match args.output {
-        Output::Json => serde_json::to_writer_pretty(&mut stdout, &doc)
+        Output::Json => serde_json::to_writer_pretty(&mut stdout, doc)
             .map_err(std::io::Error::from)
             .and_then(|_| writeln!(stdout)),
-        Output::Table => write!(stdout, "{}", report::table(&doc)),
+        Output::Table => write!(stdout, "{}", report::table(doc)),
     };
     if let Err(e) = printed {
         eprintln!("error: cannot write the report: {e}");

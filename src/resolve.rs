@@ -72,12 +72,13 @@ pub fn covering_watcher<'c>(
         "hf" => {
             let repo = rest.split_once('@').map_or(rest, |(repo, _)| repo);
             let owner = repo.split('/').next().unwrap_or_default();
-            w.kind == "huggingface"
+            w.kind == crate::config::WatcherKind::Huggingface
                 && (lists(w, repo) || w.rest.get("author").and_then(|a| a.as_str()) == Some(owner))
         }
         "mlflow" => {
             let name = rest.rsplit_once('/').map_or(rest, |(name, _)| name);
-            w.kind == "mlflow" && (lists(w, name) || w.rest.contains_key("filter"))
+            w.kind == crate::config::WatcherKind::Mlflow
+                && (lists(w, name) || w.rest.contains_key("filter"))
         }
         _ => false,
     });
@@ -382,7 +383,12 @@ impl Resolver {
             // The watcher covering the model, else the first mlflow watcher.
             let watcher = covering_watcher(&self.config, kind, rest)
                 .map(|(_, w)| w)
-                .or_else(|| self.config.watchers.values().find(|w| w.kind == "mlflow"));
+                .or_else(|| {
+                    self.config
+                        .watchers
+                        .values()
+                        .find(|w| w.kind == crate::config::WatcherKind::Mlflow)
+                });
             for key in ["token_env", "token_file", "timeout"] {
                 if let Some(v) = watcher.and_then(|w| w.rest.get(key)) {
                     table.insert(key.into(), v.clone());

@@ -359,7 +359,15 @@ async fn checkpoints_of_one_lane_evaluated_in_parallel_evaluate_their_shared_bas
             port,
             hook,
             &backends,
-            &watcher("ol", &server, &["cand", "cand2", "cand3"]),
+            // Three watchers (a watcher's own checkpoints are evaluated in
+            // queue order, one at a time) on one backend, sharing a baseline.
+            &["cand", "cand2", "cand3"]
+                .iter()
+                .map(|m| {
+                    watcher("ol", &server, &[m])
+                        .replace("[watchers.ol]", &format!("[watchers.w-{m}]"))
+                })
+                .collect::<String>(),
         ),
     )
     .unwrap();

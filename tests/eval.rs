@@ -491,6 +491,41 @@ async fn verdicts_are_cached_so_a_repeated_eval_never_pays_the_judge_twice() {
     assert_eq!(first["metrics"], second["metrics"]);
 }
 
+/// `eval` and the daemon evaluate alike: a baseline's completed run under
+/// the same plan is reused (its model is not asked again), while the
+/// candidate is evaluated afresh; the drift decision is the same.
+#[tokio::test]
+async fn a_repeated_eval_reuses_the_baselines_completed_run() {
+    let server = spawn(script()).await;
+    let s = Scratch::new();
+    let bench = write_scenario(&s);
+    let base = server.base_url();
+    let args = [
+        "eval",
+        "--model",
+        "openai:cand",
+        "--baseline",
+        "openai:base",
+        "--benchmark",
+        &bench,
+        "--judge",
+        "keyword",
+        "--api-base",
+        &base,
+        "--output",
+        "json",
+    ];
+    let first = run_json(&s.run(&args).await);
+    server.reset_log();
+    let second = run_json(&s.run(&args).await);
+    let log = server.log();
+    assert_eq!(log.iter().filter(|r| r.model == "base").count(), 0);
+    assert_eq!(log.iter().filter(|r| r.model == "cand").count(), 24);
+    assert_eq!(first["baseline"]["id"], second["baseline"]["id"]);
+    assert_ne!(first["id"], second["id"]);
+    assert_eq!(first["drift"], second["drift"]);
+}
+
 #[tokio::test]
 async fn replicas_share_the_load_and_a_failing_one_is_left_out() {
     let healthy = spawn(script().latency_ms(30)).await;

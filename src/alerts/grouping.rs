@@ -451,7 +451,7 @@ mod tests {
                 toml::from_str(&format!("url = \"http://x/\"\nformat = \"slack\"\n{extra}"))
                     .unwrap();
             let a = crate::config::AlertConfig {
-                kind: "webhook".into(),
+                kind: crate::config::AlertKind::Webhook,
                 rest: table,
             };
             out.insert(name.to_string(), TargetConfig::parse(name, &a).unwrap());

@@ -48,21 +48,7 @@ use target::{Format, TargetConfig};
 
 /// Every configured target, parsed; problems name their keys.
 pub fn targets(config: &Config) -> Result<BTreeMap<String, TargetConfig>, Vec<String>> {
-    let mut out = BTreeMap::new();
-    let mut problems = Vec::new();
-    for (name, a) in &config.alerts {
-        match TargetConfig::parse(name, a) {
-            Ok(t) => {
-                out.insert(name.clone(), t);
-            }
-            Err(mut p) => problems.append(&mut p),
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems)
-    }
+    config.targets()
 }
 
 /// Where links in alerts point: `[api] public_url`, else `http://<listen>`.

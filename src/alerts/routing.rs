@@ -154,7 +154,7 @@ mod tests {
         let text = format!("kind = \"webhook\"\nurl = \"http://x/\"\nformat = \"slack\"\n{extra}");
         let table: toml::Table = toml::from_str(&text).unwrap();
         let a = crate::config::AlertConfig {
-            kind: "webhook".into(),
+            kind: crate::config::AlertKind::Webhook,
             rest: table.into_iter().filter(|(k, _)| k != "kind").collect(),
         };
         TargetConfig::parse("t", &a).unwrap()

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::store::CheckpointRecord;
 
 /// The watcher name of checkpoints queued through the API.
-pub const SOURCE: &str = "api";
+pub const SOURCE: &str = crate::config::API_SOURCE;
 
 /// What to evaluate. Unset fields take the config's defaults: the bundled
 /// probe benchmark, the keyword judge, the model's own template (else

@@ -13,8 +13,17 @@ use serde::Deserialize;
 
 use crate::benchmark;
 
+pub mod alerts;
+
+pub use alerts::{AlertKind, Format, TargetConfig};
+pub use safedrift_watchers::Kind as WatcherKind;
+
+/// The watcher name of checkpoints queued through the API (reserved: no
+/// `[watchers.NAME]` may take it).
+pub const API_SOURCE: &str = "api";
+
 /// The embedded default configuration (used when no file is found).
-pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 
 /// Where the config came from, for messages.
 #[derive(Clone, Debug)]
@@ -480,21 +489,34 @@ pub struct TemplateConfig {
     pub user_suffix: Option<String>,
 }
 
-/// Watchers are checked for their kind and schedule here; the daemon reads
-/// the rest of their keys.
+/// `[watchers.NAME]`: the keys every kind shares, typed here; the
+/// kind-specific keys stay in `rest` and are checked by the kind
+/// ([`WatcherKind::check_config`]) and read when the watcher is built.
 #[derive(Clone, Debug, Deserialize)]
 pub struct WatcherConfig {
-    pub kind: String,
+    pub kind: WatcherKind,
+    /// Cron expression with seconds (default every 5 minutes).
     pub schedule: Option<String>,
+    /// The `[backends.NAME]` entry local checkpoints run with.
+    pub backend: Option<String>,
+    /// Benchmark names or SPECs (default `builtin:probes`).
+    pub benchmarks: Option<Vec<String>>,
+    /// A `[judges.NAME]` entry or judge SPEC (default `keyword`).
+    pub judge: Option<String>,
+    /// The model SPEC checkpoints are compared with.
+    pub baseline: Option<String>,
+    /// A `[templates.NAME]` entry (default `default`).
+    pub template: Option<String>,
+    /// The kind-specific keys.
     #[serde(flatten)]
     pub rest: toml::Table,
 }
 
-/// Alert targets: `kind` here, the other keys are parsed and checked by
-/// [`crate::alerts::target::TargetConfig`] (with their key paths).
+/// `[alerts.NAME]`: the kind here, the other keys parsed and checked as a
+/// [`TargetConfig`] (with their key paths) by [`Config::validate`].
 #[derive(Clone, Debug, Deserialize)]
 pub struct AlertConfig {
-    pub kind: String,
+    pub kind: AlertKind,
     #[serde(flatten)]
     pub rest: toml::Table,
 }
@@ -566,15 +588,6 @@ const SECRET_KEYS: &[&str] = &[
     "hf_token",
     "smtp_password",
 ];
-
-pub const WATCHER_KINDS: &[&str] = &[
-    "directory",
-    "mlflow",
-    "huggingface",
-    "openai-finetunes",
-    "ollama",
-];
-pub const ALERT_KINDS: &[&str] = &["email", "webhook"];
 
 /// Finds the config file: `--config`, else `$SAFEDRIFT_CONFIG`, else
 /// `/etc/safedrift/safedrift.toml` if it exists, else the embedded default.
@@ -750,10 +763,9 @@ impl Config {
             }
         }
         p.extend(self.api.exposure_problems());
-        if self.watchers.contains_key(crate::api::evaluations::SOURCE) {
+        if self.watchers.contains_key(API_SOURCE) {
             p.push(format!(
-                "`watchers.{}`: the name is reserved for evaluations queued through the API",
-                crate::api::evaluations::SOURCE
+                "`watchers.{API_SOURCE}`: the name is reserved for evaluations queued through the API"
             ));
         }
         for (name, b) in &self.benchmarks {
@@ -878,45 +890,9 @@ impl Config {
             }
         }
         for (name, w) in &self.watchers {
-            let key = format!("watchers.{name}");
-            if !WATCHER_KINDS.contains(&w.kind.as_str()) {
-                p.push(format!(
-                    "`{key}.kind`: unknown watcher kind {:?} (expected one of {})",
-                    w.kind,
-                    WATCHER_KINDS.join(", ")
-                ));
-            }
-            if let Some(s) = &w.schedule {
-                if let Err(e) = check_cron(s) {
-                    p.push(format!("`{key}.schedule`: {e}"));
-                }
-            }
-            if WATCHER_KINDS.contains(&w.kind.as_str()) {
-                if let Err(mut problems) = crate::watchers::build(name, w) {
-                    p.append(&mut problems);
-                }
-            }
-            if let Some(toml::Value::String(j)) = w.rest.get("judge") {
-                if !self.judges.contains_key(j) && !is_judge_spec(j) {
-                    p.push(format!("`{key}.judge`: no judge named {j:?}"));
-                }
-            }
-            if let Some(toml::Value::String(b)) = w.rest.get("backend") {
-                if !self.backends.contains_key(b) {
-                    p.push(format!("`{key}.backend`: no backend named {b:?}"));
-                }
-            }
-            if let Some(toml::Value::Array(bs)) = w.rest.get("benchmarks") {
-                for b in bs {
-                    match b.as_str() {
-                        Some(b) if self.benchmarks.contains_key(b) || b.contains(':') => {}
-                        Some(b) => p.push(format!("`{key}.benchmarks`: no benchmark named {b:?}")),
-                        None => p.push(format!("`{key}.benchmarks`: expected strings")),
-                    }
-                }
-            }
+            self.check_watcher(name, w, &mut p);
         }
-        if let Err(mut problems) = crate::alerts::targets(self) {
+        if let Err(mut problems) = self.targets() {
             p.append(&mut problems);
         }
         if let Some(u) = &self.api.public_url {
@@ -948,6 +924,51 @@ impl Config {
             }
         }
         p
+    }
+
+    /// Problems of `[watchers.NAME]`, found without building the watcher.
+    fn check_watcher(&self, name: &str, w: &WatcherConfig, p: &mut Vec<String>) {
+        let key = format!("watchers.{name}");
+        if let Some(s) = &w.schedule {
+            if let Err(e) = check_cron(s) {
+                p.push(format!("`{key}.schedule`: {e}"));
+            }
+        }
+        p.append(&mut w.kind.check_config(name, &w.rest));
+        if let Some(j) = &w.judge {
+            if !self.judges.contains_key(j) && !is_judge_spec(j) {
+                p.push(format!("`{key}.judge`: no judge named {j:?}"));
+            }
+        }
+        if let Some(b) = &w.backend {
+            if !self.backends.contains_key(b) {
+                p.push(format!("`{key}.backend`: no backend named {b:?}"));
+            }
+        }
+        for b in w.benchmarks.iter().flatten() {
+            if !self.benchmarks.contains_key(b) && !b.contains(':') {
+                p.push(format!("`{key}.benchmarks`: no benchmark named {b:?}"));
+            }
+        }
+    }
+
+    /// Every configured alert target, parsed; problems name their keys.
+    pub fn targets(&self) -> Result<BTreeMap<String, TargetConfig>, Vec<String>> {
+        let mut out = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, a) in &self.alerts {
+            match TargetConfig::parse(name, a) {
+                Ok(t) => {
+                    out.insert(name.clone(), t);
+                }
+                Err(mut p) => problems.append(&mut p),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
     }
 
     fn check_template_ref(&self, name: Option<&str>, key: &str, p: &mut Vec<String>) {

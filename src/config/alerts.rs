@@ -1,0 +1,358 @@
+//! The `[alerts.NAME]` tables: parsed with the key path in every error and
+//! checked as a whole, like the rest of the config.
+//!
+//! Both kinds share the routing and delivery keys:
+//! - `watchers = ["acme-hf"]`: only checkpoints found by these watchers (exact
+//!   names; default: all).
+//! - `models = ["acme/*-sft", "ollama:llama3*"]`: only candidates whose model
+//!   SPEC (e.g. `huggingface:acme/llama-sft`, or that SPEC with its `@revision`)
+//!   or bare model name matches one of these globs (`*`, `?`, `[a-z]`; a name
+//!   without them matches exactly; default: all).
+//! - `min_severity = "warning"`: `info` (default), `warning` or `critical`.
+//! - `dead_letter_after = "24h"`: give up on an alert this long after it was
+//!   created (default 24h); `backoff_initial` (1s) and `backoff_max` (5m) bound
+//!   the exponential backoff (with ±25% jitter) between attempts;
+//!   `timeout` (30s) bounds one attempt.
+//! - `include_responses = false`: put up to five harmful model answers in the
+//!   message (off by default: answers to harmful prompts can be harmful).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::AlertConfig;
+
+/// The alert target kinds, as `kind = "..."` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertKind {
+    Email,
+    Webhook,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Email => "email",
+            AlertKind::Webhook => "webhook",
+        }
+    }
+}
+
+impl std::fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The values of `min_severity` (the alerts' severities, lowest first).
+pub const SEVERITIES: &[&str] = &["info", "warning", "critical"];
+
+/// One alert target as configured.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// `email` or `webhook`.
+    pub kind: String,
+    /// SMTP server (`smtp://host:port`, `smtp://host:port?tls=required`,
+    /// `smtps://host:port`) or webhook URL ...
+    pub url: Option<String>,
+    /// ... or the environment variable or file holding it, for URLs that
+    /// are themselves secrets (a Slack incoming webhook's URL).
+    pub url_env: Option<String>,
+    pub url_file: Option<PathBuf>,
+    // --- email
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// SMTP user (else the user part of `url`).
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// PEM file of a CA to trust (besides the public roots) for an SMTP
+    /// server with a private certificate (TLS URLs only).
+    pub ca_file: Option<PathBuf>,
+    // --- webhook
+    /// `json` (default), `slack` or `alertmanager`.
+    pub format: Option<String>,
+    /// `whsec_...` signing secret for `format = "json"` (required for it).
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// Alertmanager: how often a firing alert is sent again (default 1m).
+    #[serde(default, with = "humantime_serde")]
+    pub repeat_interval: Option<Duration>,
+    /// Alertmanager: how long a resolved alert keeps being sent (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub resolve_resend: Option<Duration>,
+    // --- routing
+    #[serde(default)]
+    pub watchers: Vec<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub min_severity: Option<String>,
+    #[serde(default)]
+    pub include_responses: bool,
+    // --- delivery
+    #[serde(default, with = "humantime_serde")]
+    pub dead_letter_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// Webhook payload shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Slack,
+    Alertmanager,
+}
+
+impl TargetConfig {
+    /// Parses `[alerts.NAME]`; errors name the key.
+    pub fn parse(name: &str, a: &AlertConfig) -> Result<TargetConfig, Vec<String>> {
+        let mut table = a.rest.clone();
+        table.insert("kind".into(), toml::Value::String(a.kind.as_str().into()));
+        let parsed: TargetConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let msg = e.into_inner().message().trim().to_string();
+                if path.is_empty() || path == "." {
+                    vec![format!("`alerts.{name}`: {msg}")]
+                } else {
+                    vec![format!("`alerts.{name}.{path}`: {msg}")]
+                }
+            })?;
+        let problems = parsed.check(name);
+        if problems.is_empty() {
+            Ok(parsed)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Every problem with this target, each naming its key.
+    pub(crate) fn check(&self, name: &str) -> Vec<String> {
+        let key = |k: &str| format!("`alerts.{name}.{k}`");
+        let mut p = Vec::new();
+        let sources = [
+            self.url.is_some(),
+            self.url_env.is_some(),
+            self.url_file.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if sources != 1 {
+            p.push(format!(
+                "{}: set exactly one of `url`, `url_env` or `url_file`",
+                key("url")
+            ));
+        }
+        super::check_secret_file(
+            self.url_file.as_deref(),
+            &format!("alerts.{name}.url_file"),
+            &mut p,
+        );
+        // A URL from the environment or a file is checked when it is used
+        // (and never shown).
+        let inline = self.url.clone().unwrap_or_default();
+        let email_only: [(&str, bool); 6] = [
+            ("ca_file", self.ca_file.is_some()),
+            ("from", self.from.is_some()),
+            ("to", !self.to.is_empty()),
+            ("username", self.username.is_some()),
+            ("password_env", self.password_env.is_some()),
+            ("password_file", self.password_file.is_some()),
+        ];
+        let webhook_only: [(&str, bool); 5] = [
+            ("format", self.format.is_some()),
+            ("secret_env", self.secret_env.is_some()),
+            ("secret_file", self.secret_file.is_some()),
+            ("repeat_interval", self.repeat_interval.is_some()),
+            ("resolve_resend", self.resolve_resend.is_some()),
+        ];
+        match self.kind.as_str() {
+            "email" => {
+                for (k, set) in webhook_only {
+                    if set {
+                        p.push(format!("{}: only webhook targets take this key", key(k)));
+                    }
+                }
+                match url::Url::parse(&inline) {
+                    _ if self.url.is_none() => {}
+                    Ok(u) if matches!(u.scheme(), "smtp" | "smtps") => {
+                        if u.password().is_some() {
+                            p.push(format!(
+                                "{}: put no password in the URL; use `password_env` or `password_file`",
+                                key("url")
+                            ));
+                        }
+                        if u.host_str().is_none_or(str::is_empty) {
+                            p.push(format!("{}: the URL has no host", key("url")));
+                        }
+                        for (k, v) in u.query_pairs() {
+                            if k != "tls" || v != "required" {
+                                p.push(format!(
+                                    "{}: unknown query `{k}={v}` (only `tls=required`, for STARTTLS, is understood)",
+                                    key("url")
+                                ));
+                            }
+                        }
+                    }
+                    Ok(u) => p.push(format!(
+                        "{}: scheme `{}` is not smtp or smtps",
+                        key("url"),
+                        u.scheme()
+                    )),
+                    Err(_) => p.push(format!(
+                        "{}: not a URL like smtp://host:25, smtp://host:587?tls=required or smtps://host:465",
+                        key("url")
+                    )),
+                }
+                match &self.from {
+                    None => p.push(format!("{}: required for email targets", key("from"))),
+                    Some(f) if f.parse::<lettre::message::Mailbox>().is_err() => {
+                        p.push(format!("{}: {f:?} is not an email address", key("from")))
+                    }
+                    Some(_) => {}
+                }
+                if self.to.is_empty() {
+                    p.push(format!("{}: give at least one recipient", key("to")));
+                }
+                for t in &self.to {
+                    if t.parse::<lettre::message::Mailbox>().is_err() {
+                        p.push(format!("{}: {t:?} is not an email address", key("to")));
+                    }
+                }
+                let tls = self.url.is_none()
+                    || inline.starts_with("smtps:")
+                    || inline.contains("tls=required");
+                if let Some(f) = &self.ca_file {
+                    if !tls {
+                        p.push(format!(
+                            "{}: only TLS URLs (smtps://, ?tls=required) use a CA file",
+                            key("ca_file")
+                        ));
+                    } else if !f.is_file() {
+                        p.push(format!(
+                            "{}: {} is not a readable file",
+                            key("ca_file"),
+                            f.display()
+                        ));
+                    }
+                }
+                if self.password_env.is_some() && self.password_file.is_some() {
+                    p.push(format!(
+                        "{}: set `password_env` or `password_file`, not both",
+                        key("password_file")
+                    ));
+                }
+                super::check_secret_file(
+                    self.password_file.as_deref(),
+                    &format!("alerts.{name}.password_file"),
+                    &mut p,
+                );
+            }
+            "webhook" => {
+                for (k, set) in email_only {
+                    if set {
+                        p.push(format!("{}: only email targets take this key", key(k)));
+                    }
+                }
+                match url::Url::parse(&inline) {
+                    _ if self.url.is_none() => {}
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                        if u.password().is_some() {
+                            p.push(format!("{}: put no credentials in the URL", key("url")));
+                        }
+                    }
+                    Ok(u) => p.push(format!(
+                        "{}: scheme `{}` is not http or https",
+                        key("url"),
+                        u.scheme()
+                    )),
+                    Err(e) => p.push(format!("{}: invalid URL: {e}", key("url"))),
+                }
+                let format = self.format.as_deref().unwrap_or("json");
+                if !matches!(format, "json" | "slack" | "alertmanager") {
+                    p.push(format!(
+                        "{}: expected \"json\", \"slack\" or \"alertmanager\", found {format:?}",
+                        key("format")
+                    ));
+                }
+                if format == "json" && self.secret_env.is_none() && self.secret_file.is_none() {
+                    p.push(format!(
+                        "{}: json webhooks are signed; set `secret_env` or `secret_file` (a whsec_... secret)",
+                        key("secret_env")
+                    ));
+                }
+                if format != "json" && (self.secret_env.is_some() || self.secret_file.is_some()) {
+                    p.push(format!(
+                        "{}: only `format = \"json\"` webhooks are signed",
+                        key("secret_env")
+                    ));
+                }
+                if format != "alertmanager"
+                    && (self.repeat_interval.is_some() || self.resolve_resend.is_some())
+                {
+                    p.push(format!(
+                        "{}: only `format = \"alertmanager\"` targets repeat alerts",
+                        key("repeat_interval")
+                    ));
+                }
+                if self.secret_env.is_some() && self.secret_file.is_some() {
+                    p.push(format!(
+                        "{}: set `secret_env` or `secret_file`, not both",
+                        key("secret_file")
+                    ));
+                }
+                super::check_secret_file(
+                    self.secret_file.as_deref(),
+                    &format!("alerts.{name}.secret_file"),
+                    &mut p,
+                );
+                if self.repeat_interval.is_some_and(|d| d.is_zero()) {
+                    p.push(format!("{}: must be more than 0s", key("repeat_interval")));
+                }
+            }
+            _ => unreachable!("parsed from AlertKind"),
+        }
+        if let Some(s) = &self.min_severity {
+            if !SEVERITIES.contains(&s.as_str()) {
+                p.push(format!(
+                    "{}: expected \"info\", \"warning\" or \"critical\", found {s:?}",
+                    key("min_severity")
+                ));
+            }
+        }
+        for m in &self.models {
+            if let Err(e) = globset::Glob::new(m) {
+                p.push(format!("{}: {m:?} is not a glob: {e}", key("models")));
+            }
+        }
+        for (k, d) in [
+            ("dead_letter_after", self.dead_letter_after),
+            ("backoff_initial", self.backoff_initial),
+            ("backoff_max", self.backoff_max),
+            ("timeout", self.timeout),
+        ] {
+            if d.is_some_and(|d| d.is_zero()) {
+                p.push(format!("{}: must be more than 0s", key(k)));
+            }
+        }
+        if let (Some(a), Some(b)) = (self.backoff_initial, self.backoff_max) {
+            if a > b {
+                p.push(format!(
+                    "{}: must not be more than `backoff_max`",
+                    key("backoff_initial")
+                ));
+            }
+        }
+        p
+    }
+}

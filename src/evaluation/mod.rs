@@ -1,0 +1,330 @@
+//! One evaluation, the same wherever it is asked for: `safedrift eval`, a
+//! checkpoint the daemon took from its queue, an evaluation queued through
+//! the API.
+//!
+//! The caller resolves what to evaluate: a [`Plan`] (benchmarks, judge,
+//! template, decoding, the judge's audit), built by [`Plan::resolve`] from
+//! the names the user gave, and the models as [`Subject`]s. [`Evaluator`]
+//! then, in this order and nowhere else:
+//! 1. runs the baseline, reusing its completed run when one with the same
+//!    identity exists (a lineage's baseline is evaluated once per plan);
+//! 2. runs the candidate (reusing a completed run only where the caller
+//!    allows: the daemon does, `eval` evaluates afresh);
+//! 3. audits both runs against the local judge's teacher when planned (a
+//!    run keeps its first audit);
+//! 4. decides drift once, against the rules in force, and stores the
+//!    decision with the candidate's run.
+//!
+//! What happens next (printing a report, alerting) is the caller's, from
+//! the stored decision in [`Outcome`].
+
+pub mod locks;
+
+use std::sync::Arc;
+
+use indicatif::ProgressBar;
+use safedrift_judges::Judge;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::backend::{Backend, Decoding};
+use crate::benchmark::Benchmark;
+use crate::config::DriftConfig;
+use crate::pipeline::{self, AuditPlan, Job, Stopped};
+use crate::report::Run;
+use crate::resolve::Resolver;
+use crate::store::{ModelRef, ResultRecord, RunRecord, Store, StoreError, Template};
+pub use locks::KeyedLocks;
+
+/// How models are evaluated: the same for a candidate and its baseline.
+#[derive(Clone)]
+pub struct Plan {
+    pub benchmarks: Arc<Vec<Benchmark>>,
+    pub judge: Arc<dyn Judge>,
+    /// The judge as the user named it.
+    pub judge_spec: String,
+    pub template: Template,
+    pub decoding: Decoding,
+    /// At most this many prompts per benchmark.
+    pub limit: Option<usize>,
+    /// The audit of a local classifier judge against its teacher.
+    pub audit: Option<AuditPlan>,
+}
+
+/// A part of a plan that did not resolve: which (`benchmarks`, `judge`,
+/// `template`) and why, in full for the operator and without paths or file
+/// contents for API clients.
+#[derive(Debug)]
+pub struct PlanProblem {
+    pub field: &'static str,
+    pub spec: String,
+    pub message: String,
+    pub public: String,
+}
+
+/// The decoding settings of `[eval]`.
+pub fn decoding(eval: &crate::config::EvalConfig) -> Decoding {
+    Decoding {
+        max_new_tokens: eval.max_new_tokens,
+        temperature: eval.temperature,
+        top_p: eval.top_p,
+        seed: eval.seed,
+    }
+}
+
+impl Plan {
+    /// Resolves a plan from the names a user gave (CLI flags, a watcher
+    /// entry, an API request); every problem at once.
+    pub fn resolve(
+        resolver: &Resolver,
+        benchmarks: &[String],
+        judge_spec: &str,
+        template: &str,
+        decoding: Decoding,
+        limit: Option<usize>,
+    ) -> Result<Plan, Vec<PlanProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |field, spec: &str, message: String, public: String| {
+            problems.push(PlanProblem {
+                field,
+                spec: spec.to_string(),
+                message,
+                public,
+            })
+        };
+        let mut resolved = Vec::new();
+        for spec in benchmarks {
+            match resolver.benchmark(spec) {
+                Ok(b) => resolved.push(b),
+                Err(e) => problem("benchmarks", spec, e.to_string(), e.public_message()),
+            }
+        }
+        let judge = resolver
+            .judge(judge_spec)
+            .map_err(|e| {
+                problem(
+                    "judge",
+                    judge_spec,
+                    e.to_string(),
+                    e.public_message().into(),
+                )
+            })
+            .ok();
+        let audit = resolver
+            .audit(judge_spec)
+            .map_err(|e| {
+                problem(
+                    "judge",
+                    judge_spec,
+                    e.to_string(),
+                    e.public_message().into(),
+                )
+            })
+            .ok()
+            .flatten();
+        let name = template;
+        let template = resolver
+            .template(name)
+            .map_err(|e| problem("template", name, e.to_string(), "not in the config".into()))
+            .ok();
+        match (judge, template) {
+            (Some(judge), Some(template)) if problems.is_empty() => Ok(Plan {
+                benchmarks: Arc::new(resolved),
+                judge,
+                judge_spec: judge_spec.to_string(),
+                template,
+                decoding,
+                limit,
+                audit,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// Digest of what makes two plans evaluate alike (benchmarks by
+    /// content, the judge's identity, the template's content, decoding):
+    /// part of each queued checkpoint's key.
+    pub fn key(&self) -> String {
+        let text = serde_json::json!({
+            "benchmarks": self.benchmarks.iter().map(|b| &b.sha256).collect::<Vec<_>>(),
+            "judge": self.judge.identity(),
+            "template": self.template.sha256(),
+            "decoding": self.decoding,
+        })
+        .to_string();
+        hex::encode(&Sha256::digest(text.as_bytes())[..8])
+    }
+
+    /// The pipeline's job for one model under this plan.
+    pub fn job(&self, subject: Subject) -> Job {
+        Job {
+            model: subject.model,
+            backend: subject.backend,
+            template: self.template.clone(),
+            decoding: self.decoding.clone(),
+            benchmarks: self.benchmarks.clone(),
+            judge: self.judge.clone(),
+            judge_spec: self.judge_spec.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+/// A model to evaluate: what the run records of it, and what answers.
+pub struct Subject {
+    pub model: ModelRef,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Why an evaluation ended without an outcome. Progress is stored either
+/// way; the same evaluation asked again resumes it.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Stopped(#[from] Stopped),
+    /// Stopped while waiting for another evaluation of the same run.
+    #[error("interrupted")]
+    Cancelled,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// An evaluation's result: the runs as stored, and the report.
+pub struct Outcome {
+    pub run: RunRecord,
+    pub results: Vec<ResultRecord>,
+    pub baseline: Option<(RunRecord, Vec<ResultRecord>)>,
+    /// The run document with its baseline and drift decision.
+    pub report: Run,
+    /// The candidate's run was completed for this very checkpoint before
+    /// (a restart came after it was stored): nothing was evaluated or
+    /// decided now.
+    pub already_done: bool,
+}
+
+/// Where evaluations run: the store, how many prompts at once, progress,
+/// cancellation, and the locks that keep two evaluations of one run
+/// identity from running at once (the daemon's lanes).
+pub struct Evaluator<'a> {
+    pub store: &'a Store,
+    pub concurrency: usize,
+    pub progress: &'a ProgressBar,
+    pub cancel: &'a CancellationToken,
+    pub locks: &'a KeyedLocks,
+}
+
+impl Evaluator<'_> {
+    /// Evaluates `candidate` (and `baseline`, when given) under `plan`,
+    /// decides drift by `rules` and stores the decision with the
+    /// candidate's run, marked with `checkpoint` when it is one.
+    pub async fn evaluate(
+        &self,
+        plan: &Plan,
+        candidate: Subject,
+        baseline: Option<Subject>,
+        reuse_candidate: bool,
+        checkpoint: Option<&str>,
+        rules: &DriftConfig,
+    ) -> Result<Outcome, Failure> {
+        let baseline = match baseline {
+            Some(b) => {
+                let job = plan.job(b);
+                let identity = pipeline::identity(&job);
+                let _one = self.lock(&identity).await?;
+                let (mut run, results) = self.run(&job, true, true).await?;
+                self.audit(plan, &mut run, &results).await;
+                Some((run, results))
+            }
+            None => None,
+        };
+        let job = plan.job(candidate);
+        let identity = pipeline::identity(&job);
+        // Held until the run is stored with its decision: the same model
+        // queued twice (two watchers' plans, the API) is evaluated once.
+        let _one = self.lock(&identity).await?;
+        if let (true, Some(cp)) = (reuse_candidate, checkpoint) {
+            if let Some(run) = self.store.completed_run(&identity)? {
+                if run.checkpoint.as_deref() == Some(cp) {
+                    info!(checkpoint = %cp, run = %run.id, "already evaluated before a restart");
+                    let results = self.store.results(&run.id)?;
+                    let report = Run::new(&run, &results);
+                    return Ok(Outcome {
+                        run,
+                        results,
+                        baseline,
+                        report,
+                        already_done: true,
+                    });
+                }
+            }
+        }
+        let (mut run, results) = self.run(&job, reuse_candidate, false).await?;
+        self.audit(plan, &mut run, &results).await;
+        if let Some(cp) = checkpoint {
+            run.checkpoint = Some(cp.to_string());
+        }
+        let report = match &baseline {
+            Some((base_run, base_results)) => {
+                let report = Run::compared(&run, &results, base_run, base_results, rules);
+                run.baseline_run = Some(base_run.id.clone());
+                run.drift = report.drift.clone();
+                report
+            }
+            None => Run::new(&run, &results),
+        };
+        self.store.put_run(&run)?;
+        self.store.flush().await?;
+        Ok(Outcome {
+            run,
+            results,
+            baseline,
+            report,
+            already_done: false,
+        })
+    }
+
+    /// A model's completed run under this plan (when `reuse`), else a new
+    /// or resumed one. The caller holds the identity's lock.
+    async fn run(
+        &self,
+        job: &Job,
+        reuse: bool,
+        baseline: bool,
+    ) -> Result<(RunRecord, Vec<ResultRecord>), Failure> {
+        if reuse {
+            if let Some(run) = self.store.completed_run(&pipeline::identity(job))? {
+                if baseline {
+                    info!(baseline = %run.model.spec, run = %run.id, "reusing the baseline's completed run");
+                } else {
+                    info!(model = %run.model.spec, run = %run.id, "reusing the model's completed run");
+                }
+                let results = self.store.results(&run.id)?;
+                return Ok((run, results));
+            }
+        }
+        Ok(pipeline::evaluate(
+            self.store,
+            job,
+            self.concurrency,
+            self.progress,
+            self.cancel,
+        )
+        .await?)
+    }
+
+    async fn audit(&self, plan: &Plan, run: &mut RunRecord, results: &[ResultRecord]) {
+        if let Some(audit) = &plan.audit {
+            pipeline::audit_run(self.store, run, results, audit, self.concurrency).await;
+        }
+    }
+
+    /// Waits until no other evaluation of this run identity is under way.
+    async fn lock(&self, identity: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, Failure> {
+        let key = format!("run {identity}");
+        tokio::select! {
+            g = self.locks.lock(&key) => Ok(g),
+            _ = self.cancel.cancelled() => Err(Failure::Cancelled),
+        }
+    }
+}
