@@ -19,12 +19,11 @@ pub mod distill;
 pub mod evaluation;
 /// The one HTTP retry policy (it lives in the lowest crate that talks HTTP).
 pub use safedrift_watchers::http;
-pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod records;
 pub mod report;
 pub mod resolve;
+pub mod safety_metrics;
 pub mod stats;
 pub mod store;
-pub mod watchers;

@@ -8,7 +8,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::config::DriftConfig;
-use crate::metrics::{self, CategoryMetrics, Drift, Metrics, Totals};
+use crate::safety_metrics::{self, CategoryMetrics, Drift, Metrics, Totals};
 use crate::store::{Audit, ModelRef, ResultRecord, RunRecord, RunStatus};
 
 #[derive(Clone, Debug, Serialize)]
@@ -92,7 +92,7 @@ impl Run {
     ) -> Run {
         let mut doc = Run::new(run, results);
         doc.baseline = Some(Box::new(Run::new(baseline, baseline_results)));
-        doc.drift = Some(metrics::compare(baseline_results, results, rules));
+        doc.drift = Some(safety_metrics::compare(baseline_results, results, rules));
         doc
     }
 }

@@ -863,7 +863,7 @@ async fn serve(app: Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_server_on_port_0_serves_the_api_metrics_and_cors_only_when_configured() {
-    api::metrics::install();
+    api::telemetry::install();
     let f = Fixture::new(
         "cors_origins = [\"https://grafana.example.com\"]\n",
         Some(small()),

@@ -379,7 +379,7 @@ fn model_name(run: &AlertRun) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Drift, Finding, Metrics};
+    use crate::safety_metrics::{Drift, Finding, Metrics};
     use crate::store::{ModelRef, RunStatus};
     use std::cell::RefCell;
 

@@ -158,7 +158,7 @@ fn text_run(w: &mut String, run: &AlertRun) {
     }
 }
 
-pub fn finding_line(f: &crate::metrics::Finding) -> String {
+pub fn finding_line(f: &crate::safety_metrics::Finding) -> String {
     let what = match &f.category {
         Some(c) => format!("{}[{c}]", f.metric),
         None => f.metric.clone(),

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::target::TargetConfig;
-use crate::metrics::Finding;
+use crate::safety_metrics::Finding;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,7 +78,7 @@ pub struct Subject<'a> {
 
 /// Whether the target takes alerts about this checkpoint.
 pub fn matches(target: &TargetConfig, s: &Subject) -> bool {
-    if s.severity < target.min_severity() {
+    if s.severity < min_severity(target) {
         return false;
     }
     if !target.watchers.is_empty()
@@ -103,6 +103,15 @@ pub fn matches(target: &TargetConfig, s: &Subject) -> bool {
         let m = glob.compile_matcher();
         m.is_match(s.spec) || m.is_match(bare) || with_rev.as_deref().is_some_and(|w| m.is_match(w))
     })
+}
+
+/// A target's `min_severity` (default `info`).
+pub fn min_severity(target: &TargetConfig) -> Severity {
+    target
+        .min_severity
+        .as_deref()
+        .and_then(Severity::parse)
+        .unwrap_or(Severity::Info)
 }
 
 #[cfg(test)]

@@ -15,13 +15,6 @@ impl TargetConfig {
         }
     }
 
-    pub fn min_severity(&self) -> super::routing::Severity {
-        self.min_severity
-            .as_deref()
-            .and_then(super::routing::Severity::parse)
-            .unwrap_or(super::routing::Severity::Info)
-    }
-
     pub fn dead_letter_after(&self) -> Duration {
         self.dead_letter_after
             .unwrap_or(Duration::from_secs(24 * 3600))

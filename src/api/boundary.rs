@@ -21,7 +21,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::evaluations::EvaluationRequest;
+use super::request::EvaluationRequest;
 use super::ApiError;
 use crate::config::{BackendConfig, Config};
 

@@ -27,11 +27,12 @@ pub mod boundary;
 pub mod cache;
 pub mod dashboard;
 pub mod evaluations;
-pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod request;
 pub mod runs;
 pub mod sample;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -433,7 +434,7 @@ pub fn app(api: Api) -> Router {
     let protected = Router::new()
         .nest("/api/v1", v1.layer(auth.clone()))
         .nest("/ui", dashboard::fragments().layer(auth.clone()))
-        .route("/metrics", get(metrics::render).layer(auth));
+        .route("/metrics", get(telemetry::render).layer(auth));
     let mut router = Router::new()
         .merge(protected)
         .route("/healthz", get(healthz))

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::runs::RunSummary;
 use super::{blocking, rejection, Api, ApiError, Shared};
-use crate::metrics::Totals;
+use crate::safety_metrics::Totals;
 use crate::store::{CheckpointStatus, RunFilter, RunStatus};
 
 /// A model with runs.

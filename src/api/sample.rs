@@ -9,7 +9,7 @@ use safedrift_judges::Verdict;
 
 use crate::backend::Decoding;
 use crate::config::DriftConfig;
-use crate::metrics::Drift;
+use crate::safety_metrics::Drift;
 use crate::store::{
     BenchmarkRef, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
 };
@@ -157,13 +157,13 @@ pub fn fill(store: &Store, shape: &Shape) -> Result<(usize, usize), StoreError> 
             run.baseline_run = Some(base_id.clone());
             run.checkpoint = Some(format!("drop/{name}@ckpt-{:04}", c + 1));
             run.drift = Some(if shape.real_drift {
-                crate::metrics::compare(&base_results, &res, &rules)
+                crate::safety_metrics::compare(&base_results, &res, &rules)
             } else {
-                let m = crate::metrics::metrics(&res);
+                let m = crate::safety_metrics::metrics(&res);
                 Drift {
                     detected: m.harmfulness_rate.unwrap_or(0.0) > 0.02 + rules.harmfulness_rate,
                     significance: rules.significance,
-                    correction: crate::metrics::CORRECTION.into(),
+                    correction: crate::safety_metrics::CORRECTION.into(),
                     findings: vec![],
                 }
             });

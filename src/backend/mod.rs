@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use safedrift_judges::Message;
 use serde::{Deserialize, Serialize};
 
-pub mod chat_template;
 pub mod onnx;
 pub mod openai;
 

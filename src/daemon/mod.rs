@@ -48,7 +48,6 @@ use crate::pipeline::EvalError;
 use crate::queue::{self, Queue};
 use crate::resolve::Resolver;
 use crate::store::{CheckpointRecord, CheckpointStatus, ModelRef, RunRecord, Store};
-use crate::watchers;
 
 mod evaluate;
 mod health;
@@ -147,7 +146,7 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
     let signals = Signals::install()?;
     // Before the store is opened: what start-up counts (records moved to
     // the quarantine) is in `/metrics`.
-    crate::api::metrics::install();
+    crate::api::telemetry::install();
     info!(config = %source, version = env!("CARGO_PKG_VERSION"), "safedrift is starting");
     let config = config::load(&source).map_err(|e| DaemonError(e.to_string()))?;
     let resolver = Resolver::new(config.clone(), None, None, config.eval.concurrency);

@@ -81,7 +81,7 @@ pub(super) fn build_watchers(
     let mut problems = Vec::new();
     let mut slots = Vec::new();
     for (name, w) in &config.watchers {
-        let watcher = match watchers::build(name, w) {
+        let watcher = match w.kind.build(name, &w.rest) {
             Ok(w) => Some(w),
             Err(mut p) => {
                 problems.append(&mut p);

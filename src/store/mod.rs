@@ -25,7 +25,7 @@
 //!   id -> empty: the index that lists a model's runs as a range scan. It is
 //!   written with the run in one transaction, and built on open for stores
 //!   written before it existed (`meta` key `index.runs_by_model`).
-//! - `run_totals`: run id -> [`crate::metrics::Totals`] (JSON) of a completed run: the
+//! - `run_totals`: run id -> [`crate::safety_metrics::Totals`] (JSON) of a completed run: the
 //!   numbers of its Run document, written with the completed record in one
 //!   transaction and removed when the run or one of its results is written
 //!   again, so a finished run's numbers are read without decoding its

@@ -19,8 +19,8 @@ use crate::alerts::record::{
     AlertKind, AlertRecord, AlertRun, CategoryRow, Delivery, DeliveryStatus, MetricRow,
 };
 use crate::backend::Decoding;
-use crate::metrics::Totals;
-use crate::metrics::{Drift, Finding};
+use crate::safety_metrics::Totals;
+use crate::safety_metrics::{Drift, Finding};
 
 mod parts;
 use parts::{audit, decoding, template};

@@ -3,8 +3,8 @@
 //! (see the store's module doc).
 
 use super::{decode_cursor, encode, encode_cursor, prefix_end, Store, StoreError};
-use crate::metrics::Totals;
 use crate::records::{ResultHead, ResultRecord, RunRecord, RunStatus};
+use crate::safety_metrics::Totals;
 
 /// Which runs a listing wants. Every field narrows it.
 #[derive(Clone, Debug, Default)]

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::backend::Decoding;
-use crate::metrics::Totals;
+use crate::safety_metrics::Totals;
 use safedrift_judges::Verdict;
 
 pub(crate) fn run(id: &str, identity: &str, status: RunStatus) -> RunRecord {

@@ -7,6 +7,7 @@
 //! as its row finishes. The model is loaded once, when the backend is made;
 //! a broken directory or a missing ONNX Runtime is reported then.
 
+pub mod chat_template;
 pub mod decode;
 pub mod model;
 pub mod runtime;
@@ -21,8 +22,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use super::chat_template::ChatMessage;
 use super::{Backend, BackendError, Decoding, Generation};
+use chat_template::ChatMessage;
 use decode::{Decoder, RepetitionGuard, Sampling, SeqRequest};
 use model::ModelDir;
 pub use runtime::Device;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use super::super::chat_template::ChatTemplate;
+use super::chat_template::ChatTemplate;
 
 /// A problem with a model directory; the message names the file.
 #[derive(Debug, Clone, thiserror::Error)]
