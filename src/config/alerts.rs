@@ -21,7 +21,25 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::AlertConfig;
+/// `[alerts.NAME]`: the kind here, the other keys parsed and checked as a
+/// [`TargetConfig`] (with their key paths) by [`Config::validate`].
+#[derive(Clone, Debug, Deserialize)]
+pub struct AlertConfig {
+    pub kind: AlertKind,
+    #[serde(flatten)]
+    pub rest: toml::Table,
+}
+
+/// How alerts are grouped (`[alerting]`).
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Drifted checkpoints of one lineage decided within this time of the
+    /// first become one message, sent when the window closes (default 1m;
+    /// "0s" sends each at once).
+    #[serde(default, with = "humantime_serde")]
+    pub group_window: Option<Duration>,
+}
 
 /// The alert target kinds, as `kind = "..."` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -177,149 +195,8 @@ impl TargetConfig {
             ("resolve_resend", self.resolve_resend.is_some()),
         ];
         match self.kind.as_str() {
-            "email" => {
-                for (k, set) in webhook_only {
-                    if set {
-                        p.push(format!("{}: only webhook targets take this key", key(k)));
-                    }
-                }
-                match url::Url::parse(&inline) {
-                    _ if self.url.is_none() => {}
-                    Ok(u) if matches!(u.scheme(), "smtp" | "smtps") => {
-                        if u.password().is_some() {
-                            p.push(format!(
-                                "{}: put no password in the URL; use `password_env` or `password_file`",
-                                key("url")
-                            ));
-                        }
-                        if u.host_str().is_none_or(str::is_empty) {
-                            p.push(format!("{}: the URL has no host", key("url")));
-                        }
-                        for (k, v) in u.query_pairs() {
-                            if k != "tls" || v != "required" {
-                                p.push(format!(
-                                    "{}: unknown query `{k}={v}` (only `tls=required`, for STARTTLS, is understood)",
-                                    key("url")
-                                ));
-                            }
-                        }
-                    }
-                    Ok(u) => p.push(format!(
-                        "{}: scheme `{}` is not smtp or smtps",
-                        key("url"),
-                        u.scheme()
-                    )),
-                    Err(_) => p.push(format!(
-                        "{}: not a URL like smtp://host:25, smtp://host:587?tls=required or smtps://host:465",
-                        key("url")
-                    )),
-                }
-                match &self.from {
-                    None => p.push(format!("{}: required for email targets", key("from"))),
-                    Some(f) if f.parse::<lettre::message::Mailbox>().is_err() => {
-                        p.push(format!("{}: {f:?} is not an email address", key("from")))
-                    }
-                    Some(_) => {}
-                }
-                if self.to.is_empty() {
-                    p.push(format!("{}: give at least one recipient", key("to")));
-                }
-                for t in &self.to {
-                    if t.parse::<lettre::message::Mailbox>().is_err() {
-                        p.push(format!("{}: {t:?} is not an email address", key("to")));
-                    }
-                }
-                let tls = self.url.is_none()
-                    || inline.starts_with("smtps:")
-                    || inline.contains("tls=required");
-                if let Some(f) = &self.ca_file {
-                    if !tls {
-                        p.push(format!(
-                            "{}: only TLS URLs (smtps://, ?tls=required) use a CA file",
-                            key("ca_file")
-                        ));
-                    } else if !f.is_file() {
-                        p.push(format!(
-                            "{}: {} is not a readable file",
-                            key("ca_file"),
-                            f.display()
-                        ));
-                    }
-                }
-                if self.password_env.is_some() && self.password_file.is_some() {
-                    p.push(format!(
-                        "{}: set `password_env` or `password_file`, not both",
-                        key("password_file")
-                    ));
-                }
-                super::check_secret_file(
-                    self.password_file.as_deref(),
-                    &format!("alerts.{name}.password_file"),
-                    &mut p,
-                );
-            }
-            "webhook" => {
-                for (k, set) in email_only {
-                    if set {
-                        p.push(format!("{}: only email targets take this key", key(k)));
-                    }
-                }
-                match url::Url::parse(&inline) {
-                    _ if self.url.is_none() => {}
-                    Ok(u) if matches!(u.scheme(), "http" | "https") => {
-                        if u.password().is_some() {
-                            p.push(format!("{}: put no credentials in the URL", key("url")));
-                        }
-                    }
-                    Ok(u) => p.push(format!(
-                        "{}: scheme `{}` is not http or https",
-                        key("url"),
-                        u.scheme()
-                    )),
-                    Err(e) => p.push(format!("{}: invalid URL: {e}", key("url"))),
-                }
-                let format = self.format.as_deref().unwrap_or("json");
-                if !matches!(format, "json" | "slack" | "alertmanager") {
-                    p.push(format!(
-                        "{}: expected \"json\", \"slack\" or \"alertmanager\", found {format:?}",
-                        key("format")
-                    ));
-                }
-                if format == "json" && self.secret_env.is_none() && self.secret_file.is_none() {
-                    p.push(format!(
-                        "{}: json webhooks are signed; set `secret_env` or `secret_file` (a whsec_... secret)",
-                        key("secret_env")
-                    ));
-                }
-                if format != "json" && (self.secret_env.is_some() || self.secret_file.is_some()) {
-                    p.push(format!(
-                        "{}: only `format = \"json\"` webhooks are signed",
-                        key("secret_env")
-                    ));
-                }
-                if format != "alertmanager"
-                    && (self.repeat_interval.is_some() || self.resolve_resend.is_some())
-                {
-                    p.push(format!(
-                        "{}: only `format = \"alertmanager\"` targets repeat alerts",
-                        key("repeat_interval")
-                    ));
-                }
-                if self.secret_env.is_some() && self.secret_file.is_some() {
-                    p.push(format!(
-                        "{}: set `secret_env` or `secret_file`, not both",
-                        key("secret_file")
-                    ));
-                }
-                super::check_secret_file(
-                    self.secret_file.as_deref(),
-                    &format!("alerts.{name}.secret_file"),
-                    &mut p,
-                );
-                if self.repeat_interval.is_some_and(|d| d.is_zero()) {
-                    p.push(format!("{}: must be more than 0s", key("repeat_interval")));
-                }
-            }
+            "email" => self.check_email(name, &inline, webhook_only, &mut p),
+            "webhook" => self.check_webhook(name, &inline, email_only, &mut p),
             _ => unreachable!("parsed from AlertKind"),
         }
         if let Some(s) = &self.min_severity {
@@ -354,5 +231,165 @@ impl TargetConfig {
             }
         }
         p
+    }
+
+    /// Problems of an email target's keys.
+    fn check_email(
+        &self,
+        name: &str,
+        inline: &str,
+        webhook_only: [(&str, bool); 5],
+        p: &mut Vec<String>,
+    ) {
+        let key = |k: &str| format!("`alerts.{name}.{k}`");
+        for (k, set) in webhook_only {
+            if set {
+                p.push(format!("{}: only webhook targets take this key", key(k)));
+            }
+        }
+        match url::Url::parse(inline) {
+            _ if self.url.is_none() => {}
+            Ok(u) if matches!(u.scheme(), "smtp" | "smtps") => {
+                if u.password().is_some() {
+                    p.push(format!(
+                        "{}: put no password in the URL; use `password_env` or `password_file`",
+                        key("url")
+                    ));
+                }
+                if u.host_str().is_none_or(str::is_empty) {
+                    p.push(format!("{}: the URL has no host", key("url")));
+                }
+                for (k, v) in u.query_pairs() {
+                    if k != "tls" || v != "required" {
+                        p.push(format!(
+                            "{}: unknown query `{k}={v}` (only `tls=required`, for STARTTLS, is understood)",
+                            key("url")
+                        ));
+                    }
+                }
+            }
+            Ok(u) => p.push(format!(
+                "{}: scheme `{}` is not smtp or smtps",
+                key("url"),
+                u.scheme()
+            )),
+            Err(_) => p.push(format!(
+                "{}: not a URL like smtp://host:25, smtp://host:587?tls=required or smtps://host:465",
+                key("url")
+            )),
+        }
+        match &self.from {
+            None => p.push(format!("{}: required for email targets", key("from"))),
+            Some(f) if f.parse::<lettre::message::Mailbox>().is_err() => {
+                p.push(format!("{}: {f:?} is not an email address", key("from")))
+            }
+            Some(_) => {}
+        }
+        if self.to.is_empty() {
+            p.push(format!("{}: give at least one recipient", key("to")));
+        }
+        for t in &self.to {
+            if t.parse::<lettre::message::Mailbox>().is_err() {
+                p.push(format!("{}: {t:?} is not an email address", key("to")));
+            }
+        }
+        let tls =
+            self.url.is_none() || inline.starts_with("smtps:") || inline.contains("tls=required");
+        if let Some(f) = &self.ca_file {
+            if !tls {
+                p.push(format!(
+                    "{}: only TLS URLs (smtps://, ?tls=required) use a CA file",
+                    key("ca_file")
+                ));
+            } else if !f.is_file() {
+                p.push(format!(
+                    "{}: {} is not a readable file",
+                    key("ca_file"),
+                    f.display()
+                ));
+            }
+        }
+        if self.password_env.is_some() && self.password_file.is_some() {
+            p.push(format!(
+                "{}: set `password_env` or `password_file`, not both",
+                key("password_file")
+            ));
+        }
+        super::check_secret_file(
+            self.password_file.as_deref(),
+            &format!("alerts.{name}.password_file"),
+            p,
+        );
+    }
+
+    /// Problems of a webhook target's keys.
+    fn check_webhook(
+        &self,
+        name: &str,
+        inline: &str,
+        email_only: [(&str, bool); 6],
+        p: &mut Vec<String>,
+    ) {
+        let key = |k: &str| format!("`alerts.{name}.{k}`");
+        for (k, set) in email_only {
+            if set {
+                p.push(format!("{}: only email targets take this key", key(k)));
+            }
+        }
+        match url::Url::parse(inline) {
+            _ if self.url.is_none() => {}
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                if u.password().is_some() {
+                    p.push(format!("{}: put no credentials in the URL", key("url")));
+                }
+            }
+            Ok(u) => p.push(format!(
+                "{}: scheme `{}` is not http or https",
+                key("url"),
+                u.scheme()
+            )),
+            Err(e) => p.push(format!("{}: invalid URL: {e}", key("url"))),
+        }
+        let format = self.format.as_deref().unwrap_or("json");
+        if !matches!(format, "json" | "slack" | "alertmanager") {
+            p.push(format!(
+                "{}: expected \"json\", \"slack\" or \"alertmanager\", found {format:?}",
+                key("format")
+            ));
+        }
+        if format == "json" && self.secret_env.is_none() && self.secret_file.is_none() {
+            p.push(format!(
+                "{}: json webhooks are signed; set `secret_env` or `secret_file` (a whsec_... secret)",
+                key("secret_env")
+            ));
+        }
+        if format != "json" && (self.secret_env.is_some() || self.secret_file.is_some()) {
+            p.push(format!(
+                "{}: only `format = \"json\"` webhooks are signed",
+                key("secret_env")
+            ));
+        }
+        if format != "alertmanager"
+            && (self.repeat_interval.is_some() || self.resolve_resend.is_some())
+        {
+            p.push(format!(
+                "{}: only `format = \"alertmanager\"` targets repeat alerts",
+                key("repeat_interval")
+            ));
+        }
+        if self.secret_env.is_some() && self.secret_file.is_some() {
+            p.push(format!(
+                "{}: set `secret_env` or `secret_file`, not both",
+                key("secret_file")
+            ));
+        }
+        super::check_secret_file(
+            self.secret_file.as_deref(),
+            &format!("alerts.{name}.secret_file"),
+            p,
+        );
+        if self.repeat_interval.is_some_and(|d| d.is_zero()) {
+            p.push(format!("{}: must be more than 0s", key("repeat_interval")));
+        }
     }
 }

@@ -1,0 +1,155 @@
+//! `[backends.NAME]` and `[models.NAME]`: where models run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{check_secret_file, check_url, Config};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BackendConfig {
+    Openai(OpenAiBackendConfig),
+    Onnx(OnnxBackendConfig),
+}
+
+/// An OpenAI-compatible endpoint (OpenAI, vLLM, TGI, Ollama).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiBackendConfig {
+    /// One base URL ending in /v1 ...
+    pub base_url: Option<String>,
+    /// ... or several replicas; requests go to the least-loaded healthy one.
+    #[serde(default)]
+    pub base_urls: Vec<String>,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// File holding the API key (e.g. a systemd credential).
+    pub api_key_file: Option<PathBuf>,
+    /// Model name, when this entry is used directly as a model spec.
+    pub model: Option<String>,
+    /// Requests in flight to this endpoint at most.
+    pub max_concurrency: Option<usize>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    /// Per-request timeout, e.g. "120s".
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Retries after the first attempt.
+    pub max_retries: Option<u32>,
+    /// `max_tokens` (default) or `max_completion_tokens`.
+    pub max_tokens_field: Option<String>,
+    /// Template used with this endpoint's models unless `--template` is given.
+    pub template: Option<String>,
+    /// The daemon's evaluations of this endpoint's models run at once
+    /// (default `eval.max_parallel.openai`).
+    pub max_parallel: Option<usize>,
+}
+
+/// A local ONNX model (run by the ONNX Runtime backend).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxBackendConfig {
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_device")]
+    pub device: String,
+    pub max_new_tokens: Option<u32>,
+    #[serde(default)]
+    pub cpu_fallback: bool,
+    pub ort_dylib: Option<PathBuf>,
+    pub template: Option<String>,
+    /// Most sequences decoded together (default 16).
+    pub max_batch: Option<usize>,
+    /// Memory for a batch's KV cache and logits, in MiB (default 2048); the
+    /// batch shrinks to fit.
+    pub kv_cache_mb: Option<usize>,
+    /// ONNX Runtime threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Repetition guard: stop when the last `repetition_window` tokens
+    /// repeat a cycle of at most `repetition_max_period` tokens
+    /// (defaults 64 and 16; 0 turns it off).
+    pub repetition_window: Option<usize>,
+    pub repetition_max_period: Option<usize>,
+    /// The daemon's evaluations on this backend run at once (default
+    /// `eval.max_parallel.onnx`).
+    pub max_parallel: Option<usize>,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// A named model: a backend plus a model name and template.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub backend: String,
+    pub model: Option<String>,
+    pub template: Option<String>,
+}
+
+impl Config {
+    /// Problems of the `[backends.NAME]` tables.
+    pub(super) fn check_backends(&self, p: &mut Vec<String>) {
+        for (name, b) in &self.backends {
+            let key = format!("backends.{name}");
+            match b {
+                BackendConfig::Openai(o) => self.check_openai_backend(&key, o, p),
+                BackendConfig::Onnx(o) => self.check_onnx_backend(&key, o, p),
+            }
+        }
+    }
+
+    fn check_openai_backend(&self, key: &str, o: &OpenAiBackendConfig, p: &mut Vec<String>) {
+        if o.base_url.is_none() && o.base_urls.is_empty() {
+            p.push(format!("`{key}`: set `base_url` or `base_urls`"));
+        }
+        for u in o.base_url.iter().chain(&o.base_urls) {
+            check_url(u, &format!("{key}.base_url"), p);
+        }
+        check_secret_file(o.api_key_file.as_deref(), &format!("{key}.api_key_file"), p);
+        if o.max_concurrency == Some(0) {
+            p.push(format!("`{key}.max_concurrency`: must be at least 1"));
+        }
+        if o.max_parallel == Some(0) {
+            p.push(format!("`{key}.max_parallel`: must be at least 1"));
+        }
+        if let Some(f) = &o.max_tokens_field {
+            if f != "max_tokens" && f != "max_completion_tokens" {
+                p.push(format!(
+                    "`{key}.max_tokens_field`: expected \"max_tokens\" or \"max_completion_tokens\""
+                ));
+            }
+        }
+        self.check_template_ref(o.template.as_deref(), key, p);
+    }
+
+    fn check_onnx_backend(&self, key: &str, o: &OnnxBackendConfig, p: &mut Vec<String>) {
+        for (k, path) in [("path", &o.path), ("ort_dylib", &o.ort_dylib)] {
+            if let Some(path) = path {
+                if !path.exists() {
+                    p.push(format!("`{key}.{k}`: {} does not exist", path.display()));
+                }
+            }
+        }
+        if !matches!(o.device.as_str(), "cpu" | "cuda") {
+            p.push(format!("`{key}.device`: expected \"cpu\" or \"cuda\""));
+        }
+        if o.max_parallel == Some(0) {
+            p.push(format!("`{key}.max_parallel`: must be at least 1"));
+        }
+        self.check_template_ref(o.template.as_deref(), key, p);
+    }
+
+    /// Problems of the `[models.NAME]` tables.
+    pub(super) fn check_models(&self, p: &mut Vec<String>) {
+        for (name, m) in &self.models {
+            let key = format!("models.{name}");
+            if !self.backends.contains_key(&m.backend) {
+                p.push(format!("`{key}.backend`: no backend named {:?}", m.backend));
+            }
+            self.check_template_ref(m.template.as_deref(), &key, p);
+        }
+    }
+}
