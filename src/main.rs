@@ -473,7 +473,7 @@ struct EvalInputs {
 }
 
 /// Resolves `eval`'s flags: an error is the exit code, its message printed.
-fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
+async fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
     let config = load_config(args.config.clone())?;
     let concurrency = args.concurrency.unwrap_or(config.eval.concurrency);
     if concurrency == 0 {
@@ -497,7 +497,7 @@ fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
     } else {
         args.benchmarks.clone()
     };
-    let candidate = resolver.model(&args.model).map_err(resolve_failed)?;
+    let candidate = resolver.model(&args.model).await.map_err(resolve_failed)?;
     let template = args
         .template
         .clone()
@@ -520,12 +520,10 @@ fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
                 .join("\n"),
         )
     })?;
-    let baseline = args
-        .baseline
-        .as_deref()
-        .map(|b| resolver.model(b))
-        .transpose()
-        .map_err(resolve_failed)?;
+    let baseline = match args.baseline.as_deref() {
+        Some(b) => Some(resolver.model(b).await.map_err(resolve_failed)?),
+        None => None,
+    };
     Ok(EvalInputs {
         plan,
         candidate,
@@ -556,7 +554,7 @@ fn cancel_on_ctrl_c() -> CancellationToken {
 }
 
 async fn eval(args: EvalArgs) -> u8 {
-    let inputs = match eval_inputs(&args) {
+    let inputs = match eval_inputs(&args).await {
         Ok(i) => i,
         Err(code) => return code,
     };

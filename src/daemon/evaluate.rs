@@ -263,6 +263,7 @@ impl Daemon {
                 .map_err(|e| err(e.to_string()))?;
             let backend = resolver
                 .target(&target, plan.backend.as_deref())
+                .await
                 .map_err(|e| err(e.to_string()))?;
             let model = ModelRef {
                 spec: format!("{}:{}", slot.kind, cp.model),
@@ -280,6 +281,7 @@ impl Daemon {
         let spec = request.model_spec();
         let model = resolver
             .model(&spec)
+            .await
             .map_err(|e| err(format!("model {spec}: {}", e.public_message())))?;
         let plan = Arc::new(
             api_plan(&self.config(), resolver, &request, model.template.clone()).map_err(err)?,
@@ -313,7 +315,7 @@ impl Daemon {
         };
         match (&plan.baseline, &cp.baseline) {
             (Some(spec), _) => {
-                let b = resolver.model(spec).map_err(|e| {
+                let b = resolver.model(spec).await.map_err(|e| {
                     // API clients read this error: no paths or contents.
                     let e = match slot {
                         None => e.public_message().to_string(),
@@ -339,6 +341,7 @@ impl Daemon {
                 };
                 let backend = resolver
                     .target(&t, plan.backend.as_deref())
+                    .await
                     .map_err(|e| err(e.to_string()))?;
                 let model = ModelRef {
                     spec: format!("{}:{}", slot.kind, base.model),
@@ -350,6 +353,7 @@ impl Daemon {
             (None, Some(Baseline::Target(t))) => {
                 let backend = resolver
                     .target(t, plan.backend.as_deref())
+                    .await
                     .map_err(|e| err(e.to_string()))?;
                 let spec = match t {
                     Target::OpenAi { model, .. } => format!("openai:{model}"),
