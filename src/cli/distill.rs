@@ -1,0 +1,140 @@
+//! `safedrift distill`: trains the local classifier judge on a teacher's
+//! verdicts.
+
+use std::path::Path;
+
+use safedrift::distill as d;
+use safedrift::resolve::Resolver;
+use safedrift::store::Store;
+use safedrift_judges::classifier::{Encoder, EncoderOptions, Features, Head};
+
+use crate::{load_config, usage, DistillArgs, EXIT_BACKEND, EXIT_USAGE};
+
+pub(crate) fn distill(args: DistillArgs) -> u8 {
+    let Some(features) = Features::parse(&args.features) else {
+        return usage(format!(
+            "--features {:?}: expected response_prompt_product or response",
+            args.features
+        ));
+    };
+    if !(0.0 < args.test_fraction && args.test_fraction < 1.0) {
+        return usage("--test-fraction must be between 0 and 1");
+    }
+    if args.from_store.is_some() && args.teacher.is_none() {
+        return usage("--from-store needs --teacher: the judge whose stored verdicts are learned");
+    }
+    let (records, sources) = match labelled_records(&args) {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    if records.is_empty() {
+        return usage("no teacher-labelled records to learn from");
+    }
+    let teacher = match (&args.teacher, args.data.as_deref()) {
+        (Some(t), _) => t.clone(),
+        (None, Some("builtin:seed")) => d::SEED_TEACHER.to_string(),
+        (None, Some(file)) => format!("labels of {file}"),
+        (None, None) => unreachable!("--from-store needs --teacher"),
+    };
+    let encoder_dir = args.encoder.clone().unwrap_or_else(d::default_encoder_dir);
+    if let Err(e) = d::check_encoder_dir(&encoder_dir) {
+        return usage(e);
+    }
+    let env = match safedrift::backend::onnx::runtime::environment(None) {
+        Ok(env) => env,
+        Err(e) => return usage(e),
+    };
+    let mut options = EncoderOptions::default();
+    if let Some(t) = args.threads {
+        options.threads = t.max(1);
+    }
+    let encoder = match Encoder::load(&env, &encoder_dir, &options) {
+        Ok(e) => e,
+        Err(e) => return usage(e),
+    };
+    eprintln!(
+        "embedding {} records with {} ({})...",
+        records.len(),
+        encoder.identity.name,
+        encoder_dir.display()
+    );
+    let distill_options = d::DistillOptions {
+        teacher,
+        source: sources.join(" + "),
+        seed: args.seed,
+        test_fraction: args.test_fraction,
+        features,
+        train: d::TrainOptions {
+            l2: args.l2,
+            iterations: args.iterations,
+            ..d::TrainOptions::default()
+        },
+    };
+    let head = match d::distill(&encoder, &records, &distill_options) {
+        Ok(h) => h,
+        Err(e) => return usage(e),
+    };
+    print!("{}", d::format_report(&head));
+    write_judge(&args, &head, &encoder_dir)
+}
+
+/// The teacher-labelled records of `--data` and `--from-store`, with the
+/// names of their sources; an error is the exit code, its message printed.
+fn labelled_records(args: &DistillArgs) -> Result<(Vec<d::Record>, Vec<String>), u8> {
+    let mut records = Vec::new();
+    let mut sources = Vec::new();
+    if let Some(spec) = &args.data {
+        records.extend(d::load_data(spec).map_err(usage)?);
+        sources.push(spec.clone());
+    }
+    if let Some(selection) = &args.from_store {
+        let selection = d::Selection::parse(selection).map_err(usage)?;
+        let config = load_config(args.config.clone())?;
+        let teacher = args.teacher.clone().unwrap_or_default();
+        let data_dir = config.data_dir.clone();
+        let resolver = Resolver::new(config, None, None, 1);
+        let identity = resolver.judge(&teacher).ok().map(|j| j.identity());
+        let store = Store::open(&data_dir).map_err(usage)?;
+        let r = d::from_store(&store, &selection, &teacher, identity.as_deref()).map_err(usage)?;
+        eprintln!(
+            "{} judged answers by {teacher} in the store {}",
+            r.len(),
+            data_dir.display()
+        );
+        records.extend(r);
+        sources.push(format!(
+            "store:{}",
+            args.from_store.as_deref().unwrap_or("")
+        ));
+    }
+    Ok((records, sources))
+}
+
+/// Writes the judge when its held-out agreement meets the minimums.
+fn write_judge(args: &DistillArgs, head: &Head, encoder_dir: &Path) -> u8 {
+    let short = d::shortfalls(
+        &head.held_out,
+        &d::Minimums {
+            accuracy: args.min_accuracy,
+            kappa: args.min_kappa,
+        },
+    );
+    if !short.is_empty() {
+        eprintln!(
+            "error: not writing {}: {}",
+            args.out.display(),
+            short.join("; ")
+        );
+        return EXIT_USAGE;
+    }
+    if let Err(e) = d::write_judge(&args.out, head, encoder_dir) {
+        eprintln!("error: {e}");
+        return EXIT_BACKEND;
+    }
+    println!(
+        "wrote {}: use it with --judge classifier:{}",
+        args.out.display(),
+        args.out.display()
+    );
+    0
+}
