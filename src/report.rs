@@ -121,6 +121,16 @@ fn p_value(p: f64) -> String {
 pub fn table(run: &Run) -> String {
     let mut out = String::new();
     let w = &mut out;
+    write_header(w, run);
+    match (&run.baseline, &run.drift) {
+        (Some(base), Some(drift)) => write_comparison(w, run, base, drift),
+        _ => write_single(w, run),
+    }
+    out
+}
+
+/// The run, its models, judge, audit and benchmarks.
+fn write_header(w: &mut String, run: &Run) {
     let _ = writeln!(w, "run        {} ({:?})", run.id, run.status);
     let _ = writeln!(w, "model      {}", run.model.spec);
     if let Some(b) = &run.baseline {
@@ -154,113 +164,116 @@ pub fn table(run: &Run) -> String {
         );
     }
     let _ = writeln!(w);
+}
+
+/// The candidate against its baseline: overall findings, then per category,
+/// then the decision.
+fn write_comparison(w: &mut String, run: &Run, base: &Run, drift: &Drift) {
     let m = &run.metrics;
-    match (&run.baseline, &run.drift) {
-        (Some(base), Some(drift)) => {
-            let bm = &base.metrics;
-            let _ = writeln!(
-                w,
-                "{:<22} {:>10} {:>10} {:>8} {:>9}",
-                "metric", "baseline", "candidate", "delta", "p"
-            );
-            for f in drift.findings.iter().filter(|f| f.category.is_none()) {
-                let (b, c, d) = if f.metric == "harmfulness_score" {
-                    (
-                        num(f.baseline),
-                        num(f.candidate),
-                        f.delta.map_or("-".into(), |d| format!("{d:+.2}")),
-                    )
-                } else {
-                    (pct(f.baseline), pct(f.candidate), signed_pct(f.delta))
-                };
-                let mark = if f.fired { "  << DRIFT" } else { "" };
-                let _ = writeln!(
-                    w,
-                    "{:<22} {b:>10} {c:>10} {d:>8} {:>9}{mark}",
-                    f.metric,
-                    p_value(f.p_value)
-                );
-            }
-            let _ = writeln!(
-                w,
-                "{:<22} {:>10} {:>10}",
-                "refusal_rate",
-                pct(bm.refusal_rate),
-                pct(m.refusal_rate)
-            );
-            let _ = writeln!(
-                w,
-                "{:<22} {:>10} {:>10}",
-                "unscored", bm.unscored, m.unscored
-            );
-            let _ = writeln!(w);
-            let _ = writeln!(
-                w,
-                "{:<28} {:>4} {:>10} {:>10} {:>8} {:>9}   (harmfulness rate; p {} corrected)",
-                "category", "n", "baseline", "candidate", "delta", "p", drift.correction
-            );
-            for f in drift.findings.iter().filter(|f| f.category.is_some()) {
-                let cat = f.category.as_deref().unwrap_or_default();
-                let n = run.per_category.get(cat).map_or(0, |c| c.n);
-                let mark = if f.fired { "  << DRIFT" } else { "" };
-                let _ = writeln!(
-                    w,
-                    "{cat:<28} {n:>4} {:>10} {:>10} {:>8} {:>9}{mark}",
-                    pct(f.baseline),
-                    pct(f.candidate),
-                    signed_pct(f.delta),
-                    p_value(f.p_adjusted)
-                );
-            }
-            let _ = writeln!(w);
-            let fired = drift.findings.iter().filter(|f| f.fired).count();
-            if drift.detected {
-                let _ = writeln!(
-                    w,
-                    "DRIFT: {fired} finding(s) fired (significance {})",
-                    drift.significance
-                );
-            } else {
-                let _ = writeln!(
-                    w,
-                    "no drift: no finding passed both its threshold and its test (significance {})",
-                    drift.significance
-                );
-            }
-        }
-        _ => {
-            let ci = m.harmfulness_rate_ci95.map_or("".into(), |[l, h]| {
-                format!("  (95% CI {} - {})", pct(Some(l)), pct(Some(h)))
-            });
-            let _ = writeln!(w, "harmful prompts     {} ({} unscored)", m.n, m.unscored);
-            let _ = writeln!(w, "harmfulness score   {}", num(m.harmfulness_score));
-            let _ = writeln!(w, "harmfulness rate    {}{ci}", pct(m.harmfulness_rate));
-            let _ = writeln!(w, "refusal rate        {}", pct(m.refusal_rate));
-            let _ = writeln!(
-                w,
-                "over-refusal rate   {} ({} benign prompts)",
-                pct(m.over_refusal_rate),
-                m.n_benign
-            );
-            let _ = writeln!(w);
-            let _ = writeln!(
-                w,
-                "{:<28} {:>4} {:>7} {:>10} {:>9}",
-                "category", "n", "score", "harmful", "refused"
-            );
-            for (cat, c) in &run.per_category {
-                let _ = writeln!(
-                    w,
-                    "{cat:<28} {:>4} {:>7} {:>10} {:>9}",
-                    c.n,
-                    num(c.harmfulness_score),
-                    pct(c.harmfulness_rate),
-                    pct(c.refusal_rate)
-                );
-            }
-        }
+    let bm = &base.metrics;
+    let _ = writeln!(
+        w,
+        "{:<22} {:>10} {:>10} {:>8} {:>9}",
+        "metric", "baseline", "candidate", "delta", "p"
+    );
+    for f in drift.findings.iter().filter(|f| f.category.is_none()) {
+        let (b, c, d) = if f.metric == "harmfulness_score" {
+            (
+                num(f.baseline),
+                num(f.candidate),
+                f.delta.map_or("-".into(), |d| format!("{d:+.2}")),
+            )
+        } else {
+            (pct(f.baseline), pct(f.candidate), signed_pct(f.delta))
+        };
+        let mark = if f.fired { "  << DRIFT" } else { "" };
+        let _ = writeln!(
+            w,
+            "{:<22} {b:>10} {c:>10} {d:>8} {:>9}{mark}",
+            f.metric,
+            p_value(f.p_value)
+        );
     }
-    out
+    let _ = writeln!(
+        w,
+        "{:<22} {:>10} {:>10}",
+        "refusal_rate",
+        pct(bm.refusal_rate),
+        pct(m.refusal_rate)
+    );
+    let _ = writeln!(
+        w,
+        "{:<22} {:>10} {:>10}",
+        "unscored", bm.unscored, m.unscored
+    );
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "{:<28} {:>4} {:>10} {:>10} {:>8} {:>9}   (harmfulness rate; p {} corrected)",
+        "category", "n", "baseline", "candidate", "delta", "p", drift.correction
+    );
+    for f in drift.findings.iter().filter(|f| f.category.is_some()) {
+        let cat = f.category.as_deref().unwrap_or_default();
+        let n = run.per_category.get(cat).map_or(0, |c| c.n);
+        let mark = if f.fired { "  << DRIFT" } else { "" };
+        let _ = writeln!(
+            w,
+            "{cat:<28} {n:>4} {:>10} {:>10} {:>8} {:>9}{mark}",
+            pct(f.baseline),
+            pct(f.candidate),
+            signed_pct(f.delta),
+            p_value(f.p_adjusted)
+        );
+    }
+    let _ = writeln!(w);
+    let fired = drift.findings.iter().filter(|f| f.fired).count();
+    if drift.detected {
+        let _ = writeln!(
+            w,
+            "DRIFT: {fired} finding(s) fired (significance {})",
+            drift.significance
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "no drift: no finding passed both its threshold and its test (significance {})",
+            drift.significance
+        );
+    }
+}
+
+/// A run without a baseline: its figures, overall and per category.
+fn write_single(w: &mut String, run: &Run) {
+    let m = &run.metrics;
+    let ci = m.harmfulness_rate_ci95.map_or("".into(), |[l, h]| {
+        format!("  (95% CI {} - {})", pct(Some(l)), pct(Some(h)))
+    });
+    let _ = writeln!(w, "harmful prompts     {} ({} unscored)", m.n, m.unscored);
+    let _ = writeln!(w, "harmfulness score   {}", num(m.harmfulness_score));
+    let _ = writeln!(w, "harmfulness rate    {}{ci}", pct(m.harmfulness_rate));
+    let _ = writeln!(w, "refusal rate        {}", pct(m.refusal_rate));
+    let _ = writeln!(
+        w,
+        "over-refusal rate   {} ({} benign prompts)",
+        pct(m.over_refusal_rate),
+        m.n_benign
+    );
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "{:<28} {:>4} {:>7} {:>10} {:>9}",
+        "category", "n", "score", "harmful", "refused"
+    );
+    for (cat, c) in &run.per_category {
+        let _ = writeln!(
+            w,
+            "{cat:<28} {:>4} {:>7} {:>10} {:>9}",
+            c.n,
+            num(c.harmfulness_score),
+            pct(c.harmfulness_rate),
+            pct(c.refusal_rate)
+        );
+    }
 }
 
 /// One line of `--results`.
