@@ -233,9 +233,61 @@ pub fn decide(
     now_ms: u64,
 ) -> Plan {
     let run = summarize(doc, public_url);
-    let at = rfc3339(now_ms);
+    let deciding = Deciding {
+        lineage,
+        get,
+        targets,
+        window_ms,
+        now_ms,
+        at: rfc3339(now_ms),
+    };
     let mut records = Vec::new();
     let decision = if run.drifted {
+        let (decision, rec) = deciding.fire(run, &mut state);
+        records.push(rec);
+        decision
+    } else if state.firing {
+        let (decision, rec) = deciding.resolve(run, &state);
+        state = LineageState::default();
+        records.push(rec);
+        decision
+    } else {
+        Decision {
+            action: "none".into(),
+            alert: None,
+            at: deciding.at,
+        }
+    };
+    Plan {
+        decision,
+        lineage: lineage.into(),
+        state,
+        records,
+    }
+}
+
+/// What one decision is taken with.
+struct Deciding<'a> {
+    lineage: &'a str,
+    get: &'a dyn Fn(&str) -> Option<AlertRecord>,
+    targets: &'a BTreeMap<String, TargetConfig>,
+    window_ms: u64,
+    now_ms: u64,
+    at: String,
+}
+
+impl Deciding<'_> {
+    fn decision(&self, action: &str, id: String) -> Decision {
+        Decision {
+            action: action.into(),
+            alert: Some(id),
+            at: self.at.clone(),
+        }
+    }
+
+    /// A drifted run: joins the lineage's open alert while its window is
+    /// open and nothing was sent, else opens a new one.
+    fn fire(&self, run: AlertRun, state: &mut LineageState) -> (Decision, AlertRecord) {
         let severity = Severity::parse(&run.severity).unwrap_or(Severity::Info);
         let subject = Subject {
             watcher: run.watcher.as_deref(),
@@ -243,74 +295,91 @@ pub fn decide(
             revision: run.revision.as_deref(),
             severity,
         };
-        let routed: Vec<&String> = targets
+        let routed: Vec<&String> = self
+            .targets
             .iter()
             .filter(|(_, t)| routing::matches(t, &subject))
             .map(|(n, _)| n)
             .collect();
-        let open = state.open.as_deref().and_then(get).filter(|r| {
+        let open = state.open.as_deref().and_then(self.get).filter(|r| {
             r.kind == AlertKind::Firing
-                && now_ms < r.created_ms + window_ms
+                && self.now_ms < r.created_ms + self.window_ms
                 && r.deliveries
                     .values()
                     .all(|d| d.status == DeliveryStatus::Pending && d.attempts == 0)
         });
         match open {
-            Some(mut rec) => {
-                let group_severity = Severity::parse(&rec.severity)
-                    .unwrap_or(Severity::Info)
-                    .max(severity);
-                rec.severity = group_severity.as_str().into();
-                rec.run_ids.push(run.run_id.clone());
-                rec.models.push(model_name(&run));
-                for t in routed {
-                    rec.deliveries
-                        .entry(t.clone())
-                        .or_insert_with(|| pending(rec.created_ms + window_ms));
-                }
-                rec.runs.push(run);
-                rec.summary = summary_line(AlertKind::Firing, lineage, &rec.runs);
-                let id = rec.id.clone();
-                records.push(rec);
-                Decision {
-                    action: "grouped".into(),
-                    alert: Some(id),
-                    at,
-                }
-            }
-            None => {
-                let id = new_alert_id();
-                let runs = vec![run];
-                let rec = AlertRecord {
-                    id: id.clone(),
-                    kind: AlertKind::Firing,
-                    lineage: lineage.into(),
-                    severity: severity.as_str().into(),
-                    summary: summary_line(AlertKind::Firing, lineage, &runs),
-                    run_ids: vec![runs[0].run_id.clone()],
-                    models: vec![model_name(&runs[0])],
-                    created_at: at.clone(),
-                    deliveries: routed
-                        .into_iter()
-                        .map(|t| (t.clone(), pending(now_ms + window_ms)))
-                        .collect(),
-                    created_ms: now_ms,
-                    runs,
-                    resolves: vec![],
-                };
-                state.firing = true;
-                state.episode.push(id.clone());
-                state.open = Some(id.clone());
-                records.push(rec);
-                Decision {
-                    action: "opened".into(),
-                    alert: Some(id),
-                    at,
-                }
-            }
+            Some(rec) => self.group(rec, run, severity, routed),
+            None => self.open(run, severity, routed, state),
         }
-    } else if state.firing {
-        let episode: Vec<AlertRecord> = state.episode.iter().filter_map(|id| get(id)).collect();
+    }
+
+    /// The run joins the open alert `rec`.
+    fn group(
+        &self,
+        mut rec: AlertRecord,
+        run: AlertRun,
+        severity: Severity,
+        routed: Vec<&String>,
+    ) -> (Decision, AlertRecord) {
+        let group_severity = Severity::parse(&rec.severity)
+            .unwrap_or(Severity::Info)
+            .max(severity);
+        rec.severity = group_severity.as_str().into();
+        rec.run_ids.push(run.run_id.clone());
+        rec.models.push(model_name(&run));
+        for t in routed {
+            rec.deliveries
+                .entry(t.clone())
+                .or_insert_with(|| pending(rec.created_ms + self.window_ms));
+        }
+        rec.runs.push(run);
+        rec.summary = summary_line(AlertKind::Firing, self.lineage, &rec.runs);
+        let id = rec.id.clone();
+        (self.decision("grouped", id), rec)
+    }
+
+    /// The run opens a new alert (and, if none was firing, an episode).
+    fn open(
+        &self,
+        run: AlertRun,
+        severity: Severity,
+        routed: Vec<&String>,
+        state: &mut LineageState,
+    ) -> (Decision, AlertRecord) {
+        let id = new_alert_id();
+        let runs = vec![run];
+        let rec = AlertRecord {
+            id: id.clone(),
+            kind: AlertKind::Firing,
+            lineage: self.lineage.into(),
+            severity: severity.as_str().into(),
+            summary: summary_line(AlertKind::Firing, self.lineage, &runs),
+            run_ids: vec![runs[0].run_id.clone()],
+            models: vec![model_name(&runs[0])],
+            created_at: self.at.clone(),
+            deliveries: routed
+                .into_iter()
+                .map(|t| (t.clone(), pending(self.now_ms + self.window_ms)))
+                .collect(),
+            created_ms: self.now_ms,
+            runs,
+            resolves: vec![],
+        };
+        state.firing = true;
+        state.episode.push(id.clone());
+        state.open = Some(id.clone());
+        (self.decision("opened", id), rec)
+    }
+
+    /// A run back within the thresholds while the lineage was firing: the
+    /// resolved message, to the episode's targets.
+    fn resolve(&self, run: AlertRun, state: &LineageState) -> (Decision, AlertRecord) {
+        let episode: Vec<AlertRecord> = state
+            .episode
+            .iter()
+            .filter_map(|id| (self.get)(id))
+            .collect();
         let severity = episode
             .iter()
             .filter_map(|r| Severity::parse(&r.severity))
@@ -322,11 +391,11 @@ pub fn decide(
             .flat_map(|r| r.deliveries.values().map(|d| d.next_attempt_ms))
             .max()
             .unwrap_or(0)
-            .max(now_ms);
+            .max(self.now_ms);
         let mut deliveries = BTreeMap::new();
         for r in &episode {
             for t in r.deliveries.keys() {
-                if targets.contains_key(t) {
+                if self.targets.contains_key(t) {
                     deliveries.insert(t.clone(), pending(due));
                 }
             }
@@ -336,36 +405,18 @@ pub fn decide(
         let rec = AlertRecord {
             id: id.clone(),
             kind: AlertKind::Resolved,
-            lineage: lineage.into(),
+            lineage: self.lineage.into(),
             severity: severity.as_str().into(),
-            summary: summary_line(AlertKind::Resolved, lineage, &runs),
+            summary: summary_line(AlertKind::Resolved, self.lineage, &runs),
             run_ids: vec![runs[0].run_id.clone()],
             models: vec![model_name(&runs[0])],
-            created_at: at.clone(),
+            created_at: self.at.clone(),
             deliveries,
-            created_ms: now_ms,
+            created_ms: self.now_ms,
             runs,
             resolves: state.episode.clone(),
         };
-        state = LineageState::default();
-        records.push(rec);
-        Decision {
-            action: "resolved".into(),
-            alert: Some(id),
-            at,
-        }
-    } else {
-        Decision {
-            action: "none".into(),
-            alert: None,
-            at,
-        }
-    };
-    Plan {
-        decision,
-        lineage: lineage.into(),
-        state,
-        records,
+        (self.decision("resolved", id), rec)
     }
 }
 
@@ -377,191 +428,4 @@ fn model_name(run: &AlertRun) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::safety_metrics::{Drift, Finding, Metrics};
-    use crate::store::{ModelRef, RunStatus};
-    use std::cell::RefCell;
-
-    fn doc(id: &str, model: &str, rate: f64) -> Run {
-        let base_metrics = Metrics {
-            n: 40,
-            harmfulness_rate: Some(0.0),
-            ..Metrics::default()
-        };
-        let mk = |id: &str, spec: &str, metrics: Metrics| Run {
-            id: id.into(),
-            status: RunStatus::Completed,
-            model: ModelRef {
-                spec: spec.into(),
-                revision: Some("0123456789abcdef".into()),
-                registry: Some("w".into()),
-            },
-            template: "default".into(),
-            template_sha256: String::new(),
-            benchmarks: vec![],
-            judge: "keyword".into(),
-            judge_description: String::new(),
-            started_at: String::new(),
-            finished_at: None,
-            metrics,
-            per_category: BTreeMap::new(),
-            per_benchmark: BTreeMap::new(),
-            baseline: None,
-            drift: None,
-            audit: None,
-        };
-        let mut d = mk(
-            id,
-            model,
-            Metrics {
-                n: 40,
-                harmfulness_rate: Some(rate),
-                ..Metrics::default()
-            },
-        );
-        let mut base = mk("r_base", "w:base", base_metrics);
-        base.model.registry = None;
-        d.baseline = Some(Box::new(base));
-        d.drift = Some(Drift {
-            detected: rate > 0.05,
-            significance: 0.05,
-            correction: "holm-bonferroni".into(),
-            findings: vec![Finding {
-                metric: "harmfulness_rate".into(),
-                category: None,
-                baseline: Some(0.0),
-                candidate: Some(rate),
-                delta: Some(rate),
-                threshold: 0.05,
-                p_value: 0.001,
-                p_adjusted: 0.001,
-                test: "mcnemar_exact".into(),
-                pairs: 40,
-                fired: rate > 0.05,
-            }],
-        });
-        d
-    }
-
-    fn targets() -> BTreeMap<String, TargetConfig> {
-        let mut out = BTreeMap::new();
-        for (name, extra) in [("all", ""), ("critical", "min_severity = \"critical\"\n")] {
-            let table: toml::Table =
-                toml::from_str(&format!("url = \"http://x/\"\nformat = \"slack\"\n{extra}"))
-                    .unwrap();
-            let a = crate::config::AlertConfig {
-                kind: crate::config::AlertKind::Webhook,
-                rest: table,
-            };
-            out.insert(name.to_string(), TargetConfig::parse(name, &a).unwrap());
-        }
-        out
-    }
-
-    /// Runs the decisions in order against an in-memory outbox.
-    struct Sim {
-        state: LineageState,
-        alerts: RefCell<BTreeMap<String, AlertRecord>>,
-    }
-
-    impl Sim {
-        fn decide(&mut self, d: &Run, now: u64) -> Decision {
-            let alerts = self.alerts.borrow().clone();
-            let get = |id: &str| alerts.get(id).cloned();
-            let lineage = lineage(d).unwrap();
-            let plan = decide(
-                d,
-                &lineage,
-                self.state.clone(),
-                &get,
-                &targets(),
-                "http://h:1/",
-                10_000,
-                now,
-            );
-            self.state = plan.state;
-            for r in plan.records {
-                self.alerts.borrow_mut().insert(r.id.clone(), r);
-            }
-            plan.decision
-        }
-    }
-
-    #[test]
-    fn drift_groups_within_the_window_and_resolves_once() {
-        let mut sim = Sim {
-            state: LineageState::default(),
-            alerts: RefCell::new(BTreeMap::new()),
-        };
-        // 0.10 = 2 thresholds: warning; not routed to the critical-only target.
-        let first = sim.decide(&doc("r_1", "w:a", 0.10), 1_000);
-        assert_eq!(first.action, "opened");
-        let id1 = first.alert.unwrap();
-        {
-            let alerts = sim.alerts.borrow();
-            let rec = &alerts[&id1];
-            assert_eq!(rec.severity, "warning");
-            assert_eq!(rec.deliveries.keys().collect::<Vec<_>>(), vec!["all"]);
-            assert_eq!(rec.deliveries["all"].next_attempt_ms, 11_000);
-            assert_eq!(rec.lineage, "w/w:base");
-            assert_eq!(rec.runs[0].dashboard_url, "http://h:1/runs/r_1");
-            assert_eq!(rec.runs[0].api_url, "http://h:1/api/v1/runs/r_1");
-            assert_eq!(
-                rec.runs[0].checkpoint.as_deref(),
-                Some("w/a@0123456789abcdef")
-            );
-        }
-        // 0.30 = 6 thresholds: critical; joins the open group, which becomes
-        // critical and gains the critical-only target, due at the same time.
-        let second = sim.decide(&doc("r_2", "w:b", 0.30), 5_000);
-        assert_eq!(second.action, "grouped");
-        assert_eq!(second.alert.as_deref(), Some(id1.as_str()));
-        {
-            let alerts = sim.alerts.borrow();
-            let rec = &alerts[&id1];
-            assert_eq!(rec.run_ids, vec!["r_1", "r_2"]);
-            assert_eq!(rec.severity, "critical");
-            assert_eq!(rec.deliveries["critical"].next_attempt_ms, 11_000);
-            assert_eq!(rec.summary, "safety drift in 2 checkpoints of w/w:base");
-        }
-        // After the window a new alert opens.
-        let third = sim.decide(&doc("r_3", "w:c", 0.10), 12_000);
-        assert_eq!(third.action, "opened");
-        let id3 = third.alert.unwrap();
-        assert_ne!(id3, id1);
-        // An attempt has started on the open alert: nothing joins it any more.
-        sim.alerts
-            .borrow_mut()
-            .get_mut(&id3)
-            .unwrap()
-            .deliveries
-            .get_mut("all")
-            .unwrap()
-            .attempts = 1;
-        let fourth = sim.decide(&doc("r_4", "w:d", 0.10), 13_000);
-        assert_eq!(fourth.action, "opened");
-        let id4 = fourth.alert.unwrap();
-        // Back within the thresholds: one resolved notice for the episode, to
-        // every target told of it; then nothing more.
-        let resolved = sim.decide(&doc("r_5", "w:e", 0.0), 14_000);
-        assert_eq!(resolved.action, "resolved");
-        {
-            let alerts = sim.alerts.borrow();
-            let rec = &alerts[resolved.alert.as_ref().unwrap()];
-            assert_eq!(rec.kind, AlertKind::Resolved);
-            assert_eq!(rec.resolves, vec![id1.clone(), id3.clone(), id4.clone()]);
-            assert_eq!(rec.severity, "critical");
-            assert_eq!(
-                rec.deliveries.keys().collect::<Vec<_>>(),
-                vec!["all", "critical"]
-            );
-            // Not before the episode's last message is due.
-            assert_eq!(rec.deliveries["all"].next_attempt_ms, 23_000);
-        }
-        assert!(!sim.state.firing && sim.state.episode.is_empty());
-        let again = sim.decide(&doc("r_6", "w:f", 0.0), 15_000);
-        assert_eq!(again.action, "none");
-        assert_eq!(sim.alerts.borrow().len(), 4);
-    }
-}
+mod tests;
