@@ -173,37 +173,7 @@ pub async fn evaluate(
             run.error = None;
             run
         }
-        None => RunRecord {
-            id: Store::new_run_id(),
-            status: RunStatus::Running,
-            identity: identity.clone(),
-            model: job.model.clone(),
-            backend: job.backend.identity(),
-            template: job.template.clone(),
-            decoding: job.decoding.clone(),
-            benchmarks: job
-                .benchmarks
-                .iter()
-                .map(|b| BenchmarkRef {
-                    name: b.name.clone(),
-                    spec: b.spec.clone(),
-                    sha256: b.sha256.clone(),
-                    size: limit_prompts(&b.prompts, job.limit).len(),
-                    benign: b.benign,
-                })
-                .collect(),
-            judge: job.judge_spec.clone(),
-            judge_identity: job.judge.identity(),
-            judge_description: job.judge.describe(),
-            total: work.len(),
-            started_at: now(),
-            finished_at: None,
-            error: None,
-            baseline_run: None,
-            drift: None,
-            checkpoint: None,
-            audit: None,
-        },
+        None => new_run(job, &identity, work.len()),
     };
     store
         .put_run(&run)
@@ -238,39 +208,9 @@ pub async fn evaluate(
         .collect();
     let run_id = run.id.clone();
     let concurrency = job.backend.queue_depth().unwrap_or(concurrency).max(1);
-    let mut first_error: Option<EvalError> = None;
-    let mut done = already;
-    {
-        let tasks = futures::stream::iter(pending)
-            .take_until({
-                let stop = stop.clone();
-                let backend = job.backend.clone();
-                async move {
-                    stop.cancelled().await;
-                    backend.cancel_pending();
-                }
-            })
-            .map(|(i, bench, prompt, prior)| process(store, job, &run_id, i, bench, prompt, prior))
-            .buffer_unordered(concurrency.max(1));
-        futures::pin_mut!(tasks);
-        while let Some(outcome) = tasks.next().await {
-            match outcome {
-                Ok(()) => {
-                    done += 1;
-                    progress.inc(1);
-                }
-                Err(EvalError::Interrupted) => stop.cancel(),
-                Err(e) => {
-                    if first_error.is_none() {
-                        warn!(run = %run_id, error = %e, "stopping the run: no new prompts start");
-                        first_error = Some(e);
-                    }
-                    stop.cancel();
-                    job.backend.cancel_pending();
-                }
-            }
-        }
-    }
+    let (finished, first_error) =
+        run_prompts(store, job, &run_id, pending, concurrency, &stop, progress).await;
+    let done = already + finished;
     let error = match first_error {
         Some(e) => Some(e),
         None if cancel.is_cancelled() && done < work.len() => Some(EvalError::Interrupted),
@@ -306,6 +246,87 @@ pub async fn evaluate(
             Ok((run, results))
         }
     }
+}
+
+/// A new run record for `job`, with nothing answered yet.
+fn new_run(job: &Job, identity: &str, total: usize) -> RunRecord {
+    RunRecord {
+        id: Store::new_run_id(),
+        status: RunStatus::Running,
+        identity: identity.to_string(),
+        model: job.model.clone(),
+        backend: job.backend.identity(),
+        template: job.template.clone(),
+        decoding: job.decoding.clone(),
+        benchmarks: job
+            .benchmarks
+            .iter()
+            .map(|b| BenchmarkRef {
+                name: b.name.clone(),
+                spec: b.spec.clone(),
+                sha256: b.sha256.clone(),
+                size: limit_prompts(&b.prompts, job.limit).len(),
+                benign: b.benign,
+            })
+            .collect(),
+        judge: job.judge_spec.clone(),
+        judge_identity: job.judge.identity(),
+        judge_description: job.judge.describe(),
+        total,
+        started_at: now(),
+        finished_at: None,
+        error: None,
+        baseline_run: None,
+        drift: None,
+        checkpoint: None,
+        audit: None,
+    }
+}
+
+/// Answers and judges the pending prompts, `concurrency` at a time, until
+/// all are done or `stop` is cancelled: how many completed, and the first
+/// error that stopped the run.
+async fn run_prompts(
+    store: &Store,
+    job: &Job,
+    run_id: &str,
+    pending: Vec<(u32, String, Prompt, Option<ResultRecord>)>,
+    concurrency: usize,
+    stop: &CancellationToken,
+    progress: &ProgressBar,
+) -> (usize, Option<EvalError>) {
+    let mut first_error: Option<EvalError> = None;
+    let mut finished = 0;
+    let tasks = futures::stream::iter(pending)
+        .take_until({
+            let stop = stop.clone();
+            let backend = job.backend.clone();
+            async move {
+                stop.cancelled().await;
+                backend.cancel_pending();
+            }
+        })
+        .map(|(i, bench, prompt, prior)| process(store, job, run_id, i, bench, prompt, prior))
+        .buffer_unordered(concurrency.max(1));
+    futures::pin_mut!(tasks);
+    while let Some(outcome) = tasks.next().await {
+        match outcome {
+            Ok(()) => {
+                finished += 1;
+                progress.inc(1);
+            }
+            Err(EvalError::Interrupted) => stop.cancel(),
+            Err(e) => {
+                if first_error.is_none() {
+                    warn!(run = %run_id, error = %e, "stopping the run: no new prompts start");
+                    first_error = Some(e);
+                }
+                stop.cancel();
+                job.backend.cancel_pending();
+            }
+        }
+    }
+    (finished, first_error)
 }
 
 /// One prompt: answer (unless stored), then judge (unless cached), storing
