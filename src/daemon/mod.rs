@@ -197,26 +197,7 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
     daemon.recover()?;
     daemon.alerts.start(&daemon.cancel).await;
 
-    let api = crate::api::Api::with_token(
-        daemon.store.clone(),
-        api_config,
-        api_token.map(|t| Sha256::digest(t.as_bytes()).into()),
-    )
-    .with_link(Arc::new(Link(daemon.clone())));
-    let app = crate::api::guard_hosts(router(daemon.clone()), &daemon.config().api)
-        .merge(crate::api::app(api));
-    let server = {
-        let cancel = daemon.cancel.clone();
-        tokio::spawn(async move {
-            let shutdown = async move { cancel.cancelled().await };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                error!(error = %e, "the HTTP server stopped");
-            }
-        })
-    };
+    let server = serve(&daemon, listener, api_config, api_token);
     let mut scheduler = tokio_cron_scheduler::JobScheduler::new()
         .await
         .map_err(|e| DaemonError(format!("cannot start the scheduler: {e}")))?;
@@ -246,6 +227,34 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError(e.to_string()))?;
     info!("stopped; the store is flushed");
     Ok(())
+}
+
+/// Serves the API, the dashboard and the daemon's own routes on `listener`
+/// until the daemon stops.
+fn serve(
+    daemon: &Arc<Daemon>,
+    listener: tokio::net::TcpListener,
+    api_config: Arc<Config>,
+    api_token: Option<String>,
+) -> tokio::task::JoinHandle<()> {
+    let api = crate::api::Api::with_token(
+        daemon.store.clone(),
+        api_config,
+        api_token.map(|t| Sha256::digest(t.as_bytes()).into()),
+    )
+    .with_link(Arc::new(Link(daemon.clone())));
+    let app = crate::api::guard_hosts(router(daemon.clone()), &daemon.config().api)
+        .merge(crate::api::app(api));
+    let cancel = daemon.cancel.clone();
+    tokio::spawn(async move {
+        let shutdown = async move { cancel.cancelled().await };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            error!(error = %e, "the HTTP server stopped");
+        }
+    })
 }
 
 /// The daemon's signal streams: SIGTERM and SIGINT stop it, SIGHUP reloads
