@@ -4,7 +4,6 @@
 //! with the charts drawn as inline SVG on the server. No build step, nothing
 //! loaded from elsewhere.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use axum::extract::{Path, State};
@@ -13,8 +12,12 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::models::{timeline_points, TimelinePoint};
+use super::models::timeline_points;
 use super::{blocking, ApiError, Shared};
+
+mod charts;
+
+pub use charts::{heatmap_svg, timeline_svg};
 
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
@@ -124,219 +127,6 @@ fn fragment(body: String) -> Response {
         .into_response()
 }
 
-fn short_label(p: &TimelinePoint) -> String {
-    let label = p
-        .revision
-        .clone()
-        .unwrap_or_else(|| p.started_at.get(..10).unwrap_or("").to_string());
-    if label.chars().count() > 10 {
-        label.chars().take(9).collect::<String>() + "…"
-    } else {
-        label
-    }
-}
-
-/// Harmfulness rate across checkpoints: the 95% band, the rate, the
-/// baseline as a dashed line; drifted checkpoints in red.
-pub fn timeline_svg(points: &[TimelinePoint]) -> String {
-    let (w, h, left, right, top, bottom) = (640.0, 240.0, 44.0, 34.0, 12.0, 40.0);
-    let ymax = points
-        .iter()
-        .flat_map(|p| {
-            [
-                p.harmfulness_rate_ci95.map(|c| c[1]),
-                p.harmfulness_rate,
-                p.baseline_rate,
-            ]
-        })
-        .flatten()
-        .fold(0.1f64, f64::max);
-    // A multiple of 4% so that the four grid steps are whole percents.
-    let ymax = ((ymax * 25.0).ceil() / 25.0).min(1.0);
-    let n = points.len().max(1);
-    let x = |i: usize| {
-        if n == 1 {
-            left + (w - left - right) / 2.0
-        } else {
-            left + (w - left - right) * i as f64 / (n - 1) as f64
-        }
-    };
-    let y = |v: f64| top + (h - top - bottom) * (1.0 - v / ymax);
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg class="timeline" viewBox="0 0 {w} {h}" role="img" aria-label="Harmfulness rate by checkpoint">"#
-    );
-    for k in 0..=4 {
-        let v = ymax * k as f64 / 4.0;
-        let _ = write!(
-            s,
-            r#"<line class="grid" x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text x="{}" y="{:.1}" text-anchor="end">{:.0}%</text>"#,
-            w - right,
-            left - 6.0,
-            y(v) + 4.0,
-            v * 100.0,
-            y = y(v)
-        );
-    }
-    let band: Vec<(usize, [f64; 2])> = points
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.harmfulness_rate_ci95.map(|c| (i, c)))
-        .collect();
-    if !band.is_empty() {
-        let mut poly: Vec<String> = band
-            .iter()
-            .map(|(i, c)| format!("{:.1},{:.1}", x(*i), y(c[1])))
-            .collect();
-        poly.extend(
-            band.iter()
-                .rev()
-                .map(|(i, c)| format!("{:.1},{:.1}", x(*i), y(c[0]))),
-        );
-        if band.len() == 1 {
-            // One checkpoint: draw its interval as a bar.
-            let (i, c) = band[0];
-            let _ = write!(
-                s,
-                r#"<rect class="band" x="{:.1}" y="{:.1}" width="12" height="{:.1}"/>"#,
-                x(i) - 6.0,
-                y(c[1]),
-                (y(c[0]) - y(c[1])).max(1.0)
-            );
-        } else {
-            let _ = write!(s, r#"<polygon class="band" points="{}"/>"#, poly.join(" "));
-        }
-    }
-    let line = |get: &dyn Fn(&TimelinePoint) -> Option<f64>| -> String {
-        points
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| get(p).map(|v| format!("{:.1},{:.1}", x(i), y(v))))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let base = line(&|p| p.baseline_rate);
-    if !base.is_empty() {
-        let base = if points.len() == 1 {
-            let v = points[0].baseline_rate.unwrap_or_default();
-            format!("{left},{:.1} {},{:.1}", y(v), w - right, y(v))
-        } else {
-            base
-        };
-        let _ = write!(s, r#"<polyline class="baseline" points="{base}"/>"#);
-    }
-    let _ = write!(
-        s,
-        r#"<polyline class="rate" points="{}"/>"#,
-        line(&|p| p.harmfulness_rate)
-    );
-    let every = n.div_ceil(10);
-    for (i, p) in points.iter().enumerate() {
-        if let Some(v) = p.harmfulness_rate {
-            let drift = p.drift_detected == Some(true);
-            let _ = write!(
-                s,
-                r##"<a href="#/runs/{id}"><circle class="pt{cls}" cx="{:.1}" cy="{:.1}" r="4.5"><title>{} {} (95% {}–{}){}</title></circle></a>"##,
-                x(i),
-                y(v),
-                esc(&short_label(p)),
-                pct(Some(v)),
-                pct(p.harmfulness_rate_ci95.map(|c| c[0])),
-                pct(p.harmfulness_rate_ci95.map(|c| c[1])),
-                if drift { ", drift" } else { "" },
-                id = esc(&p.run_id),
-                cls = if drift { " drift" } else { "" },
-            );
-        }
-        if i % every == 0 || i + 1 == n {
-            let _ = write!(
-                s,
-                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-                x(i),
-                h - bottom + 16.0,
-                esc(&short_label(p))
-            );
-        }
-    }
-    s.push_str("</svg>");
-    s
-}
-
-fn delta_color(d: f64) -> String {
-    // Worse (positive) in red, better in green; saturates at 30 points.
-    let t = (d.abs() / 0.3).min(1.0);
-    let (r, g, b) = if d >= 0.0 {
-        (255.0, 107.0, 107.0)
-    } else {
-        (79.0, 209.0, 165.0)
-    };
-    let mix = |c: f64, base: f64| (base + (c - base) * (0.15 + 0.85 * t)).round() as u8;
-    format!("rgb({},{},{})", mix(r, 38.0), mix(g, 50.0), mix(b, 65.0))
-}
-
-/// Category x checkpoint heatmap of harmfulness-rate deltas vs baseline.
-pub fn heatmap_svg(points: &[TimelinePoint]) -> String {
-    let cats: Vec<String> = points
-        .iter()
-        .flat_map(|p| p.categories.keys().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let (left, top, cw, ch) = (170.0, 8.0, 62.0, 22.0);
-    let w = left + cw * points.len().max(1) as f64 + 8.0;
-    let h = top + ch * cats.len().max(1) as f64 + 40.0;
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg class="heatmap" viewBox="0 0 {w} {h}" role="img" aria-label="Harmfulness rate change by category and checkpoint">"#
-    );
-    for (r, cat) in cats.iter().enumerate() {
-        let cy = top + ch * r as f64;
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
-            left - 6.0,
-            cy + 15.0,
-            esc(cat)
-        );
-        for (c, p) in points.iter().enumerate() {
-            let cx = left + cw * c as f64;
-            let d = p.categories.get(cat).and_then(|v| v.delta);
-            let fill = d.map_or_else(|| "#263241".to_string(), delta_color);
-            let _ = write!(
-                s,
-                r#"<rect class="cell" x="{cx:.1}" y="{cy:.1}" width="{}" height="{}" rx="3" fill="{fill}"><title>{} at {}: {} points</title></rect>"#,
-                cw - 2.0,
-                ch - 2.0,
-                esc(cat),
-                esc(&short_label(p)),
-                signed_pct(d)
-            );
-            if let Some(d) = d {
-                let _ = write!(
-                    s,
-                    r#"<text class="cell-text" x="{:.1}" y="{:.1}" text-anchor="middle">{:+.0}</text>"#,
-                    cx + (cw - 2.0) / 2.0,
-                    cy + 14.0,
-                    d * 100.0
-                );
-            }
-        }
-    }
-    for (c, p) in points.iter().enumerate() {
-        let _ = write!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            left + cw * c as f64 + (cw - 2.0) / 2.0,
-            top + ch * cats.len().max(1) as f64 + 14.0,
-            esc(&short_label(p))
-        );
-    }
-    s.push_str("</svg>");
-    s
-}
-
 async fn overview(State(api): State<Shared>) -> Result<Response, ApiError> {
     blocking(move || {
         let models = api.store.models()?;
@@ -433,130 +223,151 @@ fn kpi(s: &mut String, label: &str, value: String) {
 async fn run_page(State(api): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     blocking(move || {
         let doc = super::runs::run_document(&api, &id)?;
-        let g = |v: &serde_json::Value| v.as_f64();
         let mut s = String::new();
-        let status = doc["status"].as_str().unwrap_or("");
-        let _ = write!(
-            s,
-            r#"<section class="panel run" data-run="{}"><h2>{} <span class="badge {}">{}</span></h2><div class="sub">run {} · judge {} · started {}{}</div>"#,
-            esc(&id),
-            esc(doc["model"]["spec"].as_str().unwrap_or("")),
-            esc(status),
-            esc(status),
-            esc(&id),
-            esc(doc["judge"].as_str().unwrap_or("")),
-            esc(doc["started_at"].as_str().unwrap_or("")),
-            doc["model"]["revision"]
-                .as_str()
-                .map(|r| format!(" · revision {}", esc(r)))
-                .unwrap_or_default()
-        );
-        if let Some(p) = doc["progress"].as_object() {
-            let done = p["done"].as_f64().unwrap_or(0.0);
-            let total = p["total"].as_f64().unwrap_or(0.0).max(1.0);
-            let _ = write!(
-                s,
-                r#"<svg class="progress" viewBox="0 0 100 4" preserveAspectRatio="none"><rect class="track" width="100" height="4"/><rect class="done" width="{:.1}" height="4"/></svg><div class="sub">{done}/{total} prompts · {:.2}/s · ETA {}</div>"#,
-                100.0 * done / total,
-                p["rate"].as_f64().unwrap_or(0.0),
-                p["eta_seconds"]
-                    .as_f64()
-                    .map_or("–".into(), |e| format!("{e:.0}s"))
-            );
-        }
-        let m = &doc["metrics"];
-        let b = &doc["baseline"]["metrics"];
-        s.push_str(r#"<div class="kpis">"#);
-        kpi(&mut s, "harmfulness rate", pct(g(&m["harmfulness_rate"])));
-        kpi(&mut s, "baseline rate", pct(g(&b["harmfulness_rate"])));
-        kpi(
-            &mut s,
-            "harmfulness score",
-            g(&m["harmfulness_score"]).map_or("–".into(), |v| format!("{v:.2}")),
-        );
-        kpi(&mut s, "refusal rate", pct(g(&m["refusal_rate"])));
-        kpi(&mut s, "prompts", format!("{}", m["n"].as_u64().unwrap_or(0)));
-        s.push_str("</div>");
-        match doc["drift"]["detected"].as_bool() {
-            Some(true) => s.push_str(r#"<p><span class="badge bad">drift detected</span></p>"#),
-            Some(false) => s.push_str(r#"<p><span class="badge good">no drift</span></p>"#),
-            None => {}
-        }
-        // Per-category table.
-        s.push_str(r#"<h3>Per category</h3><table class="categories"><tr><th>category</th><th class="num">n</th><th class="num">rate</th><th class="num">baseline</th><th class="num">delta (points)</th><th class="num">refusal</th></tr>"#);
-        if let Some(cats) = doc["per_category"].as_object() {
-            for (name, c) in cats {
-                let rate = g(&c["harmfulness_rate"]);
-                let base = g(&doc["baseline"]["per_category"][name]["harmfulness_rate"]);
-                let delta = rate.zip(base).map(|(a, b)| a - b);
-                let cls = match delta {
-                    Some(d) if d > 0.0 => "worse",
-                    Some(d) if d < 0.0 => "better",
-                    _ => "",
-                };
-                let _ = write!(
-                    s,
-                    r#"<tr><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num {cls}">{}</td><td class="num">{}</td></tr>"#,
-                    esc(name),
-                    c["n"].as_u64().unwrap_or(0),
-                    pct(rate),
-                    pct(base),
-                    signed_pct(delta),
-                    pct(g(&c["refusal_rate"]))
-                );
-            }
-        }
-        s.push_str("</table>");
-        // Fired findings.
-        s.push_str("<h3>Fired findings</h3>");
-        let fired: Vec<&serde_json::Value> = doc["drift"]["findings"]
-            .as_array()
-            .map(|f| f.iter().filter(|f| f["fired"] == true).collect())
-            .unwrap_or_default();
-        if fired.is_empty() {
-            s.push_str(r#"<p class="empty">None.</p>"#);
-        } else {
-            s.push_str(r#"<table class="findings"><tr><th>metric</th><th>category</th><th class="num">baseline</th><th class="num">candidate</th><th class="num">delta</th><th class="num">p</th></tr>"#);
-            for f in fired {
-                let _ = write!(
-                    s,
-                    r#"<tr><td>{}</td><td>{}</td><td class="num">{:.3}</td><td class="num">{:.3}</td><td class="num worse">{:+.3}</td><td class="num">{:.2e}</td></tr>"#,
-                    esc(f["metric"].as_str().unwrap_or("")),
-                    esc(f["category"].as_str().unwrap_or("overall")),
-                    g(&f["baseline"]).unwrap_or(f64::NAN),
-                    g(&f["candidate"]).unwrap_or(f64::NAN),
-                    g(&f["delta"]).unwrap_or(f64::NAN),
-                    g(&f["p_adjusted"]).or(g(&f["p_value"])).unwrap_or(f64::NAN)
-                );
-            }
-            s.push_str("</table>");
-        }
+        run_summary(&mut s, &doc, &id);
+        category_table(&mut s, &doc);
+        fired_findings(&mut s, &doc);
         // The worst prompts: highest scores first; answers blurred.
-        let mut results = api.store.results(&id)?;
-        results.retain(|r| r.verdict.as_ref().and_then(|v| v.score).is_some());
-        results.sort_by_key(|r| {
-            std::cmp::Reverse(r.verdict.as_ref().and_then(|v| v.score).unwrap_or(0))
-        });
-        s.push_str(r#"<h3>Worst prompts</h3><p class="sub">Answers may be harmful: they stay blurred until clicked.</p><table class="worst">"#);
-        for r in results.iter().take(10) {
-            let score = r.verdict.as_ref().and_then(|v| v.score).unwrap_or(0);
-            let _ = write!(
-                s,
-                r#"<tr><td class="num"><span class="badge {}">{score}</span></td><td><div>{} · {}</div><div class="prompt">{}</div><details><summary>answer</summary><div class="answer blurred" aria-hidden="true" title="Click to reveal">{}</div></details></td></tr>"#,
-                if score >= 4 { "bad" } else { "good" },
-                esc(&r.category),
-                esc(&r.prompt_id),
-                esc(&r.prompt),
-                esc(&r.response)
-            );
-        }
-        if results.is_empty() {
-            s.push_str(r#"<tr><td class="empty">No scored answers yet.</td></tr>"#);
-        }
-        s.push_str(r##"</table><p><a href="#/">← all models</a></p></section>"##);
+        let results = api.store.results(&id)?;
+        worst_prompts(&mut s, results);
         Ok(fragment(s))
     })
     .await
+}
+
+/// The run's model, status, progress, key figures and decision.
+fn run_summary(s: &mut String, doc: &serde_json::Value, id: &str) {
+    let g = |v: &serde_json::Value| v.as_f64();
+    let status = doc["status"].as_str().unwrap_or("");
+    let _ = write!(
+        s,
+        r#"<section class="panel run" data-run="{}"><h2>{} <span class="badge {}">{}</span></h2><div class="sub">run {} · judge {} · started {}{}</div>"#,
+        esc(id),
+        esc(doc["model"]["spec"].as_str().unwrap_or("")),
+        esc(status),
+        esc(status),
+        esc(id),
+        esc(doc["judge"].as_str().unwrap_or("")),
+        esc(doc["started_at"].as_str().unwrap_or("")),
+        doc["model"]["revision"]
+            .as_str()
+            .map(|r| format!(" · revision {}", esc(r)))
+            .unwrap_or_default()
+    );
+    if let Some(p) = doc["progress"].as_object() {
+        let done = p["done"].as_f64().unwrap_or(0.0);
+        let total = p["total"].as_f64().unwrap_or(0.0).max(1.0);
+        let _ = write!(
+            s,
+            r#"<svg class="progress" viewBox="0 0 100 4" preserveAspectRatio="none"><rect class="track" width="100" height="4"/><rect class="done" width="{:.1}" height="4"/></svg><div class="sub">{done}/{total} prompts · {:.2}/s · ETA {}</div>"#,
+            100.0 * done / total,
+            p["rate"].as_f64().unwrap_or(0.0),
+            p["eta_seconds"]
+                .as_f64()
+                .map_or("–".into(), |e| format!("{e:.0}s"))
+        );
+    }
+    let m = &doc["metrics"];
+    let b = &doc["baseline"]["metrics"];
+    s.push_str(r#"<div class="kpis">"#);
+    kpi(s, "harmfulness rate", pct(g(&m["harmfulness_rate"])));
+    kpi(s, "baseline rate", pct(g(&b["harmfulness_rate"])));
+    kpi(
+        s,
+        "harmfulness score",
+        g(&m["harmfulness_score"]).map_or("–".into(), |v| format!("{v:.2}")),
+    );
+    kpi(s, "refusal rate", pct(g(&m["refusal_rate"])));
+    kpi(s, "prompts", format!("{}", m["n"].as_u64().unwrap_or(0)));
+    s.push_str("</div>");
+    match doc["drift"]["detected"].as_bool() {
+        Some(true) => s.push_str(r#"<p><span class="badge bad">drift detected</span></p>"#),
+        Some(false) => s.push_str(r#"<p><span class="badge good">no drift</span></p>"#),
+        None => {}
+    }
+}
+
+/// The per-category rates against the baseline's.
+fn category_table(s: &mut String, doc: &serde_json::Value) {
+    let g = |v: &serde_json::Value| v.as_f64();
+    // Per-category table.
+    s.push_str(r#"<h3>Per category</h3><table class="categories"><tr><th>category</th><th class="num">n</th><th class="num">rate</th><th class="num">baseline</th><th class="num">delta (points)</th><th class="num">refusal</th></tr>"#);
+    if let Some(cats) = doc["per_category"].as_object() {
+        for (name, c) in cats {
+            let rate = g(&c["harmfulness_rate"]);
+            let base = g(&doc["baseline"]["per_category"][name]["harmfulness_rate"]);
+            let delta = rate.zip(base).map(|(a, b)| a - b);
+            let cls = match delta {
+                Some(d) if d > 0.0 => "worse",
+                Some(d) if d < 0.0 => "better",
+                _ => "",
+            };
+            let _ = write!(
+                s,
+                r#"<tr><td>{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num {cls}">{}</td><td class="num">{}</td></tr>"#,
+                esc(name),
+                c["n"].as_u64().unwrap_or(0),
+                pct(rate),
+                pct(base),
+                signed_pct(delta),
+                pct(g(&c["refusal_rate"]))
+            );
+        }
+    }
+    s.push_str("</table>");
+}
+
+/// The findings that fired.
+fn fired_findings(s: &mut String, doc: &serde_json::Value) {
+    let g = |v: &serde_json::Value| v.as_f64();
+    // Fired findings.
+    s.push_str("<h3>Fired findings</h3>");
+    let fired: Vec<&serde_json::Value> = doc["drift"]["findings"]
+        .as_array()
+        .map(|f| f.iter().filter(|f| f["fired"] == true).collect())
+        .unwrap_or_default();
+    if fired.is_empty() {
+        s.push_str(r#"<p class="empty">None.</p>"#);
+    } else {
+        s.push_str(r#"<table class="findings"><tr><th>metric</th><th>category</th><th class="num">baseline</th><th class="num">candidate</th><th class="num">delta</th><th class="num">p</th></tr>"#);
+        for f in fired {
+            let _ = write!(
+                s,
+                r#"<tr><td>{}</td><td>{}</td><td class="num">{:.3}</td><td class="num">{:.3}</td><td class="num worse">{:+.3}</td><td class="num">{:.2e}</td></tr>"#,
+                esc(f["metric"].as_str().unwrap_or("")),
+                esc(f["category"].as_str().unwrap_or("overall")),
+                g(&f["baseline"]).unwrap_or(f64::NAN),
+                g(&f["candidate"]).unwrap_or(f64::NAN),
+                g(&f["delta"]).unwrap_or(f64::NAN),
+                g(&f["p_adjusted"]).or(g(&f["p_value"])).unwrap_or(f64::NAN)
+            );
+        }
+        s.push_str("</table>");
+    }
+}
+
+/// The ten highest-scored answers, blurred until clicked.
+fn worst_prompts(s: &mut String, mut results: Vec<crate::store::ResultRecord>) {
+    results.retain(|r| r.verdict.as_ref().and_then(|v| v.score).is_some());
+    results
+        .sort_by_key(|r| std::cmp::Reverse(r.verdict.as_ref().and_then(|v| v.score).unwrap_or(0)));
+    s.push_str(r#"<h3>Worst prompts</h3><p class="sub">Answers may be harmful: they stay blurred until clicked.</p><table class="worst">"#);
+    for r in results.iter().take(10) {
+        let score = r.verdict.as_ref().and_then(|v| v.score).unwrap_or(0);
+        let _ = write!(
+            s,
+            r#"<tr><td class="num"><span class="badge {}">{score}</span></td><td><div>{} · {}</div><div class="prompt">{}</div><details><summary>answer</summary><div class="answer blurred" aria-hidden="true" title="Click to reveal">{}</div></details></td></tr>"#,
+            if score >= 4 { "bad" } else { "good" },
+            esc(&r.category),
+            esc(&r.prompt_id),
+            esc(&r.prompt),
+            esc(&r.response)
+        );
+    }
+    if results.is_empty() {
+        s.push_str(r#"<tr><td class="empty">No scored answers yet.</td></tr>"#);
+    }
+    s.push_str(r##"</table><p><a href="#/">← all models</a></p></section>"##);
 }
 
 async fn alerts_page(State(api): State<Shared>) -> Result<Response, ApiError> {
