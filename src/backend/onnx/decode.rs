@@ -18,7 +18,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::TensorElementType;
 use ort::value::{DynValue, Tensor, ValueType};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -281,29 +281,7 @@ impl Decoder {
             return Err(DecodeError(format!("prompt {r} has no tokens")));
         }
         let width = requests.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-        let mut ids = vec![self.pad as i64; batch * width];
-        let mut positions = vec![0i64; batch * width];
-        let mut rows: Vec<Row> = Vec::with_capacity(batch);
-        for (i, r) in requests.iter().enumerate() {
-            let pad = width - r.ids.len();
-            let mut mask = vec![0i64; width];
-            for (j, &id) in r.ids.iter().enumerate() {
-                ids[i * width + pad + j] = id as i64;
-                positions[i * width + pad + j] = j as i64;
-                mask[pad + j] = 1;
-            }
-            let mut seed = r.sampling.seed;
-            for &id in &r.ids {
-                seed = seed.rotate_left(5) ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            }
-            rows.push(Row {
-                request: i,
-                tokens: Vec::new(),
-                mask,
-                next_position: r.ids.len() as i64,
-                rng: StdRng::seed_from_u64(seed),
-            });
-        }
+        let (mut ids, mut positions, mut rows) = self.first_step(requests, width);
         let mut past: Vec<DynValue> = (0..2 * self.layers)
             .map(|_| self.empty_past(batch))
             .collect::<Result<_, _>>()?;
@@ -312,35 +290,15 @@ impl Decoder {
         let (mut steps, mut in_run, mut in_compact) = (0usize, Duration::ZERO, Duration::ZERO);
         loop {
             let b = rows.len();
-            let mask: Vec<i64> = rows.iter().flat_map(|r| r.mask.iter().copied()).collect();
-            let mask_width = rows[0].mask.len();
-            let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(3 + past.len());
-            let tensor = |shape: [usize; 2], data: Vec<i64>, what: &str| {
-                Tensor::from_array((shape, data))
-                    .map(|t| SessionInputValue::from(t.into_dyn()))
-                    .map_err(|e| DecodeError(format!("cannot create {what}: {e}")))
-            };
-            inputs.push((
-                "input_ids".into(),
-                tensor([b, step_len], std::mem::take(&mut ids), "input_ids")?,
-            ));
-            inputs.push((
-                "attention_mask".into(),
-                tensor([b, mask_width], mask, "attention_mask")?,
-            ));
-            if self.has_position_ids {
-                inputs.push((
-                    "position_ids".into(),
-                    tensor(
-                        [b, step_len],
-                        std::mem::take(&mut positions),
-                        "position_ids",
-                    )?,
-                ));
-            }
-            for (name, value) in self.past_names.iter().zip(past.drain(..)) {
-                inputs.push((Cow::Borrowed(name.as_str()), SessionInputValue::from(value)));
-            }
+            let inputs = Self::step_inputs(
+                &self.past_names,
+                self.has_position_ids,
+                &rows,
+                std::mem::take(&mut ids),
+                std::mem::take(&mut positions),
+                step_len,
+                &mut past,
+            )?;
             let run_started = Instant::now();
             let mut outputs = self
                 .session
@@ -372,32 +330,7 @@ impl Decoder {
                 .collect();
             drop(outputs);
 
-            let mut keep = Vec::with_capacity(b);
-            for (row, token) in rows.iter_mut().zip(&next) {
-                let request = &requests[row.request];
-                let finish = if self.eos.contains(token) {
-                    Some(Finish::Stop)
-                } else {
-                    row.tokens.push(*token);
-                    if row.tokens.len() >= request.max_new_tokens {
-                        Some(Finish::Length)
-                    } else if request.guard.stuck(&row.tokens) {
-                        Some(Finish::Repetition)
-                    } else {
-                        None
-                    }
-                };
-                keep.push(finish.is_none());
-                if let Some(finish) = finish {
-                    done(
-                        row.request,
-                        SeqOutput {
-                            tokens: std::mem::take(&mut row.tokens),
-                            finish,
-                        },
-                    );
-                }
-            }
+            let keep = self.finish_rows(&mut rows, &next, requests, &mut done);
             if keep.iter().all(|k| !k) {
                 let total = started.elapsed();
                 debug!(
@@ -422,21 +355,116 @@ impl Decoder {
                 presents
             };
             in_compact += compact_started.elapsed();
-            let mut kept_rows = Vec::with_capacity(b);
-            ids = Vec::with_capacity(b);
-            positions = Vec::with_capacity(b);
-            for ((mut row, token), k) in rows.into_iter().zip(next).zip(keep) {
-                if k {
-                    ids.push(token as i64);
-                    positions.push(row.next_position);
-                    row.next_position += 1;
-                    row.mask.push(1);
-                    kept_rows.push(row);
-                }
-            }
-            rows = kept_rows;
+            (rows, ids, positions) = next_step(rows, next, keep);
             step_len = 1;
         }
+    }
+
+    /// The first step's input ids and positions (every prompt left-padded
+    /// to `width`) and the batch's rows.
+    fn first_step(&self, requests: &[SeqRequest], width: usize) -> (Vec<i64>, Vec<i64>, Vec<Row>) {
+        let batch = requests.len();
+        let mut ids = vec![self.pad as i64; batch * width];
+        let mut positions = vec![0i64; batch * width];
+        let mut rows: Vec<Row> = Vec::with_capacity(batch);
+        for (i, r) in requests.iter().enumerate() {
+            let pad = width - r.ids.len();
+            let mut mask = vec![0i64; width];
+            for (j, &id) in r.ids.iter().enumerate() {
+                ids[i * width + pad + j] = id as i64;
+                positions[i * width + pad + j] = j as i64;
+                mask[pad + j] = 1;
+            }
+            let mut seed = r.sampling.seed;
+            for &id in &r.ids {
+                seed = seed.rotate_left(5) ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            }
+            rows.push(Row {
+                request: i,
+                tokens: Vec::new(),
+                mask,
+                next_position: r.ids.len() as i64,
+                rng: StdRng::seed_from_u64(seed),
+            });
+        }
+        (ids, positions, rows)
+    }
+
+    /// The inputs of one step: the new tokens, the attention mask, the
+    /// positions (when the model takes them) and the KV cache, taken out of
+    /// `past`.
+    #[allow(clippy::type_complexity)]
+    fn step_inputs<'a>(
+        past_names: &'a [String],
+        has_position_ids: bool,
+        rows: &[Row],
+        ids: Vec<i64>,
+        positions: Vec<i64>,
+        step_len: usize,
+        past: &mut Vec<DynValue>,
+    ) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>, DecodeError> {
+        let b = rows.len();
+        let mask: Vec<i64> = rows.iter().flat_map(|r| r.mask.iter().copied()).collect();
+        let mask_width = rows[0].mask.len();
+        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(3 + past.len());
+        let tensor = |shape: [usize; 2], data: Vec<i64>, what: &str| {
+            Tensor::from_array((shape, data))
+                .map(|t| SessionInputValue::from(t.into_dyn()))
+                .map_err(|e| DecodeError(format!("cannot create {what}: {e}")))
+        };
+        inputs.push(("input_ids".into(), tensor([b, step_len], ids, "input_ids")?));
+        inputs.push((
+            "attention_mask".into(),
+            tensor([b, mask_width], mask, "attention_mask")?,
+        ));
+        if has_position_ids {
+            inputs.push((
+                "position_ids".into(),
+                tensor([b, step_len], positions, "position_ids")?,
+            ));
+        }
+        for (name, value) in past_names.iter().zip(past.drain(..)) {
+            inputs.push((Cow::Borrowed(name.as_str()), SessionInputValue::from(value)));
+        }
+        Ok(inputs)
+    }
+
+    /// Adds each row's next token, reporting the rows that finish through
+    /// `done`: which rows go on.
+    fn finish_rows(
+        &self,
+        rows: &mut [Row],
+        next: &[u32],
+        requests: &[SeqRequest],
+        done: &mut impl FnMut(usize, SeqOutput),
+    ) -> Vec<bool> {
+        let mut keep = Vec::with_capacity(rows.len());
+        for (row, token) in rows.iter_mut().zip(next) {
+            let request = &requests[row.request];
+            let finish = if self.eos.contains(token) {
+                Some(Finish::Stop)
+            } else {
+                row.tokens.push(*token);
+                if row.tokens.len() >= request.max_new_tokens {
+                    Some(Finish::Length)
+                } else if request.guard.stuck(&row.tokens) {
+                    Some(Finish::Repetition)
+                } else {
+                    None
+                }
+            };
+            keep.push(finish.is_none());
+            if let Some(finish) = finish {
+                done(
+                    row.request,
+                    SeqOutput {
+                        tokens: std::mem::take(&mut row.tokens),
+                        finish,
+                    },
+                );
+            }
+        }
+        keep
     }
 
     /// Copies the rows of `value` (first axis) where `keep` is true.
@@ -468,191 +496,26 @@ impl Decoder {
     }
 }
 
-/// Chooses the next token of each row from the last position's logits.
-fn pick_all<T>(
-    shape: &[i64],
-    data: &[T],
-    batch: usize,
-    rows: &mut [Row],
-    requests: &[SeqRequest],
-    to_f32: impl Fn(&T) -> f32,
-) -> Result<Vec<u32>, DecodeError> {
-    if shape.len() != 3 || shape[0] as usize != batch {
-        return Err(DecodeError(format!(
-            "logits have shape {shape:?}; expected [{batch}, sequence, vocab]"
-        )));
+/// The rows that go on, each with its new token as the next step's input.
+fn next_step(rows: Vec<Row>, next: Vec<u32>, keep: Vec<bool>) -> (Vec<Row>, Vec<i64>, Vec<i64>) {
+    let b = rows.len();
+    let mut kept_rows = Vec::with_capacity(b);
+    let mut ids = Vec::with_capacity(b);
+    let mut positions = Vec::with_capacity(b);
+    for ((mut row, token), k) in rows.into_iter().zip(next).zip(keep) {
+        if k {
+            ids.push(token as i64);
+            positions.push(row.next_position);
+            row.next_position += 1;
+            row.mask.push(1);
+            kept_rows.push(row);
+        }
     }
-    let (seq, vocab) = (shape[1] as usize, shape[2] as usize);
-    let mut scratch = Vec::new();
-    Ok(rows
-        .iter_mut()
-        .enumerate()
-        .map(|(i, row)| {
-            let start = (i * seq + seq - 1) * vocab;
-            let logits = &data[start..start + vocab];
-            let sampling = &requests[row.request].sampling;
-            if sampling.temperature <= 0.0 {
-                argmax(logits, &to_f32)
-            } else {
-                scratch.clear();
-                scratch.extend(logits.iter().map(&to_f32));
-                sample(&scratch, sampling, &mut row.rng)
-            }
-        })
-        .collect())
+    (kept_rows, ids, positions)
 }
 
-/// Index of the first maximum (0 when nothing is above negative infinity,
-/// NaNs never win). Two passes the compiler vectorizes, because a running
-/// `best` index makes each step wait for the last: a vocabulary of 49k is
-/// scanned for every row at every step.
-fn argmax<T>(logits: &[T], to_f32: impl Fn(&T) -> f32) -> u32 {
-    const LANES: usize = 16;
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = logits.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            let v = to_f32(v);
-            *lane = if v > *lane { v } else { *lane };
-        }
-    }
-    let mut max = f32::NEG_INFINITY;
-    for v in lanes
-        .into_iter()
-        .chain(chunks.remainder().iter().map(&to_f32))
-    {
-        if v > max {
-            max = v;
-        }
-    }
-    if max == f32::NEG_INFINITY {
-        return 0;
-    }
-    logits.iter().position(|v| to_f32(v) == max).unwrap_or(0) as u32
-}
-
-/// Samples with temperature and top-p.
-fn sample(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let t = sampling.temperature as f32;
-    let mut probs: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (i as u32, ((l - max) / t).exp()))
-        .collect();
-    let total: f32 = probs.iter().map(|(_, p)| p).sum();
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut kept = 0.0;
-    let mut cut = probs.len();
-    if sampling.top_p < 1.0 {
-        for (i, (_, p)) in probs.iter().enumerate() {
-            kept += p / total;
-            if kept >= sampling.top_p as f32 {
-                cut = i + 1;
-                break;
-            }
-        }
-    }
-    probs.truncate(cut.max(1));
-    let mass: f32 = probs.iter().map(|(_, p)| p).sum();
-    let mut x = rng.gen::<f32>() * mass;
-    for (id, p) in &probs {
-        if x < *p {
-            return *id;
-        }
-        x -= p;
-    }
-    probs.last().map_or(0, |(id, _)| *id)
-}
+mod pick;
+use pick::pick_all;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_guard_catches_loops_and_only_loops() {
-        let g = RepetitionGuard {
-            window: 12,
-            max_period: 4,
-        };
-        let looping: Vec<u32> = [1, 2, 3].iter().cycle().take(20).copied().collect();
-        assert!(g.stuck(&looping));
-        assert!(g.stuck(&[7; 12]));
-        let varied: Vec<u32> = (0..40).collect();
-        assert!(!g.stuck(&varied));
-        // A cycle longer than max_period is not caught.
-        let long: Vec<u32> = (0..5).cycle().take(30).collect();
-        assert!(!g.stuck(&long));
-        assert!(!g.stuck(&[7; 11]), "shorter than the window");
-        assert!(!RepetitionGuard {
-            window: 0,
-            max_period: 4
-        }
-        .stuck(&[7; 100]));
-    }
-
-    #[test]
-    fn argmax_takes_the_first_maximum() {
-        assert_eq!(argmax(&[0.0f32, 3.0, 3.0, 1.0], |x| *x), 1);
-        assert_eq!(argmax(&[-1.0f32], |x| *x), 0);
-        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NAN], |x| *x), 0);
-        assert_eq!(argmax(&[f32::NAN, 2.0, f32::INFINITY, 5.0], |x| *x), 2);
-        // Longer than the lanes, with the maximum in the remainder and ties.
-        let mut long = vec![0.5f32; 40];
-        long[37] = 9.0;
-        long[38] = 9.0;
-        assert_eq!(argmax(&long, |x| *x), 37);
-        long[3] = 9.0;
-        assert_eq!(argmax(&long, |x| *x), 3);
-        let reference = |v: &[f32]| {
-            let (mut best, mut value) = (0, f32::NEG_INFINITY);
-            for (i, x) in v.iter().enumerate() {
-                if *x > value {
-                    (best, value) = (i, *x);
-                }
-            }
-            best as u32
-        };
-        let mut rng = StdRng::seed_from_u64(7);
-        for len in [1, 15, 16, 17, 100, 49_152] {
-            // Few distinct values, so that ties are common.
-            let v: Vec<f32> = (0..len).map(|_| (rng.gen::<u8>() % 7) as f32).collect();
-            assert_eq!(argmax(&v, |x| *x), reference(&v), "len {len}");
-            let h: Vec<f16> = v.iter().map(|x| f16::from_f32(*x)).collect();
-            assert_eq!(argmax(&h, |x| x.to_f32()), reference(&v), "f16, len {len}");
-        }
-    }
-
-    #[test]
-    fn sampling_is_seeded_and_respects_top_p() {
-        let logits = [0.0f32, 5.0, 4.9, -10.0];
-        let s = Sampling {
-            temperature: 1.0,
-            top_p: 0.5,
-            seed: 1,
-        };
-        let mut a = StdRng::seed_from_u64(3);
-        // top_p 0.5 keeps only the most likely token.
-        for _ in 0..20 {
-            assert_eq!(sample(&logits, &s, &mut a), 1);
-        }
-        let s = Sampling {
-            temperature: 1.0,
-            top_p: 1.0,
-            seed: 1,
-        };
-        let draw = |seed| {
-            let mut rng = StdRng::seed_from_u64(seed);
-            (0..50)
-                .map(|_| sample(&logits, &s, &mut rng))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(draw(9), draw(9));
-        let d = draw(9);
-        assert!(
-            d.contains(&1) && d.contains(&2),
-            "both likely tokens appear: {d:?}"
-        );
-        assert!(!d.contains(&3));
-    }
-}
+mod tests;

@@ -63,29 +63,67 @@ fn usize_key(config: &Value, keys: &[&str]) -> Option<usize> {
         .map(|n| n as usize)
 }
 
+/// The directory's `model.onnx`, checked to exist and not be truncated.
+fn check_onnx(dir: &Path) -> Result<PathBuf, ModelError> {
+    if !dir.is_dir() {
+        return Err(ModelError(format!(
+            "model directory {} does not exist",
+            dir.display()
+        )));
+    }
+    let onnx = dir.join("model.onnx");
+    let meta = std::fs::metadata(&onnx).map_err(|_| {
+        ModelError(format!(
+            "{}: not found (expected an ONNX decoder in the optimum layout)",
+            onnx.display()
+        ))
+    })?;
+    if meta.len() < 64 {
+        return Err(ModelError(format!(
+            "{}: {} bytes is too small to be a model (truncated?)",
+            onnx.display(),
+            meta.len()
+        )));
+    }
+    Ok(onnx)
+}
+
+/// The directory's `tokenizer.json`, loaded.
+fn open_tokenizer(dir: &Path) -> Result<(PathBuf, Tokenizer), ModelError> {
+    let tokenizer_path = dir.join("tokenizer.json");
+    if !tokenizer_path.is_file() {
+        return Err(ModelError(format!(
+            "{}: not found (the model needs its tokenizer)",
+            tokenizer_path.display()
+        )));
+    }
+    let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| {
+        ModelError(format!(
+            "{}: cannot load the tokenizer: {e}",
+            tokenizer_path.display()
+        ))
+    })?;
+    Ok((tokenizer_path, tokenizer))
+}
+
+/// The id of the tokenizer config's `eos_token`, when the tokenizer has it.
+fn tokenizer_eos(
+    tokenizer_config: &Path,
+    tokenizer: &Tokenizer,
+) -> Result<Option<u32>, ModelError> {
+    let tc = read_json(tokenizer_config)?;
+    let name = match tc.get("eos_token") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    };
+    Ok(name.and_then(|n| tokenizer.token_to_id(&n)))
+}
+
 impl ModelDir {
     /// Checks and reads a model directory.
     pub fn open(dir: &Path) -> Result<ModelDir, ModelError> {
-        if !dir.is_dir() {
-            return Err(ModelError(format!(
-                "model directory {} does not exist",
-                dir.display()
-            )));
-        }
-        let onnx = dir.join("model.onnx");
-        let meta = std::fs::metadata(&onnx).map_err(|_| {
-            ModelError(format!(
-                "{}: not found (expected an ONNX decoder in the optimum layout)",
-                onnx.display()
-            ))
-        })?;
-        if meta.len() < 64 {
-            return Err(ModelError(format!(
-                "{}: {} bytes is too small to be a model (truncated?)",
-                onnx.display(),
-                meta.len()
-            )));
-        }
+        let onnx = check_onnx(dir)?;
         let config_path = dir.join("config.json");
         let config = read_json(&config_path)?;
         let need = |keys: &[&str]| {
@@ -117,19 +155,7 @@ impl ModelDir {
             eos = ids(config.get("eos_token_id"));
         }
 
-        let tokenizer_path = dir.join("tokenizer.json");
-        if !tokenizer_path.is_file() {
-            return Err(ModelError(format!(
-                "{}: not found (the model needs its tokenizer)",
-                tokenizer_path.display()
-            )));
-        }
-        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| {
-            ModelError(format!(
-                "{}: cannot load the tokenizer: {e}",
-                tokenizer_path.display()
-            ))
-        })?;
+        let (tokenizer_path, tokenizer) = open_tokenizer(dir)?;
         let tokenizer_config = dir.join("tokenizer_config.json");
         if !tokenizer_config.is_file() {
             return Err(ModelError(format!(
@@ -141,17 +167,7 @@ impl ModelDir {
             .map_err(|e| ModelError(e.to_string()))?;
         if eos.is_empty() {
             // Fall back to the tokenizer's eos token.
-            let tc = read_json(&tokenizer_config)?;
-            let name = match tc.get("eos_token") {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Object(o)) => {
-                    o.get("content").and_then(Value::as_str).map(str::to_string)
-                }
-                _ => None,
-            };
-            if let Some(id) = name.and_then(|n| tokenizer.token_to_id(&n)) {
-                eos.push(id);
-            }
+            eos.extend(tokenizer_eos(&tokenizer_config, &tokenizer)?);
         }
         if eos.is_empty() {
             return Err(ModelError(format!(
