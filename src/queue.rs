@@ -252,7 +252,7 @@ mod tests {
             store.tree("meta").unwrap().remove("index.queue").unwrap();
             store.tree("meta").unwrap().flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::reopen(dir.path()).unwrap();
         let queue = Queue::new(&store);
         assert_eq!(queue.counts().unwrap().depth(), 2);
         assert!(queue.by_revision("api", "e_2").unwrap().is_some());

@@ -281,6 +281,22 @@ fn check_schema(db: &sled::Db, meta: &sled::Tree, path: &Path) -> Result<(), Sto
 }
 
 impl Store {
+    /// [`Store::open`] for tests that open a store again in the same
+    /// process: sled's flusher thread can hold the file lock a moment after
+    /// the previous handle is dropped, so `InUse` is retried for up to 10 s.
+    #[cfg(test)]
+    pub(crate) fn reopen(path: &Path) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Opens (or creates) the store in `path`. Refuses a store written with
     /// another schema version, and a directory holding something else.
     pub fn open(path: &Path) -> Result<Store, StoreError> {

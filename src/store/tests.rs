@@ -155,7 +155,7 @@ fn a_models_runs_are_a_range_scan_of_the_index_built_on_open_for_old_stores() {
     }
     for _ in 0..2 {
         // Built on the first open; the second finds it built.
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::reopen(dir.path()).unwrap();
         let filter = RunFilter {
             model: Some("m".into()),
             ..RunFilter::default()
@@ -219,7 +219,7 @@ fn unknown_schema_versions_are_refused() {
             .unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(dir.path()).err().unwrap();
+    let err = Store::reopen(dir.path()).err().unwrap();
     assert_eq!(err.kind(), "store_schema");
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }

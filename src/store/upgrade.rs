@@ -173,7 +173,7 @@ mod tests {
             q.insert("c", &b"not json"[..]).unwrap();
             db.flush().unwrap();
         }
-        let store = super::super::Store::open(dir.path()).unwrap();
+        let store = super::super::Store::reopen(dir.path()).unwrap();
         let records = store.checkpoints().unwrap();
         assert_eq!(
             records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
@@ -191,7 +191,7 @@ mod tests {
         );
         drop(store);
         // Opened again: version 2, nothing to upgrade, the same records.
-        let store = super::super::Store::open(dir.path()).unwrap();
+        let store = super::super::Store::reopen(dir.path()).unwrap();
         assert_eq!(store.checkpoints().unwrap(), records);
     }
 }
