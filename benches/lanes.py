@@ -23,7 +23,7 @@ behind the local one. A webhook receiver here notes when each alert arrives. Mea
 
 Modes: `single` is `[eval] lanes = "single"` (one evaluation at a time, in queue order: the daemon before
 lanes, kept as the reference); `backend` is the default (a lane per backend: `local` with max_parallel 1,
-`served` with max_parallel 4). The ratio single/backend of the api time is printed; numbers are measurements
+`served` with max_parallel 4; the served watcher's own checkpoints still run one at a time, in queue order). The ratio single/backend of the api time is printed; numbers are measurements
 and never fail the script. Each run uses a fresh data dir; the modes take turns.
 
 Needs the release binaries (`cargo build --release -p safedrift -p safedrift-testkit --bin safedrift
