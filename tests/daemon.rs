@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{free_port, signal, stop, Scratch};
+use common::{free_port, signal, stop, wait_for, Scratch};
 use safedrift::store::{CheckpointStatus, RunStatus, Store};
 use safedrift_testkit::{spawn, ModelScript, Script, TestServer};
 
@@ -21,14 +21,6 @@ async fn health(port: u16) -> Option<serde_json::Value> {
         .await
         .ok()?;
     resp.json().await.ok()
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn asked(server: &TestServer, model: &str) -> Vec<String> {

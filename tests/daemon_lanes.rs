@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
-use common::{free_port, kill9, signal, stop, Scratch};
+use common::{free_port, kill9, signal, stop, wait_for, Scratch};
 use safedrift::store::{CheckpointStatus, RunStatus, Store};
 use safedrift_testkit::{spawn, ModelScript, Script, TestServer};
 
@@ -32,14 +32,6 @@ async fn get(port: u16, path: &str) -> Option<serde_json::Value> {
 
 async fn health(port: u16) -> Option<serde_json::Value> {
     get(port, "/healthz").await
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn asked(server: &TestServer, model: &str) -> Vec<String> {

@@ -7,30 +7,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, slack_receiver, stop, Scratch};
+use common::{free_port, slack_receiver, stop, wait_for_daemon as wait_for, Scratch};
 use safedrift::store::{RunStatus, Store};
 use safedrift_testkit::{spawn, ModelScript, Script};
 
 const PROMPTS: usize = 12;
-
-async fn wait_for(
-    s: &Scratch,
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> bool,
-) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; the daemon's log:\n{}",
-            s.daemon_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn get(port: u16, path: &str) -> (u16, serde_json::Value) {
     let resp = reqwest::Client::new()

@@ -222,10 +222,11 @@ impl Store {
         cursor: Option<&str>,
     ) -> Result<RunPage, StoreError> {
         let limit = limit.max(1);
-        let mut runs = Vec::with_capacity(limit);
-        let mut last: Option<Vec<u8>> = None;
-        let mut more = false;
-        match &filter.model {
+        // The keys to walk, newest first, each with its run: index keys
+        // (the run read by id) or run ids (the run decoded in place).
+        type Walk<'a> =
+            Box<dyn Iterator<Item = Result<(Vec<u8>, Option<RunRecord>), StoreError>> + 'a>;
+        let (scope, walk): (u8, Walk) = match &filter.model {
             Some(model) => {
                 let prefix = model_prefix(model);
                 let end = match cursor {
@@ -238,53 +239,48 @@ impl Store {
                     }
                     None => prefix_end(&prefix),
                 };
-                for kv in self.runs_by_model.range(prefix.clone()..end).rev() {
+                let walk = self.runs_by_model.range(prefix..end).rev().map(|kv| {
                     let (k, _) = kv?;
                     let id = &k[k.iter().rposition(|b| *b == 0).map_or(0, |p| p + 1)..];
-                    let Some(run) = self.get_run(&String::from_utf8_lossy(id))? else {
-                        continue;
-                    };
-                    if !filter.admits(&run) {
-                        continue;
-                    }
-                    if runs.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    last = Some(k.to_vec());
-                    runs.push(run);
-                }
-                Ok(RunPage {
-                    runs,
-                    next: more.then(|| encode_cursor(b'm', &last.unwrap_or_default())),
-                })
+                    let run = self.get_run(&String::from_utf8_lossy(id))?;
+                    Ok((k.to_vec(), run))
+                });
+                (b'm', Box::new(walk))
             }
             None => {
                 let iter = match cursor {
                     Some(c) => self.runs.range(..decode_cursor(b'r', c)?),
                     None => self.runs.range::<Vec<u8>, _>(..),
                 };
-                for kv in iter.rev() {
+                let walk = iter.rev().map(|kv| {
                     let (k, v) = kv?;
-                    let Some(run) = self.read::<RunRecord>(&self.runs, &k, &v) else {
-                        continue;
-                    };
-                    if !filter.admits(&run) {
-                        continue;
-                    }
-                    if runs.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    last = Some(k.to_vec());
-                    runs.push(run);
-                }
-                Ok(RunPage {
-                    runs,
-                    next: more.then(|| encode_cursor(b'r', &last.unwrap_or_default())),
-                })
+                    let run = self.read::<RunRecord>(&self.runs, &k, &v);
+                    Ok((k.to_vec(), run))
+                });
+                (b'r', Box::new(walk))
             }
+        };
+        let mut runs = Vec::with_capacity(limit);
+        let mut last: Option<Vec<u8>> = None;
+        let mut more = false;
+        for item in walk {
+            let (key, Some(run)) = item? else {
+                continue;
+            };
+            if !filter.admits(&run) {
+                continue;
+            }
+            if runs.len() == limit {
+                more = true;
+                break;
+            }
+            last = Some(key);
+            runs.push(run);
         }
+        Ok(RunPage {
+            runs,
+            next: more.then(|| encode_cursor(scope, &last.unwrap_or_default())),
+        })
     }
 
     /// Every model with runs, in name order: one seek per model on the index.

@@ -222,3 +222,38 @@ pub async fn slack_receiver() -> (Received, u16) {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (got, port)
 }
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after
+/// `timeout`.
+pub async fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// [`wait_for`] on a daemon of `s`: the panic shows the daemon's log.
+pub async fn wait_for_daemon(
+    s: &Scratch,
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; the daemon's log:\n{}",
+            s.daemon_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
