@@ -405,3 +405,63 @@ async fn checkpoints_of_one_lane_evaluated_in_parallel_evaluate_their_shared_bas
     }
     assert_eq!(received.lock().unwrap().by_id.len(), 2);
 }
+
+/// `[eval] lanes = "single"` keeps the behaviour before lanes: one line, in
+/// queue order, so the fast backend's checkpoint waits for the slow one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_lane_evaluates_in_queue_order() {
+    let slow = server(400).await;
+    let fast = server(5).await;
+    let (received, hook) = receiver().await;
+    let port = free_port();
+    let s = scratch();
+    let backends = format!(
+        "[backends.slow]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n\n[backends.fast]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n",
+        slow.addr, fast.addr
+    );
+    let single = |watchers: &str| {
+        config_text(&s, port, hook, &backends, watchers).replace(
+            "max_new_tokens = 32\n",
+            "max_new_tokens = 32\nlanes = \"single\"\n",
+        )
+    };
+    let slow_watcher = watcher("slow", &slow, &["cand"]);
+    let fast_watcher = watcher("fast", &fast, &["cand"]);
+    std::fs::write(s.config(), single(&slow_watcher)).unwrap();
+    let mut daemon = s.start_daemon();
+    wait_for(
+        "the slow checkpoint's evaluation to start",
+        Duration::from_secs(60),
+        async || asked(&slow, "base").len() >= 2,
+    )
+    .await;
+    std::fs::write(
+        s.config(),
+        single(&format!("{slow_watcher}\n{fast_watcher}")),
+    )
+    .unwrap();
+    signal(&daemon, "-HUP");
+    wait_for(
+        "the fast checkpoint's alert",
+        Duration::from_secs(90),
+        async || {
+            received
+                .lock()
+                .unwrap()
+                .by_id
+                .values()
+                .any(|c| c.starts_with("fast/cand@"))
+        },
+    )
+    .await;
+    // By then the slow checkpoint, queued first, was done.
+    assert_eq!(
+        asked(&slow, "base").len() + asked(&slow, "cand").len(),
+        2 * PROMPTS,
+        "{}",
+        s.daemon_log()
+    );
+    let h = health(port).await.unwrap();
+    assert_eq!(h["lanes"]["all"]["max_parallel"], 1, "{h}");
+    stop(&mut daemon).await;
+}
