@@ -792,15 +792,17 @@ async fn kill_9_before_and_during_delivery_delivers_every_alert_once() {
     assert_eq!(alert.deliveries["mail"].attempts, 1);
 }
 
-/// The state a kill between storing a drifted run and deciding on it leaves
-/// (the run stored, no decision) is decided on the next start: the alert is
-/// sent once, and a further restart sends nothing again.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_run_stored_without_its_alert_decision_is_alerted_once_on_the_next_start() {
-    let server = models(&[("a-drift", true)]).await;
-    let (rx, rx_port) = receiver().await;
-    let port = free_port();
-    let s = setup(&server, port, &["a-drift"], "");
+/// A drifted checkpoint evaluated and alerted on by a daemon that is then
+/// stopped, and its alert state cleared from the store: what a kill between
+/// storing a run and deciding its alerts leaves; `edit` changes the store
+/// further before it is closed. Returns the scratch, its config (without
+/// alert targets) and what `edit` returned.
+async fn a_run_without_alert_decisions<T>(
+    server: &TestServer,
+    port: u16,
+    edit: impl FnOnce(&Store) -> T,
+) -> (Scratch, String, T) {
+    let s = setup(server, port, &["a-drift"], "");
     let base = std::fs::read_to_string(s.config()).unwrap() + "[alerting]\ngroup_window = \"0s\"\n";
     std::fs::write(s.config(), &base).unwrap();
     let mut daemon = s.start_daemon();
@@ -809,20 +811,33 @@ async fn a_run_stored_without_its_alert_decision_is_alerted_once_on_the_next_sta
     })
     .await;
     stop(&mut daemon).await;
-    {
-        let store = Store::open(&s.data_dir()).unwrap();
-        for tree in [
-            safedrift::alerts::grouping::DECISIONS,
-            safedrift::alerts::grouping::LINEAGES,
-            safedrift::alerts::record::TREE,
-        ] {
-            store.tree(tree).unwrap().clear().unwrap();
-        }
-        store.flush().await.unwrap();
-        assert!(safedrift::alerts::record::list(&store, 10, None)
-            .unwrap()
-            .is_empty());
+    let store = Store::open(&s.data_dir()).unwrap();
+    for tree in [
+        safedrift::alerts::grouping::DECISIONS,
+        safedrift::alerts::grouping::LINEAGES,
+        safedrift::alerts::record::TREE,
+        safedrift::alerts::outbox::OPEN,
+    ] {
+        store.tree(tree).unwrap().clear().unwrap();
     }
+    assert!(safedrift::alerts::record::list(&store, 10, None)
+        .unwrap()
+        .is_empty());
+    let edited = edit(&store);
+    store.flush().await.unwrap();
+    drop(store);
+    (s, base, edited)
+}
+
+/// The state a kill between storing a drifted run and deciding on it leaves
+/// (the run stored, no decision) is decided on the next start: the alert is
+/// sent once, and a further restart sends nothing again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_stored_without_its_alert_decision_is_alerted_once_on_the_next_start() {
+    let server = models(&[("a-drift", true)]).await;
+    let (rx, rx_port) = receiver().await;
+    let port = free_port();
+    let (s, base, ()) = a_run_without_alert_decisions(&server, port, |_| ()).await;
     std::fs::write(s.config(), base + &json_hook("hook", rx_port, &s, "")).unwrap();
     let mut daemon = s.start_daemon();
     wait_for("the webhook", Duration::from_secs(30), || {
@@ -863,25 +878,8 @@ async fn a_failed_judge_audit_stored_without_its_alert_is_alerted_once_on_the_ne
     let server = models(&[("a-drift", true)]).await;
     let (rx, rx_port) = receiver().await;
     let port = free_port();
-    let s = setup(&server, port, &["a-drift"], "");
-    let base = std::fs::read_to_string(s.config()).unwrap() + "[alerting]\ngroup_window = \"0s\"\n";
-    std::fs::write(s.config(), &base).unwrap();
-    let mut daemon = s.start_daemon();
-    wait_for("the drifted run", Duration::from_secs(90), || {
-        s.daemon_log().contains("alert queued")
-    })
-    .await;
-    stop(&mut daemon).await;
-    let run_id = {
-        let store = Store::open(&s.data_dir()).unwrap();
-        for tree in [
-            safedrift::alerts::grouping::DECISIONS,
-            safedrift::alerts::grouping::LINEAGES,
-            safedrift::alerts::record::TREE,
-            safedrift::alerts::outbox::OPEN,
-        ] {
-            store.tree(tree).unwrap().clear().unwrap();
-        }
+    // The run as a crash after storing its failed audit leaves it.
+    let (s, base, run_id) = a_run_without_alert_decisions(&server, port, |store| {
         let mut run = store
             .runs()
             .unwrap()
@@ -901,9 +899,9 @@ async fn a_failed_judge_audit_stored_without_its_alert_is_alerted_once_on_the_ne
             teacher_unscored: 0,
         });
         store.put_run(&run).unwrap();
-        store.flush().await.unwrap();
         run.id
-    };
+    })
+    .await;
     std::fs::write(s.config(), base + &json_hook("hook", rx_port, &s, "")).unwrap();
     let mut daemon = s.start_daemon();
     wait_for("both webhooks", Duration::from_secs(30), || {
