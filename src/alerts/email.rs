@@ -22,7 +22,8 @@ pub fn message(
     rec: &AlertRecord,
     examples: &[Example],
 ) -> Result<Message, String> {
-    let from: Mailbox = target
+    let email = target.email()?;
+    let from: Mailbox = email
         .from
         .as_deref()
         .unwrap_or_default()
@@ -32,7 +33,7 @@ pub fn message(
         .from(from)
         .subject(render::subject(rec))
         .message_id(Some(format!("<{}@safedrift>", rec.id)));
-    for to in &target.to {
+    for to in &email.to {
         builder = builder.to(to.parse().map_err(|e| format!("`to`: {e}"))?);
     }
     builder
@@ -54,11 +55,12 @@ pub fn message(
 
 /// The transport for a target's URL and credentials.
 pub fn transport(target: &TargetConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let email = target.email()?;
     let mut url =
         url::Url::parse(&target.url()?).map_err(|_| "`url` is not a valid SMTP URL".to_string())?;
     let url_user = (!url.username().is_empty()).then(|| percent_decode(url.username()));
     let _ = url.set_username("");
-    let mut builder = match &target.ca_file {
+    let mut builder = match &email.ca_file {
         None => AsyncSmtpTransport::<Tokio1Executor>::from_url(url.as_str())
             .map_err(|e| format!("`url`: {e}"))?,
         Some(ca) => {
@@ -84,8 +86,8 @@ pub fn transport(target: &TargetConfig) -> Result<AsyncSmtpTransport<Tokio1Execu
         }
     }
     .timeout(Some(target.timeout()));
-    let password = target.password()?;
-    let user = target.username.clone().or(url_user);
+    let password = email.password()?;
+    let user = email.username.clone().or(url_user);
     match (user, password) {
         (Some(u), Some(p)) => builder = builder.credentials(Credentials::new(u, p)),
         (None, Some(_)) => {

@@ -46,11 +46,6 @@ use outbox::{Courier, Outbox};
 use record::AlertRecord;
 use target::{Format, TargetConfig};
 
-/// Every configured target, parsed; problems name their keys.
-pub fn targets(config: &Config) -> Result<BTreeMap<String, TargetConfig>, Vec<String>> {
-    config.targets()
-}
-
 /// Where links in alerts point: `[api] public_url`, else `http://<listen>`.
 pub fn public_url(config: &Config) -> String {
     config
@@ -70,7 +65,7 @@ struct Live {
 
 impl Live {
     fn new(config: &Config) -> Result<Live, String> {
-        let targets = targets(config).map_err(|p| p.join("\n"))?;
+        let targets = config.alerts.clone();
         let wake = targets
             .keys()
             .map(|k| (k.clone(), Arc::new(Notify::new())))
@@ -140,7 +135,7 @@ impl Alerts {
             };
             let task = tokio::spawn(courier.run(cancel.clone()));
             self.tasks.lock().unwrap().push(task);
-            if target.kind == "webhook" && target.format() == Format::Alertmanager {
+            if target.format() == Some(Format::Alertmanager) {
                 let task = tokio::spawn(outbox::alertmanager_repeater(
                     name.clone(),
                     target.clone(),
@@ -412,7 +407,7 @@ pub fn test_record(name: &str) -> AlertRecord {
 
 /// Sends a test message to one target; the error says why it failed.
 pub async fn send_test(config: &Config, name: &str) -> Result<String, String> {
-    let targets = targets(config).map_err(|p| p.join("\n"))?;
+    let targets = &config.alerts;
     let target = targets.get(name).ok_or_else(|| {
         let known: Vec<&str> = targets.keys().map(String::as_str).collect();
         format!(

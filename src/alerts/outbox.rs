@@ -309,7 +309,7 @@ pub async fn deliver(
     outbox: &Outbox,
     rec: &AlertRecord,
 ) -> Result<(), webhook::SendError> {
-    let examples = if target.include_responses {
+    let examples = if target.common.include_responses {
         examples(&outbox.store, rec)
     } else {
         vec![]
@@ -335,8 +335,8 @@ pub async fn send(
         message,
         hint: None,
     };
-    match target.kind.as_str() {
-        "email" => {
+    match target.format() {
+        None => {
             let t = target.clone();
             let r = rec.clone();
             let ex = examples.to_vec();
@@ -347,9 +347,9 @@ pub async fn send(
             .map_err(|_| fail("SMTP: timed out".into()))?
             .map_err(fail)
         }
-        _ => {
+        Some(format) => {
             let url = target.url().map_err(fail)?;
-            match target.format() {
+            match format {
                 Format::Json => {
                     let key = target
                         .signing_key()

@@ -81,19 +81,19 @@ pub fn matches(target: &TargetConfig, s: &Subject) -> bool {
     if s.severity < min_severity(target) {
         return false;
     }
-    if !target.watchers.is_empty()
+    if !target.common.watchers.is_empty()
         && !s
             .watcher
-            .is_some_and(|w| target.watchers.iter().any(|t| t == w))
+            .is_some_and(|w| target.common.watchers.iter().any(|t| t == w))
     {
         return false;
     }
-    if target.models.is_empty() {
+    if target.common.models.is_empty() {
         return true;
     }
     let bare = s.spec.split_once(':').map_or(s.spec, |(_, m)| m);
     let with_rev = s.revision.map(|r| format!("{}@{r}", s.spec));
-    target.models.iter().any(|pattern| {
+    target.common.models.iter().any(|pattern| {
         let Ok(glob) = globset::GlobBuilder::new(pattern)
             .literal_separator(false)
             .build()
@@ -108,6 +108,7 @@ pub fn matches(target: &TargetConfig, s: &Subject) -> bool {
 /// A target's `min_severity` (default `info`).
 pub fn min_severity(target: &TargetConfig) -> Severity {
     target
+        .common
         .min_severity
         .as_deref()
         .and_then(Severity::parse)
@@ -161,12 +162,7 @@ mod tests {
 
     fn target(extra: &str) -> TargetConfig {
         let text = format!("kind = \"webhook\"\nurl = \"http://x/\"\nformat = \"slack\"\n{extra}");
-        let table: toml::Table = toml::from_str(&text).unwrap();
-        let a = crate::config::AlertConfig {
-            kind: crate::config::AlertKind::Webhook,
-            rest: table.into_iter().filter(|(k, _)| k != "kind").collect(),
-        };
-        TargetConfig::parse("t", &a).unwrap()
+        TargetConfig::parse("t", toml::from_str(&text).unwrap()).unwrap()
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub(crate) fn alert_test(name: &str, flag: Option<PathBuf>) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(kind) = config.alerts.get(name).map(|a| a.kind) else {
+    let Some(kind) = config.alerts.get(name).map(|a| a.common.kind) else {
         let known: Vec<&str> = config.alerts.keys().map(String::as_str).collect();
         return usage(format!(
             "no alert target named {name:?} (configured: {})",

@@ -21,14 +21,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// `[alerts.NAME]`: the kind here, the other keys parsed and checked as a
-/// [`TargetConfig`] (with their key paths) by [`Config::validate`].
-#[derive(Clone, Debug, Deserialize)]
-pub struct AlertConfig {
-    pub kind: AlertKind,
-    #[serde(flatten)]
-    pub rest: toml::Table,
-}
+use safedrift_watchers::parse_table;
 
 /// How alerts are grouped (`[alerting]`).
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -67,12 +60,18 @@ impl std::fmt::Display for AlertKind {
 /// The values of `min_severity` (the alerts' severities, lowest first).
 pub const SEVERITIES: &[&str] = &["info", "warning", "critical"];
 
-/// One alert target as configured.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[alerts.NAME]` table, parsed and checked.
+#[derive(Clone, Debug)]
 pub struct TargetConfig {
-    /// `email` or `webhook`.
-    pub kind: String,
+    pub common: Common,
+    pub settings: TargetSettings,
+}
+
+/// The keys both target kinds share: where the target is, which alerts it
+/// takes and how they are delivered.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Common {
+    pub kind: AlertKind,
     /// SMTP server (`smtp://host:port`, `smtp://host:port?tls=required`,
     /// `smtps://host:port`) or webhook URL ...
     pub url: Option<String>,
@@ -80,29 +79,6 @@ pub struct TargetConfig {
     /// are themselves secrets (a Slack incoming webhook's URL).
     pub url_env: Option<String>,
     pub url_file: Option<PathBuf>,
-    // --- email
-    pub from: Option<String>,
-    #[serde(default)]
-    pub to: Vec<String>,
-    /// SMTP user (else the user part of `url`).
-    pub username: Option<String>,
-    pub password_env: Option<String>,
-    pub password_file: Option<PathBuf>,
-    /// PEM file of a CA to trust (besides the public roots) for an SMTP
-    /// server with a private certificate (TLS URLs only).
-    pub ca_file: Option<PathBuf>,
-    // --- webhook
-    /// `json` (default), `slack` or `alertmanager`.
-    pub format: Option<String>,
-    /// `whsec_...` signing secret for `format = "json"` (required for it).
-    pub secret_env: Option<String>,
-    pub secret_file: Option<PathBuf>,
-    /// Alertmanager: how often a firing alert is sent again (default 1m).
-    #[serde(default, with = "humantime_serde")]
-    pub repeat_interval: Option<Duration>,
-    /// Alertmanager: how long a resolved alert keeps being sent (default 5m).
-    #[serde(default, with = "humantime_serde")]
-    pub resolve_resend: Option<Duration>,
     // --- routing
     #[serde(default)]
     pub watchers: Vec<String>,
@@ -120,41 +96,136 @@ pub struct TargetConfig {
     pub backoff_max: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// The kind's keys as written, handed to [`TargetSettings`] (empty after).
+    #[serde(flatten)]
+    rest: toml::Table,
+}
+
+/// The keys of one target kind.
+#[derive(Clone, Debug)]
+pub enum TargetSettings {
+    Email(EmailSettings),
+    Webhook(WebhookSettings),
+}
+
+/// `kind = "email"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// SMTP user (else the user part of `url`).
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// PEM file of a CA to trust (besides the public roots) for an SMTP
+    /// server with a private certificate (TLS URLs only).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `kind = "webhook"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// `json` (default), `slack` or `alertmanager`.
+    #[serde(default)]
+    pub format: Format,
+    /// `whsec_...` signing secret for `format = "json"` (required for it).
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// Alertmanager: how often a firing alert is sent again (default 1m).
+    #[serde(default, with = "humantime_serde")]
+    pub repeat_interval: Option<Duration>,
+    /// Alertmanager: how long a resolved alert keeps being sent (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub resolve_resend: Option<Duration>,
 }
 
 /// Webhook payload shapes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
+    #[default]
     Json,
     Slack,
     Alertmanager,
 }
 
-impl TargetConfig {
-    /// Parses `[alerts.NAME]`; errors name the key.
-    pub fn parse(name: &str, a: &AlertConfig) -> Result<TargetConfig, Vec<String>> {
-        let mut table = a.rest.clone();
-        table.insert("kind".into(), toml::Value::String(a.kind.as_str().into()));
-        let parsed: TargetConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let msg = e.into_inner().message().trim().to_string();
-                if path.is_empty() || path == "." {
-                    vec![format!("`alerts.{name}`: {msg}")]
-                } else {
-                    vec![format!("`alerts.{name}.{path}`: {msg}")]
-                }
-            })?;
-        let problems = parsed.check(name);
-        if problems.is_empty() {
-            Ok(parsed)
-        } else {
-            Err(problems)
+impl TargetSettings {
+    pub fn kind(&self) -> AlertKind {
+        match self {
+            TargetSettings::Email(_) => AlertKind::Email,
+            TargetSettings::Webhook(_) => AlertKind::Webhook,
         }
     }
+}
 
-    /// Every problem with this target, each naming its key.
-    pub(crate) fn check(&self, name: &str) -> Vec<String> {
+impl TargetConfig {
+    /// Parses `[alerts.NAME]`; every problem names its key.
+    pub fn parse(name: &str, table: toml::Table) -> Result<TargetConfig, Vec<String>> {
+        let path = format!("alerts.{name}");
+        let mut common: Common = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let at = e.path().to_string();
+                let msg = e.into_inner().message().trim().to_string();
+                if at.is_empty() || at == "." {
+                    vec![format!("`{path}`: {msg}")]
+                } else {
+                    vec![format!("`{path}.{at}`: {msg}")]
+                }
+            })?;
+        let rest = std::mem::take(&mut common.rest);
+        let mut p = common.check(name);
+        let settings = match common.kind {
+            AlertKind::Email => {
+                let (s, problems) = parse_table(&path, rest);
+                p.extend(other_kinds_keys::<WebhookSettings>(problems, "webhook"));
+                s.map(TargetSettings::Email)
+            }
+            AlertKind::Webhook => {
+                let (s, problems) = parse_table(&path, rest);
+                p.extend(other_kinds_keys::<EmailSettings>(problems, "email"));
+                s.map(TargetSettings::Webhook)
+            }
+        };
+        match &settings {
+            Some(TargetSettings::Email(e)) => e.check(name, &common, &mut p),
+            Some(TargetSettings::Webhook(w)) => w.check(name, &common, &mut p),
+            None => {}
+        }
+        match settings {
+            Some(settings) if p.is_empty() => Ok(TargetConfig { common, settings }),
+            _ => Err(p),
+        }
+    }
+}
+
+/// Says which kind takes a key that is unknown to this one.
+fn other_kinds_keys<'de, Other: Deserialize<'de>>(
+    problems: Vec<String>,
+    other: &str,
+) -> Vec<String> {
+    let theirs = serde_aux::serde_introspection::serde_introspect::<Other>();
+    problems
+        .into_iter()
+        .map(|p| {
+            let key = p
+                .split_once(": unknown field `")
+                .and_then(|(at, rest)| Some((at, rest.split('`').next()?)));
+            match key {
+                Some((at, k)) if theirs.contains(&k) => {
+                    format!("{at}: only {other} targets take this key")
+                }
+                _ => p,
+            }
+        })
+        .collect()
+}
+
+impl Common {
+    /// Problems of the shared keys.
+    fn check(&self, name: &str) -> Vec<String> {
         let key = |k: &str| format!("`alerts.{name}.{k}`");
         let mut p = Vec::new();
         let sources = [
@@ -176,29 +247,6 @@ impl TargetConfig {
             &format!("alerts.{name}.url_file"),
             &mut p,
         );
-        // A URL from the environment or a file is checked when it is used
-        // (and never shown).
-        let inline = self.url.clone().unwrap_or_default();
-        let email_only: [(&str, bool); 6] = [
-            ("ca_file", self.ca_file.is_some()),
-            ("from", self.from.is_some()),
-            ("to", !self.to.is_empty()),
-            ("username", self.username.is_some()),
-            ("password_env", self.password_env.is_some()),
-            ("password_file", self.password_file.is_some()),
-        ];
-        let webhook_only: [(&str, bool); 5] = [
-            ("format", self.format.is_some()),
-            ("secret_env", self.secret_env.is_some()),
-            ("secret_file", self.secret_file.is_some()),
-            ("repeat_interval", self.repeat_interval.is_some()),
-            ("resolve_resend", self.resolve_resend.is_some()),
-        ];
-        match self.kind.as_str() {
-            "email" => self.check_email(name, &inline, webhook_only, &mut p),
-            "webhook" => self.check_webhook(name, &inline, email_only, &mut p),
-            _ => unreachable!("parsed from AlertKind"),
-        }
         if let Some(s) = &self.min_severity {
             if !SEVERITIES.contains(&s.as_str()) {
                 p.push(format!(
@@ -233,22 +281,20 @@ impl TargetConfig {
         p
     }
 
+    /// The URL as written inline (one from the environment or a file is
+    /// checked when it is used, and never shown).
+    fn inline_url(&self) -> &str {
+        self.url.as_deref().unwrap_or_default()
+    }
+}
+
+impl EmailSettings {
     /// Problems of an email target's keys.
-    fn check_email(
-        &self,
-        name: &str,
-        inline: &str,
-        webhook_only: [(&str, bool); 5],
-        p: &mut Vec<String>,
-    ) {
+    fn check(&self, name: &str, common: &Common, p: &mut Vec<String>) {
         let key = |k: &str| format!("`alerts.{name}.{k}`");
-        for (k, set) in webhook_only {
-            if set {
-                p.push(format!("{}: only webhook targets take this key", key(k)));
-            }
-        }
+        let inline = common.inline_url();
         match url::Url::parse(inline) {
-            _ if self.url.is_none() => {}
+            _ if common.url.is_none() => {}
             Ok(u) if matches!(u.scheme(), "smtp" | "smtps") => {
                 if u.password().is_some() {
                     p.push(format!(
@@ -294,7 +340,7 @@ impl TargetConfig {
             }
         }
         let tls =
-            self.url.is_none() || inline.starts_with("smtps:") || inline.contains("tls=required");
+            common.url.is_none() || inline.starts_with("smtps:") || inline.contains("tls=required");
         if let Some(f) = &self.ca_file {
             if !tls {
                 p.push(format!(
@@ -321,23 +367,14 @@ impl TargetConfig {
             p,
         );
     }
+}
 
+impl WebhookSettings {
     /// Problems of a webhook target's keys.
-    fn check_webhook(
-        &self,
-        name: &str,
-        inline: &str,
-        email_only: [(&str, bool); 6],
-        p: &mut Vec<String>,
-    ) {
+    fn check(&self, name: &str, common: &Common, p: &mut Vec<String>) {
         let key = |k: &str| format!("`alerts.{name}.{k}`");
-        for (k, set) in email_only {
-            if set {
-                p.push(format!("{}: only email targets take this key", key(k)));
-            }
-        }
-        match url::Url::parse(inline) {
-            _ if self.url.is_none() => {}
+        match url::Url::parse(common.inline_url()) {
+            _ if common.url.is_none() => {}
             Ok(u) if matches!(u.scheme(), "http" | "https") => {
                 if u.password().is_some() {
                     p.push(format!("{}: put no credentials in the URL", key("url")));
@@ -350,26 +387,20 @@ impl TargetConfig {
             )),
             Err(e) => p.push(format!("{}: invalid URL: {e}", key("url"))),
         }
-        let format = self.format.as_deref().unwrap_or("json");
-        if !matches!(format, "json" | "slack" | "alertmanager") {
-            p.push(format!(
-                "{}: expected \"json\", \"slack\" or \"alertmanager\", found {format:?}",
-                key("format")
-            ));
-        }
-        if format == "json" && self.secret_env.is_none() && self.secret_file.is_none() {
+        let format = self.format;
+        if format == Format::Json && self.secret_env.is_none() && self.secret_file.is_none() {
             p.push(format!(
                 "{}: json webhooks are signed; set `secret_env` or `secret_file` (a whsec_... secret)",
                 key("secret_env")
             ));
         }
-        if format != "json" && (self.secret_env.is_some() || self.secret_file.is_some()) {
+        if format != Format::Json && (self.secret_env.is_some() || self.secret_file.is_some()) {
             p.push(format!(
                 "{}: only `format = \"json\"` webhooks are signed",
                 key("secret_env")
             ));
         }
-        if format != "alertmanager"
+        if format != Format::Alertmanager
             && (self.repeat_interval.is_some() || self.resolve_resend.is_some())
         {
             p.push(format!(

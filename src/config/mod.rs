@@ -18,14 +18,14 @@ mod eval;
 mod judges;
 mod watchers;
 
-pub use alerts::{AlertConfig, AlertKind, AlertingConfig, Format, TargetConfig};
+pub use alerts::{AlertKind, AlertingConfig, Format, TargetConfig, TargetSettings};
 pub use api::ApiConfig;
 pub use backends::{BackendConfig, ModelConfig, OnnxBackendConfig, OpenAiBackendConfig};
 pub use drift::DriftConfig;
 pub use eval::{BenchmarkConfig, EvalConfig, LaneMode, MaxParallel};
 pub use judges::{ClassifierJudgeConfig, JudgeConfig, KeywordJudgeConfig, ModelJudgeConfig};
 pub use safedrift_watchers::Kind as WatcherKind;
-pub use watchers::{check_cron, WatcherConfig};
+pub use safedrift_watchers::{check_cron, Settings as WatcherSettings, WatcherConfig};
 
 /// The watcher name of checkpoints queued through the API (reserved: no
 /// `[watchers.NAME]` may take it).
@@ -76,10 +76,16 @@ pub struct Config {
     pub judges: BTreeMap<String, JudgeConfig>,
     #[serde(default)]
     pub templates: BTreeMap<String, TemplateConfig>,
-    #[serde(default)]
+    /// `[watchers.NAME]`, typed by [`parse`] from `watcher_tables`.
+    #[serde(skip)]
     pub watchers: BTreeMap<String, WatcherConfig>,
-    #[serde(default)]
-    pub alerts: BTreeMap<String, AlertConfig>,
+    #[serde(default, rename = "watchers")]
+    watcher_tables: BTreeMap<String, toml::Table>,
+    /// `[alerts.NAME]`, typed by [`parse`] from `alert_tables`.
+    #[serde(skip)]
+    pub alerts: BTreeMap<String, TargetConfig>,
+    #[serde(default, rename = "alerts")]
+    alert_tables: BTreeMap<String, toml::Table>,
     #[serde(default)]
     pub alerting: AlertingConfig,
     #[serde(default)]
@@ -189,7 +195,7 @@ pub fn parse(text: &str, source: &Source) -> Result<Config, ConfigError> {
         return Err(err(problems));
     }
     let de = toml::Deserializer::new(text);
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let msg = toml_problem(&inner, text);
@@ -199,7 +205,8 @@ pub fn parse(text: &str, source: &Source) -> Result<Config, ConfigError> {
             format!("`{path}`: {msg}")
         }])
     })?;
-    let problems = config.validate();
+    let mut problems = config.type_sections();
+    problems.append(&mut config.validate());
     if problems.is_empty() {
         Ok(config)
     } else {
@@ -248,6 +255,29 @@ pub(crate) fn check_url(url: &str, key: &str, problems: &mut Vec<String>) {
 }
 
 impl Config {
+    /// Types the `[watchers.NAME]` and `[alerts.NAME]` tables, each by its
+    /// kind; every problem names its key path.
+    fn type_sections(&mut self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (name, table) in std::mem::take(&mut self.watcher_tables) {
+            match WatcherConfig::parse(&name, &table) {
+                Ok(w) => {
+                    self.watchers.insert(name, w);
+                }
+                Err(mut problems) => p.append(&mut problems),
+            }
+        }
+        for (name, table) in std::mem::take(&mut self.alert_tables) {
+            match TargetConfig::parse(&name, table) {
+                Ok(t) => {
+                    self.alerts.insert(name, t);
+                }
+                Err(mut problems) => p.append(&mut problems),
+            }
+        }
+        p
+    }
+
     /// Every semantic problem, each naming its key path.
     pub fn validate(&self) -> Vec<String> {
         let mut p = self.api.problems();
@@ -263,34 +293,12 @@ impl Config {
         for (name, w) in &self.watchers {
             self.check_watcher(name, w, &mut p);
         }
-        if let Err(mut problems) = self.targets() {
-            p.append(&mut problems);
-        }
         if let Some(u) = &self.api.public_url {
             check_url(u, "api.public_url", &mut p);
         }
         p.extend(self.drift.problems());
         p.extend(self.eval.problems());
         p
-    }
-
-    /// Every configured alert target, parsed; problems name their keys.
-    pub fn targets(&self) -> Result<BTreeMap<String, TargetConfig>, Vec<String>> {
-        let mut out = BTreeMap::new();
-        let mut problems = Vec::new();
-        for (name, a) in &self.alerts {
-            match TargetConfig::parse(name, a) {
-                Ok(t) => {
-                    out.insert(name.clone(), t);
-                }
-                Err(mut p) => problems.append(&mut p),
-            }
-        }
-        if problems.is_empty() {
-            Ok(out)
-        } else {
-            Err(problems)
-        }
     }
 
     fn check_template_ref(&self, name: Option<&str>, key: &str, p: &mut Vec<String>) {

@@ -113,21 +113,22 @@ pub(super) fn spec_lane(config: &Config, spec: &str) -> Lane {
 /// served models (ollama, openai-finetunes), else the local ONNX lane of its
 /// `backend`.
 pub(super) fn watcher_lane(config: &Config, w: &WatcherConfig, backend: Option<&str>) -> Lane {
-    let url = |default: &str| {
-        w.rest
-            .get("base_url")
-            .and_then(|v| v.as_str())
+    let url = |base_url: &Option<String>, default: &str| {
+        base_url
+            .as_deref()
             .unwrap_or(default)
             .trim_end_matches('/')
             .to_string()
     };
-    match w.kind {
-        WatcherKind::Ollama => {
-            endpoint_lane(config, &format!("{}/v1", url("http://localhost:11434")))
-        }
-        WatcherKind::OpenaiFinetunes => {
-            endpoint_lane(config, &url(crate::resolve::OPENAI_DEFAULT_BASE))
-        }
+    match &w.settings {
+        WatcherSettings::Ollama(c) => endpoint_lane(
+            config,
+            &format!("{}/v1", url(&c.base_url, "http://localhost:11434")),
+        ),
+        WatcherSettings::OpenaiFinetunes(c) => endpoint_lane(
+            config,
+            &url(&c.base_url, crate::resolve::OPENAI_DEFAULT_BASE),
+        ),
         _ => local_lane(config, backend),
     }
 }
@@ -260,7 +261,11 @@ model = "tuned"
     fn watchers_of_served_models_run_in_their_endpoints_lane() {
         let c = config(BACKENDS);
         let w = |kind: &str, extra: &str| -> WatcherConfig {
-            toml::from_str(&format!("kind = {kind:?}\n{extra}")).unwrap()
+            WatcherConfig::parse(
+                "w",
+                &toml::from_str(&format!("kind = {kind:?}\n{extra}")).unwrap(),
+            )
+            .unwrap()
         };
         assert_eq!(
             watcher_lane(
@@ -283,7 +288,7 @@ model = "tuned"
             lane("fast", 2)
         );
         assert_eq!(
-            watcher_lane(&c, &w("huggingface", ""), Some("vllm")),
+            watcher_lane(&c, &w("huggingface", "author = \"acme\""), Some("vllm")),
             lane(LOCAL_LANE, 1)
         );
     }

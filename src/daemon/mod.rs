@@ -42,7 +42,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{self, BackendConfig, Config, LaneMode, Source, WatcherConfig, WatcherKind};
+use crate::config::{self, BackendConfig, Config, LaneMode, Source, WatcherConfig, WatcherSettings};
 use crate::evaluation::{self, KeyedLocks};
 use crate::pipeline::EvalError;
 use crate::queue::{self, Queue};
@@ -364,7 +364,6 @@ impl Daemon {
         let config = config::load(&self.source).map_err(|e| DaemonError(e.to_string()))?;
         let resolver = Resolver::new(config.clone(), None, None, config.eval.concurrency);
         let slots = build_watchers(&config, &resolver).map_err(|p| DaemonError(p.join("; ")))?;
-        crate::alerts::targets(&config).map_err(|p| DaemonError(p.join("; ")))?;
         if config.data_dir != self.config().data_dir {
             warn!("`data_dir` changes take effect on restart");
         }

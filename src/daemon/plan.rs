@@ -81,13 +81,15 @@ pub(super) fn build_watchers(
     let mut problems = Vec::new();
     let mut slots = Vec::new();
     for (name, w) in &config.watchers {
-        let watcher = match w.kind.build(name, &w.rest) {
+        let watcher = match w.build(name) {
             Ok(w) => Some(w),
             Err(mut p) => {
                 problems.append(&mut p);
                 None
             }
         };
+        let kind = w.kind();
+        let w = &w.common;
         let bench_specs = (w.benchmarks.clone()).unwrap_or_else(|| vec!["builtin:probes".into()]);
         let judge_spec = w.judge.clone().unwrap_or_else(|| "keyword".into());
         let template_name = w.template.clone().unwrap_or_else(|| "default".into());
@@ -113,10 +115,10 @@ pub(super) fn build_watchers(
             problems.push(format!("`watchers.{name}.schedule`: {e}"));
         }
         if let (Some(watcher), Some(eval)) = (watcher, eval) {
-            let lane = watcher_lane(config, w, backend.as_deref());
+            let lane = watcher_lane(config, &config.watchers[name], backend.as_deref());
             slots.push(WatcherSlot {
                 name: name.clone(),
-                kind: w.kind.to_string(),
+                kind: kind.to_string(),
                 schedule,
                 watcher,
                 plan: Arc::new(Plan::new(eval, backend, baseline)),

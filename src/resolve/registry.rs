@@ -5,14 +5,15 @@
 //! blocking a thread.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use safedrift_watchers::{
-    huggingface::HuggingfaceWatcher, mlflow::MlflowWatcher, Cache, Checkpoint, Target, WatchError,
+    huggingface::HuggingfaceConfig, mlflow::MlflowConfig, Cache, Checkpoint, Target, WatchError,
     Watcher,
 };
 
 use super::{env_nonempty, invalid, ResolveError, Resolver};
-use crate::config::{Config, WatcherConfig, WatcherKind};
+use crate::config::{Config, WatcherConfig, WatcherSettings};
 
 /// The configured watcher that covers a registry SPEC's model: for
 /// `hf:OWNER/NAME[@REV]` a `huggingface` watcher listing the repo in
@@ -23,31 +24,29 @@ pub fn covering_watcher<'c>(
     kind: &str,
     rest: &str,
 ) -> Option<(&'c str, &'c WatcherConfig)> {
-    let lists = |w: &WatcherConfig, name: &str| {
-        w.rest
-            .get("models")
-            .and_then(|m| m.as_array())
-            .is_some_and(|m| m.iter().any(|v| v.as_str() == Some(name)))
-    };
-    let found = config.watchers.iter().find(|(_, w)| match kind {
-        "hf" => {
-            let repo = rest.split_once('@').map_or(rest, |(repo, _)| repo);
-            let owner = repo.split('/').next().unwrap_or_default();
-            w.kind == WatcherKind::Huggingface
-                && (lists(w, repo) || w.rest.get("author").and_then(|a| a.as_str()) == Some(owner))
-        }
-        "mlflow" => {
-            let name = rest.rsplit_once('/').map_or(rest, |(name, _)| name);
-            w.kind == WatcherKind::Mlflow && (lists(w, name) || w.rest.contains_key("filter"))
-        }
-        _ => false,
-    });
+    let lists =
+        |models: &Option<Vec<String>>, name: &str| models.iter().flatten().any(|m| m == name);
+    let found = config
+        .watchers
+        .iter()
+        .find(|(_, w)| match (&w.settings, kind) {
+            (WatcherSettings::Huggingface(c), "hf") => {
+                let repo = rest.split_once('@').map_or(rest, |(repo, _)| repo);
+                let owner = repo.split('/').next().unwrap_or_default();
+                lists(&c.models, repo) || c.author.as_deref() == Some(owner)
+            }
+            (WatcherSettings::Mlflow(c), "mlflow") => {
+                let name = rest.rsplit_once('/').map_or(rest, |(name, _)| name);
+                lists(&c.models, name) || c.filter.is_some()
+            }
+            _ => false,
+        });
     found.map(|(name, w)| (name.as_str(), w))
 }
 
 /// A watcher for one registry SPEC, and the checkpoint to fetch (`None`:
 /// the registry's current one).
-type Fetcher = (Box<dyn Watcher>, Option<Checkpoint>);
+type Fetcher = (Arc<dyn Watcher>, Option<Checkpoint>);
 
 impl Resolver {
     /// Downloads `hf:OWNER/NAME[@REV]` (REV: a commit sha; default the
@@ -100,30 +99,29 @@ impl Resolver {
                 "model {spec:?}: expected hf:OWNER/NAME[@REVISION]"
             )));
         }
-        let mut table = toml::Table::new();
-        if let Some((_, w)) = covering_watcher(&self.config, "hf", rest) {
-            for key in [
-                "endpoint",
-                "token_env",
-                "token_file",
-                "subfolder",
-                "allow",
-                "timeout",
-            ] {
-                if let Some(v) = w.rest.get(key) {
-                    table.insert(key.into(), v.clone());
-                }
-            }
-        } else {
-            if let Some(endpoint) = env_nonempty("HF_ENDPOINT") {
-                table.insert("endpoint".into(), endpoint.into());
-            }
-            if env_nonempty("HF_TOKEN").is_some() {
-                table.insert("token_env".into(), "HF_TOKEN".into());
-            }
-        }
-        table.insert("models".into(), toml::Value::Array(vec![repo.into()]));
-        let w = HuggingfaceWatcher::from_config("hf", &table).map_err(|p| invalid(p.join("; ")))?;
+        let covering = covering_watcher(&self.config, "hf", rest).map(|(_, w)| &w.settings);
+        let config = match covering {
+            // The covering watcher's Hub, token and file selection.
+            Some(WatcherSettings::Huggingface(c)) => HuggingfaceConfig {
+                author: None,
+                filter: None,
+                webhook_secret_env: None,
+                webhook_secret_file: None,
+                ..c.clone()
+            },
+            _ => HuggingfaceConfig {
+                endpoint: env_nonempty("HF_ENDPOINT"),
+                token_env: env_nonempty("HF_TOKEN").map(|_| "HF_TOKEN".to_string()),
+                ..HuggingfaceConfig::default()
+            },
+        };
+        let config = HuggingfaceConfig {
+            models: Some(vec![repo.into()]),
+            ..config
+        };
+        let w = WatcherSettings::Huggingface(config)
+            .build("hf")
+            .map_err(|p| invalid(p.join("; ")))?;
         let cp = rev.map(|rev| Checkpoint {
             watcher: "hf".into(),
             model: repo.into(),
@@ -131,7 +129,7 @@ impl Resolver {
             baseline: None,
             detail: serde_json::Value::Null,
         });
-        Ok((Box::new(w), cp))
+        Ok((w, cp))
     }
 
     /// An MLflow watcher for one registered model version: the tracking
@@ -143,28 +141,33 @@ impl Resolver {
                 "model {spec:?}: expected mlflow:NAME/VERSION"
             )));
         };
+        let mlflow = |w: &'_ WatcherConfig| match &w.settings {
+            WatcherSettings::Mlflow(c) => Some(c.clone()),
+            _ => None,
+        };
         let watcher = covering_watcher(&self.config, "mlflow", rest)
-            .map(|(_, w)| w)
-            .or_else(|| {
-                self.config
-                    .watchers
-                    .values()
-                    .find(|w| w.kind == WatcherKind::Mlflow)
-            });
-        let mut table = toml::Table::new();
-        for key in ["token_env", "token_file", "timeout"] {
-            if let Some(v) = watcher.and_then(|w| w.rest.get(key)) {
-                table.insert(key.into(), v.clone());
-            }
-        }
+            .and_then(|(_, w)| mlflow(w))
+            .or_else(|| self.config.watchers.values().find_map(mlflow));
         let uri = watcher
-            .and_then(|w| w.rest.get("tracking_uri"))
-            .and_then(|v| v.as_str().map(str::to_string))
+            .as_ref()
+            .map(|w| w.tracking_uri.clone())
             .or_else(|| env_nonempty("MLFLOW_TRACKING_URI"))
             .ok_or_else(|| invalid(format!("model {spec:?}: no MLflow server: configure an mlflow watcher or set $MLFLOW_TRACKING_URI")))?;
-        table.insert("tracking_uri".into(), uri.into());
-        table.insert("models".into(), toml::Value::Array(vec![name.into()]));
-        let w = MlflowWatcher::from_config("mlflow", &table).map_err(|p| invalid(p.join("; ")))?;
+        // The server, token and timeout of that watcher; one model.
+        let config = MlflowConfig {
+            tracking_uri: uri,
+            models: Some(vec![name.into()]),
+            filter: None,
+            baseline_alias: None,
+            webhook_secret_env: None,
+            webhook_secret_file: None,
+            token_env: watcher.as_ref().and_then(|w| w.token_env.clone()),
+            token_file: watcher.as_ref().and_then(|w| w.token_file.clone()),
+            timeout: watcher.and_then(|w| w.timeout),
+        };
+        let w = WatcherSettings::Mlflow(config)
+            .build("mlflow")
+            .map_err(|p| invalid(p.join("; ")))?;
         let cp = Checkpoint {
             watcher: "mlflow".into(),
             model: name.into(),
@@ -172,7 +175,7 @@ impl Resolver {
             baseline: None,
             detail: serde_json::Value::Null,
         };
-        Ok((Box::new(w), Some(cp)))
+        Ok((w, Some(cp)))
     }
 }
 

@@ -42,9 +42,6 @@ use crate::{Cache, Checkpoint, Target, WatchError, Watcher};
 /// The watcher kind this module implements.
 pub const KIND: &str = "directory";
 
-/// The kind-specific keys of a `[watchers.NAME]` table of kind `directory`.
-const KEYS: &[&str] = &["path", "marker", "settle", "ignore_hidden"];
-
 /// Default of `settle`.
 pub const DEFAULT_SETTLE: &str = "30s";
 
@@ -58,8 +55,9 @@ const WAKE_SLACK: Duration = Duration::from_millis(25);
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryConfig {
-    /// The folder where training jobs drop checkpoint folders.
-    pub path: PathBuf,
+    /// The folder where training jobs drop checkpoint folders (required;
+    /// optional here so that a missing path is reported with the rest).
+    pub path: Option<PathBuf>,
     /// A file whose presence marks a checkpoint folder complete.
     #[serde(default)]
     pub marker: Option<String>,
@@ -118,96 +116,67 @@ struct Scan {
 }
 
 impl DirectoryWatcher {
-    /// Reads the kind-specific keys of `[watchers.NAME]` (`table` may also
-    /// hold the common keys, which are ignored). Every problem names its key
-    /// path, `` `watchers.NAME.key` ``.
+    /// Builds the watcher from its `[watchers.NAME]` table (the common keys
+    /// are ignored); every problem is reported, prefixed `watchers.NAME.key`.
     pub fn from_config(name: &str, table: &toml::Table) -> Result<DirectoryWatcher, Vec<String>> {
-        let table = crate::kind_table(table);
+        let crate::Settings::Directory(config) =
+            crate::config::settings_of(name, crate::Kind::Directory, table)?
+        else {
+            unreachable!("settings of the kind asked for")
+        };
+        Self::configure(name, &config)
+    }
+
+    /// Checks the settings and builds the watcher (which touches nothing
+    /// until it is polled).
+    pub(crate) fn configure(
+        name: &str,
+        config: &DirectoryConfig,
+    ) -> Result<DirectoryWatcher, Vec<String>> {
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
-        for k in table.keys() {
-            if !KEYS.contains(&k.as_str()) {
-                problems.push(format!(
-                    "{}: unknown key for a directory watcher (expected one of {})",
-                    key(k),
-                    KEYS.join(", ")
-                ));
-            }
-        }
-        match table.get("path") {
+        match &config.path {
             None => problems.push(format!(
                 "{}: missing: the folder where training jobs drop checkpoint folders",
                 key("path")
             )),
-            Some(toml::Value::String(p)) if p.trim().is_empty() => {
+            Some(p) if p.as_os_str().is_empty() => {
                 problems.push(format!("{}: must not be empty", key("path")))
             }
-            Some(toml::Value::String(_)) => {}
-            Some(other) => problems.push(format!(
-                "{}: expected a string, found {}",
-                key("path"),
-                other.type_str()
-            )),
+            Some(_) => {}
         }
-        match table.get("marker") {
-            None => {}
-            Some(toml::Value::String(m))
-                if m.is_empty() || m == "." || m == ".." || m.contains(['/', '\\', '\0']) =>
-            {
+        if let Some(m) = &config.marker {
+            if m.is_empty() || m == "." || m == ".." || m.contains(['/', '\\', '\0']) {
                 problems.push(format!(
                     "{}: {m:?} is not a plain file name (e.g. \"COMPLETE\")",
                     key("marker")
-                ))
+                ));
             }
-            Some(toml::Value::String(_)) => {}
-            Some(other) => problems.push(format!(
-                "{}: expected a file name, found {}",
-                key("marker"),
-                other.type_str()
-            )),
         }
-        let mut settle = None;
-        match table.get("settle") {
-            None => {}
-            Some(toml::Value::String(s)) => match humantime::parse_duration(s) {
-                Ok(d) => settle = Some(d),
-                Err(e) => problems.push(format!(
-                    "{}: invalid duration {s:?}: {e} (write e.g. \"30s\" or \"2m\")",
-                    key("settle")
-                )),
-            },
-            Some(other) => problems.push(format!(
-                "{}: expected a duration string such as \"30s\", found {}",
+        let settle = humantime::parse_duration(&config.settle).map_err(|e| {
+            format!(
+                "{}: invalid duration {:?}: {e} (write e.g. \"30s\" or \"2m\")",
                 key("settle"),
-                other.type_str()
-            )),
-        }
-        match table.get("ignore_hidden") {
-            None | Some(toml::Value::Boolean(_)) => {}
-            Some(other) => problems.push(format!(
-                "{}: expected true or false, found {}",
-                key("ignore_hidden"),
-                other.type_str()
-            )),
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        let config: DirectoryConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| vec![format!("`watchers.{name}`: {e}")])?;
+                config.settle
+            )
+        });
         let settle = match settle {
-            Some(d) => d,
-            None => humantime::parse_duration(&config.settle)
-                .map_err(|e| vec![format!("{}: {e}", key("settle"))])?,
+            Ok(d) => d,
+            Err(p) => {
+                problems.push(p);
+                Duration::ZERO
+            }
         };
-        Ok(DirectoryWatcher::new(
-            name,
-            config.path,
-            config.marker,
-            settle,
-            config.ignore_hidden,
-        ))
+        match &config.path {
+            Some(path) if problems.is_empty() => Ok(DirectoryWatcher::new(
+                name,
+                path.clone(),
+                config.marker.clone(),
+                settle,
+                config.ignore_hidden,
+            )),
+            _ => Err(problems),
+        }
     }
 
     /// A watcher on `path` (made absolute against the working directory).

@@ -42,35 +42,35 @@ pub const DEFAULT_ALLOW: &[&str] = &[
 ];
 
 /// `[watchers.NAME]` keys of `kind = "huggingface"`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct HuggingfaceConfig {
     /// The Hub's base URL (a mirror or a test server).
-    endpoint: Option<String>,
+    pub endpoint: Option<String>,
     /// Watch every model repo of this user or organization.
-    author: Option<String>,
+    pub author: Option<String>,
     /// Watch these repos (`org/name`).
-    models: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
     /// Watch every model repo carrying this tag (with `author`: that
     /// author's repos carrying it).
-    filter: Option<String>,
+    pub filter: Option<String>,
     /// Environment variable holding a Hub token (private repos, higher limits).
-    token_env: Option<String>,
+    pub token_env: Option<String>,
     /// File holding a Hub token (e.g. a systemd credential).
-    token_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
     /// Environment variable holding the webhook secret.
-    webhook_secret_env: Option<String>,
+    pub webhook_secret_env: Option<String>,
     /// File holding the webhook secret.
-    webhook_secret_file: Option<PathBuf>,
+    pub webhook_secret_file: Option<PathBuf>,
     /// The folder of the repo holding the ONNX export (e.g. `onnx`); the
     /// repo root by default.
     #[serde(default)]
-    subfolder: String,
+    pub subfolder: String,
     /// Which files to download: names relative to `subfolder`, `*` matching
     /// within one path segment (e.g. `*.json`).
-    allow: Option<Vec<String>>,
+    pub allow: Option<Vec<String>>,
     /// Connect and read timeout of each request (humantime, e.g. `30s`).
-    timeout: Option<String>,
+    pub timeout: Option<String>,
 }
 
 /// What to list.
@@ -141,18 +141,23 @@ impl HuggingfaceWatcher {
     /// Builds the watcher from its `[watchers.NAME]` table (common keys are
     /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
     pub fn from_config(name: &str, table: &toml::Table) -> Result<Self, Vec<String>> {
-        Self::configure(name, table, true)
+        let crate::Settings::Huggingface(config) =
+            crate::config::settings_of(name, crate::Kind::Huggingface, table)?
+        else {
+            unreachable!("settings of the kind asked for")
+        };
+        Self::configure(name, &config, true)
             .map(|w| w.expect("configure builds the watcher when asked to"))
     }
 
-    /// Parses and checks the table; with `build` false it stops there
+    /// Checks the settings; with `build` false it stops there
     /// (`Ok(None)`: the config is valid) without building an HTTP client.
     pub(crate) fn configure(
         name: &str,
-        table: &toml::Table,
+        config: &HuggingfaceConfig,
         build: bool,
     ) -> Result<Option<Self>, Vec<String>> {
-        let config: Config = crate::parse_config(name, table)?;
+        let config = config.clone();
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
 
@@ -952,8 +957,9 @@ mod tests {
             HuggingfaceWatcher::from_config("hf", &table("kind = 'huggingface'\nauthr = 'acme'"))
                 .err()
                 .unwrap();
-        assert_eq!(err.len(), 1);
+        // The misspelt key, and then what its absence leaves unset.
         assert!(err[0].starts_with("`watchers.hf.authr`"), "{err:?}");
+        assert!(err[1..].iter().all(|e| !e.contains("authr")), "{err:?}");
 
         let err = HuggingfaceWatcher::from_config(
             "hf",

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod cache;
+pub mod config;
 pub mod directory;
 pub mod http;
 pub mod huggingface;
@@ -25,6 +26,7 @@ pub mod ollama;
 pub mod openai_finetunes;
 
 pub use cache::Cache;
+pub use config::{check_cron, parse_table, Common, Settings, WatcherConfig};
 
 /// A checkpoint a watcher found: (watcher, model, revision) identifies it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,104 +225,10 @@ impl Kind {
             Kind::Ollama => "ollama",
         }
     }
-
-    /// Checks the kind-specific keys of `[watchers.NAME]` without building
-    /// the watcher (no HTTP client, no file or network access); every
-    /// problem names its key path.
-    pub fn check_config(self, name: &str, table: &toml::Table) -> Vec<String> {
-        let result = match self {
-            Kind::Directory => directory::DirectoryWatcher::from_config(name, table).map(drop),
-            Kind::Mlflow => mlflow::MlflowWatcher::configure(name, table, false).map(drop),
-            Kind::Huggingface => {
-                huggingface::HuggingfaceWatcher::configure(name, table, false).map(drop)
-            }
-            Kind::OpenaiFinetunes => {
-                openai_finetunes::OpenaiFinetunesWatcher::configure(name, table, false).map(drop)
-            }
-            Kind::Ollama => ollama::OllamaWatcher::configure(name, table, false).map(drop),
-        };
-        result.err().unwrap_or_default()
-    }
-
-    /// Builds the watcher `[watchers.NAME]` configures.
-    pub fn build(
-        self,
-        name: &str,
-        table: &toml::Table,
-    ) -> Result<std::sync::Arc<dyn Watcher>, Vec<String>> {
-        Ok(match self {
-            Kind::Directory => {
-                std::sync::Arc::new(directory::DirectoryWatcher::from_config(name, table)?)
-            }
-            Kind::Mlflow => std::sync::Arc::new(mlflow::MlflowWatcher::from_config(name, table)?),
-            Kind::Huggingface => {
-                std::sync::Arc::new(huggingface::HuggingfaceWatcher::from_config(name, table)?)
-            }
-            Kind::OpenaiFinetunes => std::sync::Arc::new(
-                openai_finetunes::OpenaiFinetunesWatcher::from_config(name, table)?,
-            ),
-            Kind::Ollama => std::sync::Arc::new(ollama::OllamaWatcher::from_config(name, table)?),
-        })
-    }
 }
 
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Settings every watcher kind shares, read by the daemon; the rest of a
-/// `[watchers.NAME]` table belongs to the kind.
-pub const COMMON_KEYS: &[&str] = &[
-    "kind",
-    "schedule",
-    "backend",
-    "benchmarks",
-    "judge",
-    "baseline",
-    "template",
-];
-
-/// The kind-specific part of a `[watchers.NAME]` table.
-pub fn kind_table(table: &toml::Table) -> toml::Table {
-    table
-        .iter()
-        .filter(|(k, _)| !COMMON_KEYS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-/// Deserializes the kind-specific part of `[watchers.NAME]` into a watcher's
-/// config struct; the one problem it reports names its key path
-/// (`watchers.NAME.key`).
-pub fn parse_config<T: serde::de::DeserializeOwned>(
-    name: &str,
-    table: &toml::Table,
-) -> Result<T, Vec<String>> {
-    serde_path_to_error::deserialize(toml::Value::Table(kind_table(table))).map_err(|e| {
-        let path = e.path().to_string();
-        // toml appends "in `key`" on a second line; the key leads anyway.
-        let message = e.into_inner().to_string();
-        let message = message
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        let key = if path.is_empty() || path == "." {
-            // deny_unknown_fields and missing fields fail on the table, not the key.
-            message
-                .strip_prefix("unknown field `")
-                .or_else(|| message.strip_prefix("missing field `"))
-                .and_then(|rest| rest.split('`').next())
-                .map(str::to_string)
-        } else {
-            Some(path)
-        };
-        vec![match key {
-            Some(key) => format!("`watchers.{name}.{key}`: {message}"),
-            None => format!("`watchers.{name}`: {message}"),
-        }]
-    })
 }

@@ -51,24 +51,24 @@ const MAX_DEPTH: usize = 32;
 const MAX_FILES: usize = 100_000;
 
 /// `[watchers.NAME]` keys of `kind = "mlflow"`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct MlflowConfig {
     /// The tracking server, e.g. `http://127.0.0.1:5000`.
-    tracking_uri: String,
+    pub tracking_uri: String,
     /// Registered model names.
-    models: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
     /// A `registered-models/search` filter, e.g. `name LIKE 'safety-%'`.
-    filter: Option<String>,
+    pub filter: Option<String>,
     /// The alias whose version is the baseline of the model's other versions.
-    baseline_alias: Option<String>,
-    webhook_secret_env: Option<String>,
-    webhook_secret_file: Option<PathBuf>,
+    pub baseline_alias: Option<String>,
+    pub webhook_secret_env: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
     /// Bearer token for servers behind auth.
-    token_env: Option<String>,
-    token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
     /// Timeout of each API request (humantime; default 30s).
-    timeout: Option<String>,
+    pub timeout: Option<String>,
 }
 
 /// Which registered models are watched.
@@ -177,19 +177,24 @@ impl From<ApiError> for WatchError {
 impl MlflowWatcher {
     /// Builds the watcher from its `[watchers.NAME]` table (common keys are
     /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
-    pub fn from_config(name: &str, table: &toml::Table) -> Result<MlflowWatcher, Vec<String>> {
-        Self::configure(name, table, true)
+    pub fn from_config(name: &str, table: &toml::Table) -> Result<Self, Vec<String>> {
+        let crate::Settings::Mlflow(config) =
+            crate::config::settings_of(name, crate::Kind::Mlflow, table)?
+        else {
+            unreachable!("settings of the kind asked for")
+        };
+        Self::configure(name, &config, true)
             .map(|w| w.expect("configure builds the watcher when asked to"))
     }
 
-    /// Parses and checks the table; with `build` false it stops there
+    /// Checks the settings; with `build` false it stops there
     /// (`Ok(None)`: the config is valid) without building an HTTP client.
     pub(crate) fn configure(
         name: &str,
-        table: &toml::Table,
+        config: &MlflowConfig,
         build: bool,
     ) -> Result<Option<MlflowWatcher>, Vec<String>> {
-        let config: Config = crate::parse_config(name, table)?;
+        let config = config.clone();
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
 

@@ -16,20 +16,20 @@ use crate::http::{JsonGet, RetryPolicy};
 use crate::{Cache, Checkpoint, Target, WatchError, Watcher};
 
 /// `[watchers.NAME]` keys of `kind = "ollama"`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct OllamaConfig {
     /// Ollama's address.
-    base_url: Option<String>,
+    pub base_url: Option<String>,
     /// Only these models (`llama3` means `llama3:latest`); all by default.
-    models: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
     /// Connect and read timeout of each request (humantime, e.g. `10s`).
-    timeout: Option<String>,
+    pub timeout: Option<String>,
     /// A bearer token, for an Ollama behind an authenticating proxy: the
     /// environment variable or file holding it (sent when listing models
     /// and when the models are evaluated).
-    api_key_env: Option<String>,
-    api_key_file: Option<PathBuf>,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// Watches the models of one Ollama server.
@@ -64,18 +64,23 @@ impl OllamaWatcher {
     /// Builds the watcher from its `[watchers.NAME]` table (common keys are
     /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
     pub fn from_config(name: &str, table: &toml::Table) -> Result<Self, Vec<String>> {
-        Self::configure(name, table, true)
+        let crate::Settings::Ollama(config) =
+            crate::config::settings_of(name, crate::Kind::Ollama, table)?
+        else {
+            unreachable!("settings of the kind asked for")
+        };
+        Self::configure(name, &config, true)
             .map(|w| w.expect("configure builds the watcher when asked to"))
     }
 
-    /// Parses and checks the table; with `build` false it stops there
+    /// Checks the settings; with `build` false it stops there
     /// (`Ok(None)`: the config is valid) without building an HTTP client.
     pub(crate) fn configure(
         name: &str,
-        table: &toml::Table,
+        config: &OllamaConfig,
         build: bool,
     ) -> Result<Option<Self>, Vec<String>> {
-        let config: Config = crate::parse_config(name, table)?;
+        let config = config.clone();
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
         let base_url = config

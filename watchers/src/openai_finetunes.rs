@@ -19,22 +19,22 @@ use crate::http::{JsonGet, RetryPolicy};
 use crate::{read_secret, Baseline, Cache, Checkpoint, Target, WatchError, Watcher};
 
 /// `[watchers.NAME]` keys of `kind = "openai-finetunes"`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct OpenaiFinetunesConfig {
     /// The API's base URL, ending in `/v1`.
-    base_url: Option<String>,
+    pub base_url: Option<String>,
     /// Environment variable holding the API key (`OPENAI_API_KEY` unless
     /// `api_key_file` is set).
-    api_key_env: Option<String>,
+    pub api_key_env: Option<String>,
     /// File holding the API key (e.g. a systemd credential).
-    api_key_file: Option<PathBuf>,
+    pub api_key_file: Option<PathBuf>,
     /// Only fine-tuned models whose name contains this (the job's `suffix`).
-    suffix: Option<String>,
+    pub suffix: Option<String>,
     /// Only jobs carrying these metadata values (`metadata[k]=v`).
-    metadata: Option<BTreeMap<String, String>>,
+    pub metadata: Option<BTreeMap<String, String>>,
     /// Connect and read timeout of each request (humantime, e.g. `30s`).
-    timeout: Option<String>,
+    pub timeout: Option<String>,
 }
 
 /// Watches an OpenAI organization's fine-tuning jobs.
@@ -72,18 +72,23 @@ impl OpenaiFinetunesWatcher {
     /// Builds the watcher from its `[watchers.NAME]` table (common keys are
     /// ignored); every problem is reported, prefixed `watchers.NAME.key`.
     pub fn from_config(name: &str, table: &toml::Table) -> Result<Self, Vec<String>> {
-        Self::configure(name, table, true)
+        let crate::Settings::OpenaiFinetunes(config) =
+            crate::config::settings_of(name, crate::Kind::OpenaiFinetunes, table)?
+        else {
+            unreachable!("settings of the kind asked for")
+        };
+        Self::configure(name, &config, true)
             .map(|w| w.expect("configure builds the watcher when asked to"))
     }
 
-    /// Parses and checks the table; with `build` false it stops there
+    /// Checks the settings; with `build` false it stops there
     /// (`Ok(None)`: the config is valid) without building an HTTP client.
     pub(crate) fn configure(
         name: &str,
-        table: &toml::Table,
+        config: &OpenaiFinetunesConfig,
         build: bool,
     ) -> Result<Option<Self>, Vec<String>> {
-        let config: Config = crate::parse_config(name, table)?;
+        let config = config.clone();
         let key = |k: &str| format!("`watchers.{name}.{k}`");
         let mut problems = Vec::new();
 

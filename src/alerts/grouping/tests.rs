@@ -67,13 +67,9 @@ fn doc(id: &str, model: &str, rate: f64) -> Run {
 fn targets() -> BTreeMap<String, TargetConfig> {
     let mut out = BTreeMap::new();
     for (name, extra) in [("all", ""), ("critical", "min_severity = \"critical\"\n")] {
-        let table: toml::Table =
-            toml::from_str(&format!("url = \"http://x/\"\nformat = \"slack\"\n{extra}")).unwrap();
-        let a = crate::config::AlertConfig {
-            kind: crate::config::AlertKind::Webhook,
-            rest: table,
-        };
-        out.insert(name.to_string(), TargetConfig::parse(name, &a).unwrap());
+        let text = format!("kind = \"webhook\"\nurl = \"http://x/\"\nformat = \"slack\"\n{extra}");
+        let target = TargetConfig::parse(name, toml::from_str(&text).unwrap()).unwrap();
+        out.insert(name.to_string(), target);
     }
     out
 }
