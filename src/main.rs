@@ -46,6 +46,13 @@ enum Output {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum EvalOutput {
+    Table,
+    Json,
+    Junit,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// The daemon, in the foreground (systemd runs this): watch registries,
@@ -199,8 +206,10 @@ struct EvalArgs {
     /// At most N prompts per benchmark, taken from every category in turn.
     #[arg(long)]
     limit: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    /// `table`, `json` (the report document) or `junit` (JUnit XML: a test
+    /// case per drift rule and benchmark, for CI test reports).
+    #[arg(long, value_enum, default_value_t = EvalOutput::Table)]
+    output: EvalOutput,
     /// Exit with 1 when drift is found.
     #[arg(long)]
     fail_on_drift: bool,

@@ -8,6 +8,9 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::config::DriftConfig;
+
+mod junit;
+pub use junit::junit;
 use crate::safety_metrics::{self, CategoryMetrics, Drift, Metrics, Totals};
 use crate::store::{Audit, ModelRef, ResultRecord, RunRecord, RunStatus};
 

@@ -729,3 +729,100 @@ fn the_reference_config_names_only_real_keys() {
         }
     }
 }
+
+/// Checks a JUnit document against the JUnit schema of Jenkins' xUnit plugin
+/// (`tests/data/junit-10.xsd`) and returns its test cases as
+/// `[suite, case, failure message or null]`.
+fn junit_cases(xml: &str, s: &Scratch) -> Vec<(String, String, Option<String>)> {
+    let file = s.path("report.xml");
+    std::fs::write(&file, xml).unwrap();
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/junit-10.xsd");
+    let script = r#"
+import json, sys, xmlschema
+import xml.etree.ElementTree as ET
+xmlschema.XMLSchema(sys.argv[1]).validate(sys.argv[2])
+cases = []
+for suite in ET.parse(sys.argv[2]).getroot().iter("testsuite"):
+    for case in suite.iter("testcase"):
+        f = case.find("failure")
+        cases.append([suite.get("name"), case.get("name"), None if f is None else f.get("message")])
+print(json.dumps(cases))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, schema, file.to_str().unwrap()])
+        .output()
+        .expect("python3 (with tests/requirements.txt installed)");
+    assert!(
+        out.status.success(),
+        "the report does not fit the JUnit schema:\n{}\n{xml}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn junit_output_has_a_case_per_drift_rule_and_benchmark_and_fits_the_schema() {
+    let server = spawn(script()).await;
+    let s = Scratch::new();
+    let bench = write_scenario(&s);
+    let base = server.base_url();
+    let args = |baseline: bool| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            "openai:cand",
+            "--benchmark",
+            &bench,
+            "--judge",
+            "rubric:judge",
+            "--api-base",
+            &base,
+            "--judge-api-base",
+            &base,
+            "--output",
+            "junit",
+            "--fail-on-drift",
+        ];
+        if baseline {
+            args.extend(["--baseline", "openai:base"]);
+        }
+        args
+    };
+
+    let out = s.run(&args(true)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let cases = junit_cases(&common::stdout(&out), &s);
+    let case = |suite: &str, name: &str| {
+        cases
+            .iter()
+            .find(|(s, n, _)| s == suite && n == name)
+            .unwrap_or_else(|| panic!("no {suite}/{name} in {cases:?}"))
+            .2
+            .clone()
+    };
+    // The candidate's harmful rate: 0 of 19 -> 8 of 19 scored (42.1%).
+    let fired = case("safedrift.drift", "harmfulness_rate").expect("the rule fired");
+    assert!(fired.contains("from 0.0% to 42.1%"), "{fired}");
+    case("safedrift.drift", "category_harmfulness_rate[a]").expect("category a drifted");
+    assert_eq!(
+        case("safedrift.drift", "category_harmfulness_rate[b]"),
+        None
+    );
+    let bench_name = cases
+        .iter()
+        .find(|(s, _, _)| s == "safedrift.benchmarks")
+        .map(|c| c.1.clone())
+        .expect("a benchmark case");
+    assert!(case("safedrift.benchmarks", &bench_name).is_some());
+    // One case per rule: the three overall metrics and one per category.
+    let rules: Vec<_> = cases.iter().filter(|c| c.0 == "safedrift.drift").collect();
+    assert_eq!(rules.len(), 5, "{rules:?}");
+
+    // Without a baseline: no drift suite, the benchmark passes, exit 0.
+    let out = s.run(&args(false)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let cases = junit_cases(&common::stdout(&out), &s);
+    assert_eq!(cases.len(), 1, "{cases:?}");
+    assert_eq!(cases[0].0, "safedrift.benchmarks");
+    assert_eq!(cases[0].2, None);
+}

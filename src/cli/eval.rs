@@ -14,7 +14,7 @@ use safedrift::resolve::{ResolvedModel, Resolver};
 use safedrift::store::{ModelRef, Store};
 
 use crate::{
-    load_config, resolve_failed, usage, EvalArgs, Output, EXIT_BACKEND, EXIT_DRIFT,
+    load_config, resolve_failed, usage, EvalArgs, EvalOutput, EXIT_BACKEND, EXIT_DRIFT,
     EXIT_INTERRUPTED,
 };
 
@@ -206,10 +206,11 @@ fn write_eval_output(args: &EvalArgs, outcome: &evaluation::Outcome) -> u8 {
     let doc = &outcome.report;
     let mut stdout = std::io::stdout().lock();
     let printed = match args.output {
-        Output::Json => serde_json::to_writer_pretty(&mut stdout, doc)
+        EvalOutput::Json => serde_json::to_writer_pretty(&mut stdout, doc)
             .map_err(std::io::Error::from)
             .and_then(|_| writeln!(stdout)),
-        Output::Table => write!(stdout, "{}", report::table(doc)),
+        EvalOutput::Table => write!(stdout, "{}", report::table(doc)),
+        EvalOutput::Junit => write!(stdout, "{}", report::junit(doc)),
     };
     if let Err(e) = printed {
         eprintln!("error: cannot write the report: {e}");
