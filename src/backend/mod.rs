@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use safedrift_judges::Message;
 use serde::{Deserialize, Serialize};
 
+pub mod content;
 pub mod onnx;
 pub mod openai;
 
@@ -62,6 +63,14 @@ pub trait Backend: Send + Sync {
     /// Identity of what answers: endpoint kind and model name. Part of the
     /// run's identity (with template, decoding and benchmark).
     fn identity(&self) -> String;
+
+    /// A digest of the model's own files ([`content::digest`]), for a local
+    /// model: checkpoints with the same content answer the same, so one
+    /// evaluation serves both. Blocking (it reads the weights); `None` when
+    /// the backend cannot read the model (served models).
+    fn content_digest(&self) -> Option<String> {
+        None
+    }
     /// Returns the model's answer to `messages`; `Err` after retries failed or
     /// on an error retrying cannot fix.
     async fn generate(

@@ -91,6 +91,9 @@ struct Ready {
 pub struct OnnxBackend {
     tx: mpsc::Sender<Msg>,
     identity: String,
+    dir: PathBuf,
+    /// [`crate::backend::content::digest`] of `dir`, read once.
+    content: std::sync::OnceLock<Option<String>>,
 }
 
 /// Digest of a model directory's files (names, sizes, modification times):
@@ -170,7 +173,12 @@ impl OnnxBackend {
             _ => wait(),
         };
         loaded?;
-        Ok(OnnxBackend { tx, identity })
+        Ok(OnnxBackend {
+            tx,
+            identity,
+            dir: dir.to_path_buf(),
+            content: std::sync::OnceLock::new(),
+        })
     }
 
     /// Generates token ids for prompts given as ids (for tests and
@@ -412,6 +420,12 @@ impl Worker {
 impl Backend for OnnxBackend {
     fn identity(&self) -> String {
         self.identity.clone()
+    }
+
+    fn content_digest(&self) -> Option<String> {
+        self.content
+            .get_or_init(|| crate::backend::content::digest(&self.dir).ok())
+            .clone()
     }
 
     async fn generate(
