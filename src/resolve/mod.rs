@@ -19,7 +19,7 @@ mod models;
 mod registry;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use safedrift_judges::Judge;
 
@@ -85,8 +85,8 @@ pub struct Resolver {
     pub concurrency: usize,
     /// One client per endpoint.
     clients: Mutex<HashMap<String, Arc<OpenAiClient>>>,
-    /// Local models by directory.
-    local: Mutex<HashMap<String, Arc<dyn Backend>>>,
+    /// Local models by directory, while an evaluation uses them.
+    local: Mutex<HashMap<String, Weak<dyn Backend>>>,
     /// Classifier judges by everything that changes their answers.
     classifiers: Mutex<HashMap<String, Arc<dyn Judge>>>,
 }

@@ -3,7 +3,7 @@
 //! configured backend, and the registry SPECs `hf:` and `mlflow:`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::{check_base_url, invalid, ResolveError, Resolver};
@@ -229,18 +229,24 @@ impl Resolver {
         })
     }
 
-    /// Loads a local model once per resolver.
+    /// Loads a local model, shared by the evaluations that use it at the
+    /// same time. Only weak references are kept: once the last evaluation
+    /// using it ends, its session and buffers are freed (a checkpoint's
+    /// weights are gigabytes; an idle daemon holds none).
     fn onnx_model(
         &self,
         dir: &Path,
         config: Option<&OnnxBackendConfig>,
     ) -> Result<Arc<dyn Backend>, ResolveError> {
         let key = dir.display().to_string();
-        if let Some(b) = self.local.lock().unwrap().get(&key) {
-            return Ok(b.clone());
+        let mut local = self.local.lock().unwrap();
+        local.retain(|_, b| b.strong_count() > 0);
+        if let Some(b) = local.get(&key).and_then(Weak::upgrade) {
+            return Ok(b);
         }
+        // Loading holds the lock: two evaluations of one model load it once.
         let backend = self.load_onnx(dir, config)?;
-        self.local.lock().unwrap().insert(key, backend.clone());
+        local.insert(key, Arc::downgrade(&backend));
         Ok(backend)
     }
 
