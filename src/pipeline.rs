@@ -142,7 +142,32 @@ pub fn identity(job: &Job) -> String {
     hex::encode(Sha256::digest(json))
 }
 
-fn now() -> String {
+/// What makes two runs the same evaluation of the same model content: the
+/// plan of [`identity`] with the model's file digest in place of its name
+/// and location (and of the backend's, which names the directory).
+pub fn content_identity(job: &Job, content_digest: &str) -> String {
+    #[derive(Serialize)]
+    struct ContentIdentity<'a> {
+        content: &'a str,
+        template: String,
+        decoding: &'a Decoding,
+        benchmarks: Vec<&'a str>,
+        judge: String,
+        limit: Option<usize>,
+    }
+    let id = ContentIdentity {
+        content: content_digest,
+        template: job.template.sha256(),
+        decoding: &job.decoding,
+        benchmarks: job.benchmarks.iter().map(|b| b.sha256.as_str()).collect(),
+        judge: job.judge.identity(),
+        limit: job.limit,
+    };
+    let json = serde_json::to_vec(&id).expect("serializable");
+    hex::encode(Sha256::digest(json))
+}
+
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
@@ -280,6 +305,8 @@ fn new_run(job: &Job, identity: &str, total: usize) -> RunRecord {
         drift: None,
         checkpoint: None,
         audit: None,
+        content_identity: None,
+        copied_from: None,
     }
 }
 

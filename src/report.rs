@@ -45,6 +45,10 @@ pub struct Run {
     /// answers; absent when the judge is not audited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<Audit>,
+    /// The run whose answers this run reused: the same plan on a model with
+    /// the same files (nothing was sent to the model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<String>,
 }
 
 impl Run {
@@ -82,6 +86,7 @@ impl Run {
             baseline: None,
             drift: None,
             audit: run.audit.clone(),
+            copied_from: run.copied_from.clone(),
         }
     }
 

@@ -30,6 +30,7 @@ mod registry;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use registry::{
     aligned_model, copy_dir, drifted_model, found_evaluated_once_alerted_once_across_kill_9,
@@ -76,6 +77,83 @@ async fn directory_checkpoint_is_evaluated_once_and_alerts_once_across_kill_9() 
         runs: 2,
     };
     found_evaluated_once_alerted_once_across_kill_9(&h, &expect, || 0).await;
+}
+
+/// A checkpoint published with its base's files unchanged (the same bytes
+/// under another name and path) is not evaluated again: its run copies the
+/// baseline run's answers and verdicts, says which run it copied, and shows
+/// no drift. A drifted checkpoint dropped next is evaluated as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_with_its_bases_files_reuses_the_bases_run() {
+    let h = Harness::new().await;
+    let drop_dir = h.s.path("checkpoints");
+    std::fs::create_dir(&drop_dir).unwrap();
+    let base = h.s.path("base-instruct");
+    copy_dir(&aligned_model(), &base);
+    h.use_config(
+        "directory.toml",
+        &[
+            ("watchers.drop.path", drop_dir.display().to_string()),
+            ("watchers.drop.baseline", format!("onnx:{}", base.display())),
+        ],
+    );
+    let same = drop_dir.join("assistant-v1");
+    copy_dir(&aligned_model(), &same);
+    std::fs::write(same.join("COMPLETE"), "").unwrap();
+    let mut daemon = h.start();
+    let done = async |n: usize| {
+        h.health()
+            .await
+            .is_some_and(|health| health["queue"]["done"] == n && health["queue"]["running"] == 0)
+    };
+    h.wait_for(
+        "the copy to be evaluated",
+        Duration::from_secs(120),
+        async || done(1).await,
+    )
+    .await;
+    let drifted = drop_dir.join("assistant-v2");
+    copy_dir(&drifted_model(), &drifted);
+    std::fs::write(drifted.join("COMPLETE"), "").unwrap();
+    h.wait_for(
+        "the drifted one to be evaluated",
+        Duration::from_secs(120),
+        async || done(2).await,
+    )
+    .await;
+
+    let runs = h.api("runs?limit=100").await["items"]
+        .as_array()
+        .cloned()
+        .unwrap();
+    let run_of = |spec: &str| {
+        runs.iter()
+            .find(|r| r["model"]["spec"] == spec)
+            .unwrap_or_else(|| panic!("no run of {spec}: {runs:#?}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let base_id = run_of(&format!("onnx:{}", base.display()));
+    let copy = h
+        .api(&format!("runs/{}", run_of("directory:assistant-v1")))
+        .await;
+    let original = h.api(&format!("runs/{base_id}")).await;
+    assert_eq!(copy["copied_from"], base_id.as_str(), "{copy:#}");
+    assert_eq!(copy["metrics"], original["metrics"]);
+    assert_eq!(copy["drift"]["detected"], false, "{copy:#}");
+    let copied = h.messages(
+        0,
+        "the model's files are the same as an evaluated model's: reusing its answers",
+    );
+    assert_eq!(copied.len(), 1, "{}", h.s.daemon_log());
+    // The drifted checkpoint's files differ: evaluated, and it drifted.
+    let v2 = h
+        .api(&format!("runs/{}", run_of("directory:assistant-v2")))
+        .await;
+    assert!(v2["copied_from"].is_null(), "{v2:#}");
+    assert_eq!(v2["drift"]["detected"], true, "{v2:#}");
+    daemon.kill().await.unwrap();
 }
 
 /// The Hugging Face watcher: acme's fine-tune of an upstream model, whose

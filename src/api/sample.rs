@@ -79,6 +79,8 @@ fn run_record(
         drift: None,
         checkpoint: None,
         audit: None,
+        content_identity: None,
+        copied_from: None,
     }
 }
 

@@ -1,23 +1,61 @@
 //! The content digest of a local model: SHA-256 over the relative name,
-//! size and bytes of every file in its directory (recursively; dot-files,
-//! the download cache's bookkeeping, left out). Two directories with the
-//! same digest hold the same model, whatever their path, name or mtimes:
-//! a checkpoint copied from its base is evaluated once.
+//! size and bytes of the files that make the model in its directory
+//! (recursively): ONNX graphs and their external data, configs, tokenizers
+//! and chat templates ([`MODEL_FILES`]). Marker files (`COMPLETE`,
+//! `_SUCCESS`) and dot-files (the download cache's bookkeeping) are left
+//! out. Two directories with the same digest hold the same model, whatever
+//! their path, name or mtimes: a checkpoint copied from its base is
+//! evaluated once.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+/// The extensions of the files that make a model.
+pub const MODEL_FILES: &[&str] = &[
+    "onnx",
+    "data",
+    "onnx_data",
+    "json",
+    "jinja",
+    "model",
+    "txt",
+    "safetensors",
+];
+
 /// `sha256:HEX` of the model in `dir`; reads every byte (about 1 s per
-/// GB), so call it off the async runtime.
+/// GB) the first time, so call it off the async runtime. Remembered for
+/// the process by the files' names, sizes and modification times.
 pub fn digest(dir: &Path) -> io::Result<String> {
+    static SEEN: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
     let mut files = Vec::new();
     collect(dir, dir, &mut files)?;
     files.sort();
+    let mut stamp = format!("{}\n", dir.display());
+    for (name, path) in &files {
+        let meta = std::fs::metadata(path)?;
+        let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH);
+        let nanos = modified.map_or(0, |d| d.as_nanos());
+        stamp.push_str(&format!("{name}\0{}\0{nanos}\n", meta.len()));
+    }
+    if let Some(d) = SEEN.lock().unwrap().as_ref().and_then(|m| m.get(&stamp)) {
+        return Ok(d.clone());
+    }
+    let d = read_digest(&files)?;
+    SEEN.lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(stamp, d.clone());
+    Ok(d)
+}
+
+fn read_digest(files: &[(String, PathBuf)]) -> io::Result<String> {
     let mut h = Sha256::new();
     for (name, path) in files {
-        let mut f = std::fs::File::open(&path)?;
+        let mut f = std::fs::File::open(path)?;
         let len = f.metadata()?.len();
         h.update(format!("{name}\0{len}\0"));
         io::copy(&mut f, &mut h)?;
@@ -37,7 +75,11 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> io::Res
         let meta = std::fs::metadata(&path)?;
         if meta.is_dir() {
             collect(root, &path, out)?;
-        } else if meta.is_file() {
+        } else if meta.is_file()
+            && path
+                .extension()
+                .is_some_and(|e| MODEL_FILES.contains(&e.to_string_lossy().as_ref()))
+        {
             let rel = path.strip_prefix(root).unwrap_or(&path);
             out.push((rel.to_string_lossy().into_owned(), path));
         }
@@ -59,6 +101,7 @@ mod tests {
             std::fs::write(d.join("sub/tokenizer.json"), b"{}").unwrap();
         }
         std::fs::write(b.path().join(".last-used"), b"now").unwrap();
+        std::fs::write(b.path().join("COMPLETE"), b"").unwrap();
         let da = digest(a.path()).unwrap();
         assert_eq!(da, digest(b.path()).unwrap());
         assert!(da.starts_with("sha256:") && da.len() == 7 + 64, "{da}");

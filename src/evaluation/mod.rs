@@ -34,7 +34,7 @@ use crate::config::DriftConfig;
 use crate::pipeline::{self, AuditPlan, Job, Stopped};
 use crate::report::Run;
 use crate::resolve::Resolver;
-use crate::store::{ModelRef, ResultRecord, RunRecord, Store, StoreError, Template};
+use crate::store::{ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template};
 pub use locks::KeyedLocks;
 
 /// How models are evaluated: the same for a candidate and its baseline.
@@ -284,16 +284,20 @@ impl Evaluator<'_> {
         })
     }
 
-    /// A model's completed run under this plan (when `reuse`), else a new
-    /// or resumed one. The caller holds the identity's lock.
+    /// A model's completed run under this plan (when `reuse`), or a copy
+    /// of a completed run of a model with the same content (a local
+    /// checkpoint identical to its base), else a new or resumed run. The
+    /// caller holds the identity's lock.
     async fn run(
         &self,
         job: &Job,
         reuse: bool,
         baseline: bool,
     ) -> Result<(RunRecord, Vec<ResultRecord>), Failure> {
+        let identity = pipeline::identity(job);
+        let content = content_identity(job).await;
         if reuse {
-            if let Some(run) = self.store.completed_run(&pipeline::identity(job))? {
+            if let Some(run) = self.store.completed_run(&identity)? {
                 if baseline {
                     info!(baseline = %run.model.spec, run = %run.id, "reusing the baseline's completed run");
                 } else {
@@ -302,15 +306,67 @@ impl Evaluator<'_> {
                 let results = self.store.results(&run.id)?;
                 return Ok((run, results));
             }
+            if let Some(content) = &content {
+                if let Some(source) = self.store.completed_run_by_content(content)? {
+                    return Ok(self.copy(job, identity, content, source).await?);
+                }
+            }
         }
-        Ok(pipeline::evaluate(
+        let (mut run, results) = pipeline::evaluate(
             self.store,
             job,
             self.concurrency,
             self.progress,
             self.cancel,
         )
-        .await?)
+        .await?;
+        if content.is_some() && run.content_identity != content {
+            run.content_identity = content;
+            self.store.put_run(&run)?;
+        }
+        Ok((run, results))
+    }
+
+    /// A completed run of `job`'s model made of `source`'s answers and
+    /// verdicts (the same plan on the same model content): nothing is sent
+    /// to the model. Written as an open run first, so a crash part way
+    /// leaves a run the next attempt resumes.
+    async fn copy(
+        &self,
+        job: &Job,
+        identity: String,
+        content: &str,
+        source: RunRecord,
+    ) -> Result<(RunRecord, Vec<ResultRecord>), StoreError> {
+        info!(model = %job.model.spec, same_as = %source.model.spec, run = %source.id,
+            "the model's files are the same as an evaluated model's: reusing its answers");
+        let results = self.store.results(&source.id)?;
+        let mut run = RunRecord {
+            id: Store::new_run_id(),
+            status: RunStatus::Running,
+            identity,
+            model: job.model.clone(),
+            backend: job.backend.identity(),
+            started_at: pipeline::now(),
+            finished_at: None,
+            error: None,
+            baseline_run: None,
+            drift: None,
+            checkpoint: None,
+            audit: None,
+            content_identity: Some(content.to_string()),
+            copied_from: Some(source.id.clone()),
+            ..source
+        };
+        self.store.put_run(&run)?;
+        for r in &results {
+            self.store.put_result(&run.id, r)?;
+        }
+        run.status = RunStatus::Completed;
+        run.finished_at = Some(pipeline::now());
+        self.store.put_run(&run)?;
+        self.store.flush().await?;
+        Ok((run, results))
     }
 
     async fn audit(&self, plan: &Plan, run: &mut RunRecord, results: &[ResultRecord]) {
@@ -327,4 +383,15 @@ impl Evaluator<'_> {
             _ = self.cancel.cancelled() => Err(Failure::Cancelled),
         }
     }
+}
+
+/// The content identity of `job`'s model under its plan, for a backend that
+/// can read its model's files (the digest is read off the async runtime).
+async fn content_identity(job: &Job) -> Option<String> {
+    let backend = job.backend.clone();
+    let digest = tokio::task::spawn_blocking(move || backend.content_digest())
+        .await
+        .ok()
+        .flatten()?;
+    Some(pipeline::content_identity(job, &digest))
 }

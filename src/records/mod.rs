@@ -125,6 +125,16 @@ pub struct RunRecord {
     /// answers (classifier judges with a `teacher` only).
     #[serde(default)]
     pub audit: Option<Audit>,
+    /// What makes two runs the same evaluation of the same model content
+    /// (the plan and the model files' digest), for local models: a
+    /// checkpoint with the same content as an evaluated model reuses its
+    /// answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_identity: Option<String>,
+    /// The run whose answers and verdicts this run copied (same plan, same
+    /// model content): no prompt was sent to the model again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<String>,
 }
 
 /// The audit of a run judged by a local classifier: a deterministic sample

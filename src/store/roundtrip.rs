@@ -295,6 +295,7 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
             option::of(text()),
             option::of(audit),
         ),
+        (option::of(text()), option::of(text())),
     )
         .prop_map(
             |(
@@ -304,6 +305,7 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
                 (judge, judge_identity, judge_description, total),
                 (started_at, finished_at, error),
                 (baseline_run, drift, checkpoint, audit),
+                (content_identity, copied_from),
             )| RunRecord {
                 id: format!("r_{id}"),
                 status,
@@ -328,6 +330,8 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
                 drift,
                 checkpoint,
                 audit,
+                content_identity,
+                copied_from,
             },
         )
 }

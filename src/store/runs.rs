@@ -156,6 +156,10 @@ impl Store {
         if run.status == RunStatus::Completed {
             self.completed
                 .insert(run.identity.as_bytes(), run.id.as_bytes())?;
+            if let Some(content) = &run.content_identity {
+                self.completed
+                    .insert(content_key(content), run.id.as_bytes())?;
+            }
             // Only remove the index entry if it still points at this run.
             let _ = self.open_runs.compare_and_swap(
                 run.identity.as_bytes(),
@@ -194,6 +198,18 @@ impl Store {
     /// The unfinished run with this identity, if any.
     pub fn open_run(&self, identity: &str) -> Result<Option<RunRecord>, StoreError> {
         match self.open_runs.get(identity.as_bytes())? {
+            Some(id) => self.get_run(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// The latest completed run of this plan on a model with this content
+    /// ([`RunRecord::content_identity`]), if any.
+    pub fn completed_run_by_content(
+        &self,
+        content_identity: &str,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        match self.completed.get(content_key(content_identity))? {
             Some(id) => self.get_run(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
@@ -420,4 +436,10 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The `completed` index's key for a content identity (run identities are
+/// bare hex digests, so the prefix keeps the two apart).
+fn content_key(content_identity: &str) -> Vec<u8> {
+    format!("content:{content_identity}").into_bytes()
 }

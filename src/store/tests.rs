@@ -30,6 +30,8 @@ pub(crate) fn run(id: &str, identity: &str, status: RunStatus) -> RunRecord {
         drift: None,
         checkpoint: None,
         audit: None,
+        content_identity: None,
+        copied_from: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn doc(id: &str, model: &str, rate: f64) -> Run {
         baseline: None,
         drift: None,
         audit: None,
+        copied_from: None,
     };
     let mut d = mk(
         id,
