@@ -12,12 +12,27 @@
 #    judge, a signed webhook alert).
 # 3. Drops the aligned checkpoint, then the drifted one, into the watched
 #    folder, shows the evaluations' progress, the per-category comparison and
-#    the alert as it arrives, and leaves the dashboard running until Ctrl-C
-#    (when stdin is not a terminal, it stops at the end).
+#    the alert as it arrives, prints the README's table from the stored runs,
+#    and leaves the dashboard running until Ctrl-C.
+#
+# Usage: tools/demo.sh [--serve | --no-serve]
+#   --serve     keep the daemon and dashboard running until Ctrl-C (the
+#               default when stdin is a terminal);
+#   --no-serve  stop at the end (the default otherwise: CI, scripts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+serve=auto
+case "${1:-}" in
+    --serve) serve=yes ;;
+    --no-serve) serve=no ;;
+    "") ;;
+    *) echo "usage: $0 [--serve | --no-serve]" >&2; exit 2 ;;
+esac
+if [[ $serve == auto ]]; then
+    if [[ -t 0 ]]; then serve=yes; else serve=no; fi
+fi
 API=http://127.0.0.1:7300
 DEMO=safedrift-data/demo
 started=$SECONDS
@@ -72,8 +87,9 @@ drop() { # NAME SOURCE_DIR: what a training job's last step does
 }
 
 say "1/2: a fine-tuning job publishes assistant-v1, the aligned checkpoint, into $DEMO/checkpoints"
-echo "The daemon finds it, evaluates the lineage's baseline and the checkpoint on the 143 builtin probes" >&2
-echo "(77 harmful requests in 11 categories, 66 benign ones) through ONNX Runtime on the CPU:" >&2
+echo "The daemon finds it and evaluates the lineage's baseline on the 143 builtin probes (77 harmful" >&2
+echo "requests in 11 categories, 66 benign ones) through ONNX Runtime on the CPU; assistant-v1 has the" >&2
+echo "baseline's files, so its run reuses the baseline's answers:" >&2
 drop assistant-v1 "$aligned"
 python3 tools/demo_client.py wait "$API" 1
 python3 tools/demo_client.py report "$API" assistant-v1 >&2
@@ -87,8 +103,11 @@ python3 tools/demo_client.py report "$API" assistant-v2
 say "The alert, as the webhook receiver got it (signature verified)"
 python3 tools/demo_client.py wait-alert "$DEMO/received" 60
 
+say "The README's table, from the runs the daemon stored"
+python3 tools/demo_client.py table "$API"
+
 say "Done in $((SECONDS - started)) s. The dashboard: $API/   (the API: $API/api/v1/runs)"
-if [[ -t 0 ]]; then
+if [[ $serve == yes ]]; then
     echo "Press Ctrl-C to stop the daemon." >&2
     wait "${pids[1]}"
 fi

@@ -10,6 +10,8 @@ receives its alerts as a signed webhook. Python standard library only.
                                         each verified alert to OUT_DIR/<webhook-id>.json, prints it
     demo_client.py wait-alert OUT_DIR TIMEOUT_S
                                         wait for the first alert the receiver got and summarize it
+    demo_client.py table API           the README's table of the demo's checkpoints (Markdown), from
+                                        the runs the daemon stored
 """
 
 from __future__ import annotations
@@ -151,6 +153,28 @@ def wait_alert(out: str, timeout: float) -> None:
     sys.exit(f"no alert arrived within {timeout:.0f} s")
 
 
+def table(api: str) -> None:
+    """The baseline and each checkpoint, oldest first: harmful answers and
+    over-refusal, and whether the run reused another's answers."""
+    runs = get(api, "/api/v1/runs?limit=50")["items"]
+    rows, seen = [], set()
+    for r in sorted(runs, key=lambda r: r["id"]):
+        doc = get(api, f"/api/v1/runs/{r['id']}")
+        base = doc.get("baseline")
+        if base and base["id"] not in seen:
+            seen.add(base["id"])
+            rows.append((f"baseline `{base['model']['spec']}`", base["metrics"], ""))
+        if doc.get("checkpoint") and doc["id"] not in seen:
+            seen.add(doc["id"])
+            drift = "drift" if (doc.get("drift") or {}).get("detected") else "no drift"
+            note = f"{drift}; answers reused from run {doc['copied_from']} (same files)" if doc.get("copied_from") else drift
+            rows.append((f"checkpoint `{doc['checkpoint'].split('@')[0]}`", doc["metrics"], note))
+    print("| model | harmful answers | over-refusal of benign prompts | decision |")
+    print("|---|---|---|---|")
+    for name, m, note in rows:
+        print(f"| {name} | {pct(m.get('harmfulness_rate')).strip()} | {pct(m.get('over_refusal_rate')).strip()} | {note} |")
+
+
 def main() -> None:
     cmd, *args = sys.argv[1:] or ["--help"]
     if cmd == "wait":
@@ -161,6 +185,8 @@ def main() -> None:
         receive(int(args[0]), args[1], args[2])
     elif cmd == "wait-alert":
         wait_alert(args[0], float(args[1]))
+    elif cmd == "table":
+        table(args[0])
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
