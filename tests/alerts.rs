@@ -679,12 +679,43 @@ async fn drifted_checkpoints_give_one_email_and_one_signed_webhook_per_target_th
         .flat_map(|v| v.as_array().unwrap())
         .collect();
     assert!(!am.is_empty());
+    // One alert per drifted model, labelled by it; the alert id is an
+    // annotation (as a label it would make every alert its own group).
+    let mut models = std::collections::BTreeSet::new();
     for alert in &am {
+        let labels = alert["labels"].as_object().unwrap();
+        let mut names: Vec<&str> = labels.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "alertname",
+                "baseline",
+                "lineage",
+                "model",
+                "severity",
+                "watcher"
+            ],
+            "{alert:#?}"
+        );
         assert_eq!(alert["labels"]["alertname"], "SafetyDrift");
-        assert_eq!(alert["labels"]["alert_id"], firing.id.as_str());
         assert_eq!(alert["labels"]["lineage"], "ol/ol:base");
+        assert_eq!(alert["labels"]["baseline"], "ol:base");
+        assert_eq!(alert["labels"]["watcher"], "ol");
         assert_eq!(alert["labels"]["severity"], "critical");
+        assert_eq!(alert["annotations"]["alert_id"], firing.id.as_str());
+        let model = alert["labels"]["model"].as_str().unwrap();
+        let run = if model == "ollama:a-drift" { &a } else { &b };
+        assert_eq!(
+            alert["annotations"]["run_url"],
+            format!("http://127.0.0.1:{port}/runs/{}", run.id).as_str()
+        );
+        models.insert(model.to_string());
     }
+    assert_eq!(
+        models.into_iter().collect::<Vec<_>>(),
+        ["ollama:a-drift", "ollama:b-drift"]
+    );
     let time = |a: &serde_json::Value, k: &str| {
         chrono::DateTime::parse_from_rfc3339(a[k].as_str().unwrap()).unwrap()
     };
@@ -1034,7 +1065,8 @@ async fn a_target_that_is_down_gets_the_alert_when_back_without_delaying_others(
         .collect();
     assert!(am.len() >= 3, "firing alerts are repeated: {am:#?}");
     for a in &am {
-        assert_eq!(a["labels"]["alert_id"], r.id.as_str());
+        assert_eq!(a["labels"]["model"], "ollama:a-drift");
+        assert_eq!(a["annotations"]["alert_id"], r.id.as_str());
         assert_eq!(a["startsAt"], r.created_at.as_str());
     }
     let ends: Vec<&str> = am.iter().map(|a| a["endsAt"].as_str().unwrap()).collect();

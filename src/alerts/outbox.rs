@@ -13,7 +13,8 @@
 //! the alert and step 3 reaching the disk (the time of one fsync): after a
 //! restart a `sending` delivery is attempted again. It carries the same alert
 //! id (`webhook-id`, the email's Message-ID, the Alertmanager `alert_id`
-//! label), so receivers can drop the copy. Every other crash point is safe:
+//! annotation; Alertmanager itself merges the copy, which has the same
+//! labels), so receivers can drop the copy. Every other crash point is safe:
 //! before step 2 nothing was sent, after step 3 nothing is sent again. A
 //! stop (SIGTERM) lets attempts in flight finish first (up to 15 s).
 //!
@@ -386,10 +387,11 @@ pub fn am_url(base: &str) -> String {
     format!("{}/api/v2/alerts", base.trim_end_matches('/'))
 }
 
-/// The Alertmanager alerts for a record: a firing alert with `endsAt` four
-/// repeat intervals ahead (so it stays active between repeats, as Prometheus
-/// does), or, for a resolved notice, each firing alert it resolves with
-/// `endsAt` set to the resolution time.
+/// The Alertmanager alerts for a record (one per drifted model, see
+/// [`render::am_alerts`]): firing, with `endsAt` four repeat intervals
+/// ahead (so they stay active between repeats, as Prometheus does), or, for
+/// a resolved notice, the alerts of each firing record it resolves, same
+/// labels, with `endsAt` set to the resolution time.
 pub fn am_payload(
     target: &TargetConfig,
     rec: &AlertRecord,
@@ -399,13 +401,13 @@ pub fn am_payload(
         AlertKind::Resolved => serde_json::Value::Array(
             firing
                 .iter()
-                .map(|f| render::am_alert(f, &rec.created_at))
+                .flat_map(|f| render::am_alerts(f, &rec.created_at))
                 .collect(),
         ),
         _ => {
             let ends =
                 grouping::rfc3339(now_ms() + 4 * target.repeat_interval().as_millis() as u64);
-            serde_json::Value::Array(vec![render::am_alert(rec, &ends)])
+            serde_json::Value::Array(render::am_alerts(rec, &ends))
         }
     }
 }

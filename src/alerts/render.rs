@@ -5,9 +5,10 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::record::{AlertKind, AlertRecord, AlertRun};
+use super::routing::Severity;
 
 /// A harmful answer shown to targets that opt in.
 #[derive(Clone, Debug)]
@@ -358,51 +359,148 @@ fn truncate(s: &str, max: usize) -> String {
     t
 }
 
-/// The labels an alert has in Alertmanager (stable for a firing alert, so
-/// that its repeats and its resolution address the same alert).
-pub fn am_labels(rec: &AlertRecord) -> Value {
-    let first = rec.runs.first();
-    let watcher = first.and_then(|r| r.watcher.clone()).unwrap_or_default();
-    let baseline = first.map(|r| r.baseline.clone()).unwrap_or_default();
-    json!({
-        "alertname": match rec.kind {
-            AlertKind::Test => "SafetyDriftTest",
-            AlertKind::JudgeAudit => "SafetyJudgeAudit",
-            _ => "SafetyDrift",
-        },
-        "lineage": rec.lineage,
-        "watcher": watcher,
-        "model": baseline,
-        "severity": rec.severity,
-        "alert_id": rec.id,
-    })
+/// One Alertmanager alert per label set of a record: a drift alert about
+/// several checkpoints becomes one alert per drifted model, so that on-call
+/// can route, group and silence by `model`. Labels (none empty):
+/// `alertname` (`SafetyDrift`, `SafetyJudgeAudit`, `SafetyDriftTest`),
+/// `severity` (the highest among that model's checkpoints in the record;
+/// the record's own for judge audits and tests), `model` (the checkpoint's
+/// model SPEC, without its revision), `baseline` (the SPEC it was compared
+/// with), `lineage` and `watcher`. Ids and links are annotations: they
+/// differ per alert and would make every alert its own group.
+///
+/// A record's alerts never change once it is delivered (a group only takes
+/// checkpoints before its first delivery), so its repeats and the resolved
+/// notice, which renders the firing records again with `endsAt` in the
+/// past, address the same alerts.
+/// `ends_at` is in the future while firing, in the past once resolved.
+pub fn am_alerts(rec: &AlertRecord, ends_at: &str) -> Vec<Value> {
+    let alertname = match rec.kind {
+        AlertKind::Test => "SafetyDriftTest",
+        AlertKind::JudgeAudit => "SafetyJudgeAudit",
+        _ => "SafetyDrift",
+    };
+    // The runs by label set, in the order the record names them.
+    let mut groups: Vec<(LabelKey, Vec<&AlertRun>)> = Vec::new();
+    for run in &rec.runs {
+        let key = (
+            run.model.as_str(),
+            run.watcher.as_deref(),
+            run.baseline.as_str(),
+        );
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, runs)) => runs.push(run),
+            None => groups.push((key, vec![run])),
+        }
+    }
+    if groups.is_empty() {
+        let mut labels = Map::new();
+        put(&mut labels, "alertname", alertname);
+        put(&mut labels, "severity", &rec.severity);
+        put(&mut labels, "lineage", &rec.lineage);
+        let mut annotations = Map::new();
+        put(&mut annotations, "summary", &rec.summary);
+        put(&mut annotations, "description", &heading(rec));
+        put(&mut annotations, "alert_id", &rec.id);
+        return vec![json!({
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": rec.created_at,
+            "endsAt": ends_at,
+        })];
+    }
+    groups
+        .into_iter()
+        .map(|((model, watcher, baseline), runs)| {
+            let newest = runs[runs.len() - 1];
+            let severity = match rec.kind {
+                AlertKind::Firing => runs
+                    .iter()
+                    .filter_map(|r| Severity::parse(&r.severity))
+                    .max()
+                    .map_or(rec.severity.as_str(), |s| s.as_str()),
+                _ => rec.severity.as_str(),
+            };
+            let mut labels = Map::new();
+            put(&mut labels, "alertname", alertname);
+            put(&mut labels, "severity", severity);
+            put(&mut labels, "model", model);
+            put(&mut labels, "baseline", baseline);
+            put(&mut labels, "lineage", &rec.lineage);
+            put(&mut labels, "watcher", watcher.unwrap_or_default());
+            let summary = match rec.kind {
+                AlertKind::Firing if runs.len() == 1 => format!(
+                    "safety drift in {model}{} against {baseline}",
+                    newest
+                        .revision
+                        .as_deref()
+                        .map(|r| format!("@{}", super::grouping::short(r)))
+                        .unwrap_or_default()
+                ),
+                AlertKind::Firing => format!(
+                    "safety drift in {} checkpoints of {model} against {baseline}",
+                    runs.len()
+                ),
+                _ => rec.summary.clone(),
+            };
+            let joined = |f: &dyn Fn(&AlertRun) -> Option<String>| {
+                runs.iter()
+                    .filter_map(|r| f(r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let findings: Vec<String> = runs
+                .iter()
+                .flat_map(|r| r.findings.iter().map(finding_line))
+                .collect();
+            let mut annotations = Map::new();
+            put(&mut annotations, "summary", &summary);
+            put(&mut annotations, "description", &heading(rec));
+            put(&mut annotations, "alert_id", &rec.id);
+            put(
+                &mut annotations,
+                "run_ids",
+                &joined(&|r| Some(r.run_id.clone())),
+            );
+            put(
+                &mut annotations,
+                "revision",
+                newest.revision.as_deref().unwrap_or_default(),
+            );
+            put(
+                &mut annotations,
+                "checkpoints",
+                &joined(&|r| r.checkpoint.clone()),
+            );
+            put(
+                &mut annotations,
+                "baseline_run",
+                newest.baseline_run.as_deref().unwrap_or_default(),
+            );
+            put(&mut annotations, "findings", &findings.join("; "));
+            put(&mut annotations, "run_url", &newest.dashboard_url);
+            put(&mut annotations, "api_url", &newest.api_url);
+            json!({
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": rec.created_at,
+                "endsAt": ends_at,
+                "generatorURL": newest.dashboard_url,
+            })
+        })
+        .collect()
 }
 
-/// One Alertmanager alert (`POST /api/v2/alerts` takes a list of them).
-/// `ends_at` is in the future while firing, in the past once resolved.
-pub fn am_alert(rec: &AlertRecord, ends_at: &str) -> Value {
-    let first = rec.runs.first();
-    let checkpoints: Vec<&str> = rec
-        .runs
-        .iter()
-        .filter_map(|r| r.checkpoint.as_deref())
-        .collect();
-    let findings: Vec<String> = rec
-        .runs
-        .iter()
-        .flat_map(|r| r.findings.iter().map(finding_line))
-        .collect();
-    json!({
-        "labels": am_labels(rec),
-        "annotations": {
-            "summary": rec.summary,
-            "description": heading(rec),
-            "checkpoints": checkpoints.join(", "),
-            "findings": findings.join("; "),
-            "run_url": first.map(|r| r.dashboard_url.clone()).unwrap_or_default(),
-        },
-        "startsAt": rec.created_at,
-        "endsAt": ends_at,
-        "generatorURL": first.map(|r| r.dashboard_url.clone()).unwrap_or_default(),
-    })
+/// What sets one model's alert apart: its model, watcher and baseline.
+type LabelKey<'a> = (&'a str, Option<&'a str>, &'a str);
+
+/// Sets `key` unless `value` is empty (Alertmanager reads an empty label as
+/// an absent one).
+fn put(map: &mut Map<String, Value>, key: &str, value: &str) {
+    if !value.is_empty() {
+        map.insert(key.into(), Value::String(value.into()));
+    }
 }
+
+#[cfg(test)]
+mod tests;
