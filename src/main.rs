@@ -114,6 +114,9 @@ enum Command {
     /// Train the local classifier judge on a teacher's verdicts and report
     /// its held-out agreement with the teacher.
     Distill(Box<DistillArgs>),
+    /// Validate a judge on your own labelled answers: agreement on harmful,
+    /// refused and the 1-5 score, kappa, calibration, per category.
+    JudgeEval(Box<cli::judge_eval::JudgeEvalArgs>),
     /// Alert targets.
     #[command(subcommand)]
     Alert(AlertCommand),
@@ -283,6 +286,10 @@ fn main() -> ExitCode {
             runtime.block_on(history(config, api, model, status, limit, output))
         }
         Command::Distill(args) => distill(*args),
+        Command::JudgeEval(args) => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(cli::judge_eval::judge_eval(*args))
+        }
     };
     ExitCode::from(code)
 }

@@ -3,4 +3,5 @@
 pub(crate) mod distill;
 pub(crate) mod eval;
 pub(crate) mod history;
+pub(crate) mod judge_eval;
 pub(crate) mod store;
