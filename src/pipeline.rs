@@ -20,7 +20,6 @@ use std::sync::Arc;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use safedrift_judges::{Judge, JudgeError};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -30,6 +29,9 @@ use crate::benchmark::{Benchmark, Prompt};
 use crate::store::{
     Audit, BenchmarkRef, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
 };
+
+mod identity;
+pub use identity::{content_identity, identity};
 
 /// What to evaluate.
 pub struct Job {
@@ -112,59 +114,6 @@ fn work_list(job: &Job) -> Vec<(String, Prompt)> {
                 .map(move |p| (b.name.clone(), p))
         })
         .collect()
-}
-
-/// The digest of what makes two runs the same evaluation.
-pub fn identity(job: &Job) -> String {
-    #[derive(Serialize)]
-    struct Identity<'a> {
-        backend: String,
-        model: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        revision: Option<&'a str>,
-        template: String,
-        decoding: &'a Decoding,
-        benchmarks: Vec<&'a str>,
-        judge: String,
-        limit: Option<usize>,
-    }
-    let id = Identity {
-        backend: job.backend.identity(),
-        model: &job.model.spec,
-        revision: job.model.revision.as_deref(),
-        template: job.template.sha256(),
-        decoding: &job.decoding,
-        benchmarks: job.benchmarks.iter().map(|b| b.sha256.as_str()).collect(),
-        judge: job.judge.identity(),
-        limit: job.limit,
-    };
-    let json = serde_json::to_vec(&id).expect("serializable");
-    hex::encode(Sha256::digest(json))
-}
-
-/// What makes two runs the same evaluation of the same model content: the
-/// plan of [`identity`] with the model's file digest in place of its name
-/// and location (and of the backend's, which names the directory).
-pub fn content_identity(job: &Job, content_digest: &str) -> String {
-    #[derive(Serialize)]
-    struct ContentIdentity<'a> {
-        content: &'a str,
-        template: String,
-        decoding: &'a Decoding,
-        benchmarks: Vec<&'a str>,
-        judge: String,
-        limit: Option<usize>,
-    }
-    let id = ContentIdentity {
-        content: content_digest,
-        template: job.template.sha256(),
-        decoding: &job.decoding,
-        benchmarks: job.benchmarks.iter().map(|b| b.sha256.as_str()).collect(),
-        judge: job.judge.identity(),
-        limit: job.limit,
-    };
-    let json = serde_json::to_vec(&id).expect("serializable");
-    hex::encode(Sha256::digest(json))
 }
 
 pub(crate) fn now() -> String {
