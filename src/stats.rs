@@ -9,6 +9,10 @@
 //! * [`paired_permutation_exact`]: exact sign-flip test on paired integer score differences
 //!   (e.g. judge scores on a 1..=5 scale).
 //! * [`holm_adjust`]: Holm-Bonferroni correction across several such tests.
+//! * [`sequential`]: anytime-valid counterparts (e-processes, confidence sequences) that may be
+//!   looked at after every prompt and stopped early.
+
+pub mod sequential;
 
 /// z quantile for a two-sided 95% interval: the 0.975 quantile of the standard normal
 /// (`scipy.stats.norm.ppf(0.975)`).
