@@ -125,6 +125,11 @@ fn routes(run: &str) -> Vec<(Method, String, String)> {
         ),
         (
             Method::GET,
+            "/api/v1/lineages".into(),
+            "/api/v1/lineages".into(),
+        ),
+        (
+            Method::GET,
             "/api/v1/checkpoints".into(),
             "/api/v1/checkpoints".into(),
         ),
@@ -601,6 +606,127 @@ async fn a_cached_run_document_equals_a_fresh_one_and_a_rewritten_run_is_never_s
         (v["status"].as_str(), v["error"].as_str()),
         (Some("interrupted"), Some("stopped"))
     );
+}
+
+/// A lineage is a watcher and the baseline its checkpoints are compared
+/// with: its checkpoints in order, the baseline as its reference (not a
+/// checkpoint), the newest lineage first.
+#[tokio::test]
+async fn lineages_hold_their_checkpoints_in_order_against_their_baseline() {
+    let f = Fixture::new("", Some(small()));
+    let app = f.app();
+    let (s, v) = get(&app, "/api/v1/lineages?limit=5").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let items = v["items"].as_array().unwrap();
+    let names: Vec<&str> = items.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [2, 1, 0].map(|m| format!("drop/onnx:/srv/models/acme/assistant-{m:02}-base"))
+    );
+    let l = &items[0];
+    assert_eq!(l["watcher"], "drop");
+    assert_eq!(
+        l["baseline"]["model"],
+        "onnx:/srv/models/acme/assistant-02-base"
+    );
+    assert_eq!(l["baseline"]["run_id"], "r_sample0002base");
+    assert_eq!(l["baseline"]["runs"], json!(["r_sample0002base"]));
+    assert_eq!(l["baseline"]["n"], 44);
+    let points = l["points"].as_array().unwrap();
+    let ids: Vec<&str> = points
+        .iter()
+        .map(|p| p["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (7..12)
+            .map(|c| format!("r_sample0002c{c:07}"))
+            .collect::<Vec<_>>()
+    );
+    for p in points {
+        assert_eq!(p["model"], "directory:acme/assistant-02");
+        assert_eq!(p["baseline_run"], "r_sample0002base");
+        assert!(p["baseline_rate"].as_f64().is_some());
+        assert_eq!(p["categories"].as_object().unwrap().len(), 11);
+        assert_eq!(p["alert"], Value::Null);
+    }
+    let drifted = points
+        .iter()
+        .filter(|p| p["drift_detected"] == true)
+        .count();
+    assert_eq!(l["drifted"], drifted);
+    let (s, _) = get(&app, "/api/v1/lineages").await;
+    assert_eq!(s, StatusCode::OK);
+    for bad in ["0", "201"] {
+        let (s, v) = get(&app, &format!("/api/v1/lineages?limit={bad}")).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    }
+}
+
+/// An API link opened in a browser without the token (it cannot send one
+/// on a navigation) gets the page that asks for it and shows the JSON;
+/// programs, requests with a token and anything but GET are answered as
+/// always.
+#[tokio::test]
+async fn a_browser_opening_an_api_link_gets_the_page_that_asks_for_the_token() {
+    let f = Fixture::new("", Some(small()));
+    let app = f.app();
+    let run = "/api/v1/runs/r_sample0000c0000003";
+    let send = |method: Method, uri: &str, headers: &[(&str, &str)]| {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Body::empty()).unwrap();
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let navigation: &[(&str, &str)] = &[
+        ("sec-fetch-dest", "document"),
+        ("sec-fetch-mode", "navigate"),
+        ("accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+    ];
+    for uri in [run, "/api/v1/no-such-route"] {
+        let (status, body) = send(Method::GET, uri, navigation).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert!(body.contains("id=\"token-form\""), "{body}");
+        assert!(!body.contains("r_sample"), "the page holds no data");
+    }
+    // Older browsers without Sec-Fetch-*: an Accept that asks for HTML.
+    let (status, body) = send(Method::GET, run, &[("accept", "text/html")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("id=\"token-form\""));
+    // The page's own fetch, programs, other methods: the API as always.
+    for (method, headers) in [
+        (
+            Method::GET,
+            &[("sec-fetch-dest", "empty"), ("accept", "text/html")][..],
+        ),
+        (Method::GET, &[][..]),
+        (Method::GET, &[("accept", "application/json")][..]),
+        (Method::POST, navigation),
+    ] {
+        let (status, body) = send(method.clone(), run, headers).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {headers:?}: {body}"
+        );
+    }
+    let auth = format!("Bearer {TOKEN}");
+    let mut with_token = navigation.to_vec();
+    with_token.push(("authorization", &auth));
+    let (status, body) = send(Method::GET, run, &with_token).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["id"], "r_sample0000c0000003");
 }
 
 #[tokio::test]

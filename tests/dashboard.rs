@@ -1,228 +1,34 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium`), driven
-//! over the DevTools protocol: the token is asked once, the charts render
-//! without console errors, a click opens a run, answers stay blurred until
+//! over the DevTools protocol: the token is asked once, each lineage's
+//! checkpoints are drawn in order on one chart against the baseline with
+//! the alert that fired, the heatmap's text is at the page's type scale, a
+//! click opens a run at its own address, answers stay blurred until
 //! clicked. Screenshots are saved under `target/dashboard/`.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod browser;
 
-use base64::Engine;
-use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
+
+use browser::chromium;
+use safedrift::alerts::grouping::{Decision, LineageState};
+use safedrift::alerts::record::AlertRecord;
 use safedrift::api::{self, sample, Api};
 use safedrift::config;
 use safedrift::store::Store;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "dashboard-test-token";
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// The sample lineage of `acme/assistant-00` (its checkpoints are found by
+/// the watcher `drop` and compared with its `-base` model).
+const LINEAGE: &str = "drop/onnx:/srv/models/acme/assistant-00-base";
 
-/// A DevTools connection to one page: commands, and the console errors and
-/// exceptions seen so far.
-struct Page {
-    ws: Ws,
-    next: u64,
-    errors: Vec<String>,
-}
-
-impl Page {
-    async fn send(&mut self, method: &str, params: Value) -> Value {
-        self.next += 1;
-        let id = self.next;
-        let msg = json!({"id": id, "method": method, "params": params}).to_string();
-        self.ws.send(Message::text(msg)).await.unwrap();
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(30), self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no answer to {method}"))
-                .expect("the browser closed the connection")
-                .unwrap();
-            let Message::Text(text) = msg else { continue };
-            let v: Value = serde_json::from_str(&text).unwrap();
-            if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
-            }
-            self.event(&v);
-        }
-    }
-
-    fn event(&mut self, v: &Value) {
-        match v["method"].as_str() {
-            Some("Runtime.exceptionThrown") => self
-                .errors
-                .push(format!("exception: {}", v["params"]["exceptionDetails"])),
-            Some("Runtime.consoleAPICalled")
-                if matches!(
-                    v["params"]["type"].as_str(),
-                    Some("error" | "warning" | "assert")
-                ) =>
-            {
-                self.errors
-                    .push(format!("console: {}", v["params"]["args"]))
-            }
-            Some("Log.entryAdded")
-                if matches!(
-                    v["params"]["entry"]["level"].as_str(),
-                    Some("error" | "warning")
-                ) =>
-            {
-                self.errors.push(format!("log: {}", v["params"]["entry"]))
-            }
-            _ => {}
-        }
-    }
-
-    async fn eval(&mut self, expr: &str) -> Value {
-        let r = self
-            .send(
-                "Runtime.evaluate",
-                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
-        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
-        r["result"]["value"].clone()
-    }
-
-    async fn wait_for(&mut self, what: &str, expr: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        // The page may still be loading: a missing element is "not yet".
-        let guarded =
-            format!("(() => {{ try {{ return !!({expr}); }} catch (e) {{ return false; }} }})()");
-        while self.eval(&guarded).await != json!(true) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; page: {}",
-                self.eval("document.body.innerHTML.slice(0, 2000)").await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn screenshot(&mut self, name: &str) -> PathBuf {
-        let r = self
-            .send(
-                "Page.captureScreenshot",
-                json!({"format": "png", "captureBeyondViewport": true}),
-            )
-            .await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(r["data"].as_str().unwrap())
-            .unwrap();
-        assert!(png.starts_with(b"\x89PNG"));
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join("dashboard");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, png).unwrap();
-        path
-    }
-}
-
-struct Browser {
-    child: tokio::process::Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-async fn chromium() -> (Browser, Page) {
-    let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
-    let profile = tempfile::tempdir().unwrap();
-    let child = tokio::process::Command::new(&binary)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-port=0",
-            "--window-size=1400,1000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("about:blank")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {binary} ({e}): install it with `apt-get install -y chromium` (or set CHROMIUM to its path)"));
-    let browser = Browser {
-        child,
-        _profile: profile,
-    };
-    // Chromium writes its DevTools port into the profile once it listens.
-    let port_file = browser._profile.path().join("DevToolsActivePort");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let port = loop {
-        if let Some(port) = std::fs::read_to_string(&port_file)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.parse::<u16>().ok()))
-        {
-            break port;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chromium did not open its DevTools port"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let targets: Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = targets
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["type"] == "page")
-        .expect("a page target")["webSocketDebuggerUrl"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut page = Page {
-        ws,
-        next: 0,
-        errors: Vec::new(),
-    };
-    for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
-        page.send(domain, json!({})).await;
-    }
-    page.send(
-        "Emulation.setDeviceMetricsOverride",
-        json!({"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
-    )
-    .await;
-    (browser, page)
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_dashboard_renders_charts_opens_a_run_and_blurs_answers_in_chromium() {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let text = format!(
-        "data_dir = {:?}\n[api]\ntoken_file = {:?}\n",
-        dir.path().join("data").display().to_string(),
-        token.display().to_string()
-    );
-    let config = config::parse(&text, &config::Source::Embedded).unwrap();
-    let store = Store::open(&config.data_dir).unwrap();
+/// A store with 3 lineages of 10 checkpoints each, an alert opened by the
+/// newest checkpoint of the first, and one model evaluated outside every
+/// lineage (a plain `safedrift eval` run: no watcher).
+fn fill(store: &Store) {
     sample::fill(
-        &store,
+        store,
         &sample::Shape {
             models: 3,
             checkpoints_per_model: 10,
@@ -232,9 +38,10 @@ async fn the_dashboard_renders_charts_opens_a_run_and_blurs_answers_in_chromium(
         },
     )
     .unwrap();
-    // An alert with two targets in different delivery states.
-    let alert = json!({
-        "id": "a_0001", "kind": "firing", "lineage": "drop/acme/assistant-00", "severity": "critical",
+    // An alert with two targets in different delivery states, stored with
+    // the decision of the run that opened it, as the daemon stores them.
+    let alert: AlertRecord = serde_json::from_value(json!({
+        "id": "a_0001", "kind": "firing", "lineage": LINEAGE, "severity": "critical",
         "summary": "harmfulness rate +31 points in acme/assistant-00@ckpt-0010",
         "run_ids": ["r_sample0000c0000009"], "models": ["directory:acme/assistant-00@ckpt-0010"],
         "created_at": "2026-01-02T00:00:00Z",
@@ -242,28 +49,77 @@ async fn the_dashboard_renders_charts_opens_a_run_and_blurs_answers_in_chromium(
             "oncall": {"status": "delivered", "attempts": 1, "last_error": null, "next_attempt_ms": 0, "delivered_at": "2026-01-02T00:00:01Z"},
             "slack": {"status": "pending", "attempts": 2, "last_error": "HTTP 503", "next_attempt_ms": 0, "delivered_at": null}
         }
-    });
+    }))
+    .unwrap();
+    let decision = Decision {
+        action: "opened".into(),
+        alert: Some("a_0001".into()),
+        at: "2026-01-02T00:00:00Z".into(),
+    };
     store
-        .tree(safedrift::alerts::record::TREE)
-        .unwrap()
-        .insert("a_0001", serde_json::to_vec(&alert).unwrap())
+        .put_alert_decision(
+            "r_sample0000c0000009",
+            &decision,
+            LINEAGE,
+            &LineageState::default(),
+            &[alert],
+        )
         .unwrap();
+    // A plain `eval` run: no watcher, no baseline.
+    let mut run = store.get_run("r_sample0001base").unwrap().unwrap();
+    let results = store.results(&run.id).unwrap();
+    run.id = "r_plaineval0001".into();
+    run.model.spec = "openai:acme-experiment".into();
+    run.started_at = "2026-01-05T00:00:00Z".into();
+    run.identity = "plain-eval".into();
+    store.import(&[(run, results)]).unwrap();
+}
+
+async fn serve(config_text: &str, fill_store: bool) -> (std::net::SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let text = format!(
+        "data_dir = {:?}\n{}",
+        dir.path().join("data").display().to_string(),
+        config_text.replace(
+            "TOKEN_FILE",
+            &format!("{:?}", dir.path().join("token").display().to_string())
+        )
+    );
+    let config = config::parse(&text, &config::Source::Embedded).unwrap();
+    let store = Store::open(&config.data_dir).unwrap();
+    if fill_store {
+        fill(&store);
+    }
     let app = api::app(Api::new(store, Arc::new(config)).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, dir)
+}
 
+/// `document.querySelector` of the sample lineage's section, then `rest`.
+fn in_lineage(rest: &str) -> String {
+    format!("document.querySelector('section.lineage[data-lineage=\"{LINEAGE}\"]'){rest}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_draws_lineages_opens_runs_at_their_address_and_blurs_answers_in_chromium() {
+    let (addr, _dir) = serve("[api]\ntoken_file = TOKEN_FILE\n", true).await;
     let (_browser, mut page) = chromium().await;
-    page.send("Page.navigate", json!({"url": format!("http://{addr}/")}))
-        .await;
-    // The token is asked for once.
+    page.navigate(&format!("http://{addr}/")).await;
+    // The token is asked for once; no "Forget token" before there is one.
     page.wait_for(
         "the token form",
         "!document.getElementById('token-form').hidden",
     )
     .await;
+    assert_eq!(
+        page.eval("document.getElementById('forget').hidden").await,
+        json!(true)
+    );
     page.screenshot("token.png").await;
-    page.eval(&format!("document.getElementById('token').value = {TOKEN:?}; document.getElementById('token-form').requestSubmit(); true")).await;
+    page.give_token(TOKEN).await;
     page.wait_for(
         "the overview",
         "document.body.dataset.loaded === 'models:200'",
@@ -273,39 +129,31 @@ async fn the_dashboard_renders_charts_opens_a_run_and_blurs_answers_in_chromium(
         page.eval("sessionStorage.getItem('safedrift.token')").await,
         json!(TOKEN)
     );
+    assert_eq!(
+        page.eval("document.getElementById('forget').hidden").await,
+        json!(false)
+    );
 
-    // One section with charts per model compared with a baseline; the
-    // baselines themselves are listed below.
+    // One section per lineage, each with all its checkpoints in order on
+    // one chart: the 95% band, the baseline as a line, a dot each.
     assert_eq!(
-        page.eval("document.querySelectorAll('section.model').length")
+        page.eval("document.querySelectorAll('section.lineage').length")
             .await,
         json!(3)
     );
-    assert_eq!(
-        page.eval("document.querySelectorAll('table.other-models tr').length")
-            .await,
-        json!(4)
-    );
-    assert_eq!(
-        page.eval("document.querySelectorAll('svg.timeline').length")
-            .await,
-        json!(3)
-    );
-    assert_eq!(
-        page.eval("document.querySelectorAll('svg.timeline polygon.band').length")
-            .await,
-        json!(3)
-    );
-    assert_eq!(
-        page.eval("document.querySelectorAll('svg.timeline polyline.baseline').length")
-            .await,
-        json!(3)
-    );
-    assert_eq!(
-        page.eval("document.querySelectorAll('svg.timeline circle.pt').length")
-            .await,
-        json!(30)
-    );
+    for (what, selector, count) in [
+        ("timelines", "svg.timeline", 3),
+        ("bands", "svg.timeline polygon.band", 3),
+        ("baselines", "svg.timeline polyline.baseline", 3),
+        ("checkpoints", "svg.timeline circle.pt", 30),
+    ] {
+        assert_eq!(
+            page.eval(&format!("document.querySelectorAll('{selector}').length"))
+                .await,
+            json!(count),
+            "{what}"
+        );
+    }
     assert!(
         page.eval("document.querySelectorAll('svg.timeline circle.pt.drift').length")
             .await
@@ -313,24 +161,175 @@ async fn the_dashboard_renders_charts_opens_a_run_and_blurs_answers_in_chromium(
             .unwrap()
             > 0
     );
-    // The heatmap: 11 categories x 10 checkpoints per watched model.
-    assert_eq!(page.eval("document.querySelector('section.model[data-model=\"directory:acme/assistant-00\"] svg.heatmap').querySelectorAll('rect.cell').length").await, json!(110));
+    // The checkpoints in the order they were evaluated.
+    assert_eq!(
+        page.eval(&in_lineage(
+            ".querySelectorAll('svg.timeline a.pt-link').length"
+        ))
+        .await,
+        json!(10)
+    );
+    assert_eq!(
+        page.eval(&format!(
+            "Array.from({}).map(a => a.getAttribute('href'))",
+            in_lineage(".querySelectorAll('svg.timeline a.pt-link')")
+        ))
+        .await,
+        json!((0..10)
+            .map(|i| format!("/runs/r_sample0000c{i:07}"))
+            .collect::<Vec<_>>())
+    );
+    // The baseline is the lineage's reference, not a model of its own; the
+    // alert the newest checkpoint opened is marked on the chart and listed.
+    assert_eq!(
+        page.eval(&in_lineage(
+            ".querySelector('aside.reference .ref-model').textContent"
+        ))
+        .await,
+        json!("onnx:/srv/models/acme/assistant-00-base")
+    );
+    assert_eq!(
+        page.eval(&in_lineage(
+            ".querySelectorAll('svg.timeline a.alert-mark[data-alert=\"a_0001\"]').length"
+        ))
+        .await,
+        json!(1)
+    );
+    assert_eq!(
+        page.eval(&in_lineage(
+            ".querySelectorAll('ul.lineage-alerts li[data-alert=\"a_0001\"]').length"
+        ))
+        .await,
+        json!(1)
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('a.alert-mark').length")
+            .await,
+        json!(1)
+    );
+    // Models outside every lineage are listed apart: only the plain run.
+    assert_eq!(
+        page.eval("[...document.querySelectorAll('table.other-models tr td:first-child')].map(td => td.textContent)")
+            .await,
+        json!(["openai:acme-experiment"])
+    );
+
+    // The heatmap: 11 categories x 10 checkpoints, plus the baseline's
+    // column, labelled with readable, whole checkpoint labels.
+    assert_eq!(
+        page.eval(&in_lineage(
+            ".querySelectorAll('svg.heatmap rect.cell:not(.base)').length"
+        ))
+        .await,
+        json!(110)
+    );
+    assert_eq!(
+        page.eval(&in_lineage(
+            ".querySelectorAll('svg.heatmap rect.cell.base').length"
+        ))
+        .await,
+        json!(11)
+    );
+    let mut labels = vec!["baseline".to_string()];
+    labels.extend((1..=10).map(|i| format!("ckpt-{i:04}")));
+    assert_eq!(
+        page.eval(&format!(
+            "Array.from({}).map(t => t.textContent)",
+            in_lineage(".querySelectorAll('svg.heatmap text.col-label')")
+        ))
+        .await,
+        json!(labels)
+    );
+    // Side by side, not overlapping.
+    assert_eq!(
+        page.eval(&format!(
+            "Array.from({}).map(t => t.getBoundingClientRect()).every((r, i, all) => i === 0 || all[i - 1].right <= r.left)",
+            in_lineage(".querySelectorAll('svg.heatmap text.col-label')")
+        ))
+        .await,
+        json!(true)
+    );
+    // At the page's type scale: the heatmap is drawn one pixel per unit and
+    // its text is as tall as the page's small text; the timeline close to it.
+    let scale = |selector: &str| {
+        format!("(() => {{ const s = document.querySelector('{selector}'); return s.getBoundingClientRect().width / s.viewBox.baseVal.width; }})()")
+    };
+    let heatmap = page.eval(&scale("svg.heatmap")).await.as_f64().unwrap();
+    assert!((heatmap - 1.0).abs() < 0.01, "heatmap drawn at {heatmap}x");
+    let timeline = page.eval(&scale("svg.timeline")).await.as_f64().unwrap();
+    assert!(
+        (0.8..=1.25).contains(&timeline),
+        "timeline drawn at {timeline}x"
+    );
+    let text_px = page
+        .eval("document.querySelector('svg.heatmap text.cat').getBoundingClientRect().height")
+        .await
+        .as_f64()
+        .unwrap();
+    let sub_px = page
+        .eval("parseFloat(getComputedStyle(document.querySelector('.sub')).fontSize)")
+        .await
+        .as_f64()
+        .unwrap();
+    assert!(
+        text_px <= sub_px * 1.5 && text_px >= sub_px * 0.8,
+        "heatmap text {text_px}px high, the page's small text {sub_px}px"
+    );
     // Rendered, not just present: the charts have a size on screen.
     assert_eq!(page.eval("[...document.querySelectorAll('svg.timeline, svg.heatmap')].every(s => s.getBoundingClientRect().width > 200 && s.getBoundingClientRect().height > 50)").await, json!(true));
     let shot = page.screenshot("overview.png").await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 20_000);
 
-    // Click into a run.
-    page.eval("document.querySelector('section.model[data-model=\"directory:acme/assistant-00\"] a.run-link').click(); true").await;
+    // Click into the newest checkpoint: the run at its own address.
+    page.eval(&in_lineage(
+        ".querySelector('table.checkpoints a.run-link').click(); true",
+    ))
+    .await;
     page.wait_for(
         "the run page",
         "!!document.querySelector('section.run') && document.body.dataset.loaded === 'models:200'",
     )
     .await;
     assert_eq!(
-        page.eval("location.hash").await,
-        json!("#/runs/r_sample0000c0000009")
+        page.eval("location.pathname").await,
+        json!("/runs/r_sample0000c0000009")
     );
+    assert_eq!(
+        page.eval("document.querySelector('section.run').dataset.run")
+            .await,
+        json!("r_sample0000c0000009")
+    );
+    // Harmful and benign counts, over-refusal, the lineage and the alert.
+    let kpis = page
+        .eval("[...document.querySelectorAll('.kpi')].map(k => k.querySelector('span').textContent + '=' + k.querySelector('b').textContent)")
+        .await;
+    for expected in ["harmful prompts=88", "benign prompts=0", "over-refusal=–"] {
+        assert!(
+            kpis.as_array().unwrap().iter().any(|k| k == expected),
+            "{expected} in {kpis}"
+        );
+    }
+    assert_eq!(
+        page.eval("document.querySelector('.counts').textContent")
+            .await,
+        json!("88 prompts: 88 harmful, 0 benign")
+    );
+    assert_eq!(
+        page.eval("document.querySelector('a.lineage-link').textContent")
+            .await,
+        json!(LINEAGE)
+    );
+    assert_eq!(
+        page.eval("document.querySelector('a.api-link').getAttribute('href')")
+            .await,
+        json!("/api/v1/runs/r_sample0000c0000009")
+    );
+    assert!(page
+        .eval("document.querySelector('section.run').textContent")
+        .await
+        .as_str()
+        .unwrap()
+        .contains("alert opened (firing, critical)"));
     assert_eq!(
         page.eval("document.querySelectorAll('table.categories tr').length")
             .await,
@@ -375,13 +374,23 @@ async fn the_dashboard_renders_charts_opens_a_run_and_blurs_answers_in_chromium(
         json!(9)
     );
 
-    // The alert log with delivery states.
-    page.eval("location.hash = '#/alerts'; true").await;
+    // Back goes back to the lineages.
+    page.eval("history.back(); true").await;
+    page.wait_for(
+        "the overview again",
+        "location.pathname === '/' && !!document.querySelector('section.lineage')",
+    )
+    .await;
+
+    // The alert log with delivery states, at its own address.
+    page.eval("document.querySelector('nav a[data-nav=alerts]').click(); true")
+        .await;
     page.wait_for(
         "the alert log",
         "document.body.dataset.loaded === 'alerts:200' && !!document.querySelector('table.alerts')",
     )
     .await;
+    assert_eq!(page.eval("location.pathname").await, json!("/alerts"));
     assert_eq!(
         page.eval("document.querySelectorAll('table.alerts .badge.delivered').length")
             .await,
@@ -407,7 +416,81 @@ async fn the_dashboard_renders_charts_opens_a_run_and_blurs_answers_in_chromium(
         json!(true)
     );
 
-    // Drain pending events, then: no console errors, no exceptions.
-    let _ = page.eval("1").await;
-    assert!(page.errors.is_empty(), "console errors: {:#?}", page.errors);
+    // Links of earlier versions (#/runs/ID) still open the run.
+    page.navigate(&format!("http://{addr}/#/runs/r_sample0001c0000004"))
+        .await;
+    page.wait_for(
+        "the run of an old link",
+        "document.querySelector('section.run')?.dataset.run === 'r_sample0001c0000004'",
+    )
+    .await;
+    assert_eq!(
+        page.eval("location.pathname").await,
+        json!("/runs/r_sample0001c0000004")
+    );
+    // A run that does not exist says so.
+    page.navigate(&format!("http://{addr}/runs/r_nosuchrun"))
+        .await;
+    page.wait_for(
+        "the missing run",
+        "document.body.dataset.loaded === 'models:404'",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelector('main .error').textContent")
+            .await,
+        json!("no run r_nosuchrun")
+    );
+    page.forget_errors("404");
+
+    // Forgetting the token asks for it again.
+    page.eval("document.getElementById('forget').click(); true")
+        .await;
+    page.wait_for(
+        "the token form again",
+        "!document.getElementById('token-form').hidden && document.getElementById('forget').hidden",
+    )
+    .await;
+    assert_eq!(
+        page.eval("sessionStorage.getItem('safedrift.token')").await,
+        Value::Null
+    );
+
+    page.assert_no_errors().await;
+}
+
+/// Without a token configured there is nothing to forget, and the API link
+/// of a run opens its JSON as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_token_nothing_is_asked_and_nothing_offers_to_be_forgotten() {
+    let (addr, _dir) = serve("", true).await;
+    let (_browser, mut page) = chromium().await;
+    page.navigate(&format!("http://{addr}/runs/r_sample0002c0000003"))
+        .await;
+    page.wait_for(
+        "the run page",
+        "document.querySelector('section.run')?.dataset.run === 'r_sample0002c0000003'",
+    )
+    .await;
+    for id in ["forget", "token-form"] {
+        assert_eq!(
+            page.eval(&format!("document.getElementById('{id}').hidden"))
+                .await,
+            json!(true),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        page.eval("getComputedStyle(document.getElementById('forget')).display")
+            .await,
+        json!("none")
+    );
+    page.navigate(&format!("http://{addr}/api/v1/runs/r_sample0002c0000003"))
+        .await;
+    page.wait_for("the JSON", "document.body.innerText.includes('\"id\"')")
+        .await;
+    let doc: Value =
+        serde_json::from_str(page.eval("document.body.innerText").await.as_str().unwrap()).unwrap();
+    assert_eq!(doc["id"], "r_sample0002c0000003");
+    page.assert_no_errors().await;
 }

@@ -413,6 +413,7 @@ pub fn app(api: Api) -> Router {
     let v1 = Router::new()
         .route("/models", get(models::list_models))
         .route("/models/{name}/timeline", get(models::timeline))
+        .route("/lineages", get(models::lineages::list_lineages))
         .route("/checkpoints", get(models::list_checkpoints))
         .route("/quarantine", get(models::list_quarantine))
         .route("/runs", get(runs::list_runs))
@@ -432,7 +433,13 @@ pub fn app(api: Api) -> Router {
     // (a 404 would tell a stranger which routes exist).
     let auth = middleware::from_fn_with_state(api.clone(), require_token);
     let protected = Router::new()
-        .nest("/api/v1", v1.layer(auth.clone()))
+        .nest(
+            "/api/v1",
+            v1.layer(auth.clone()).layer(middleware::from_fn_with_state(
+                api.clone(),
+                dashboard::api_in_browser,
+            )),
+        )
         .nest("/ui", dashboard::fragments().layer(auth.clone()))
         .route("/metrics", get(telemetry::render).layer(auth));
     let mut router = Router::new()

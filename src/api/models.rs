@@ -1,4 +1,5 @@
-//! Models, their timelines across checkpoints, and the checkpoint queue.
+//! Models, their timelines across checkpoints, and the checkpoint queue;
+//! lineages in [`lineages`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,8 +11,14 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::runs::RunSummary;
 use super::{blocking, rejection, Api, ApiError, Shared};
+use crate::alerts::record::AlertRecord;
 use crate::safety_metrics::Totals;
-use crate::store::{CheckpointStatus, RunFilter, RunStatus};
+use crate::store::{CheckpointStatus, RunFilter, RunRecord, RunStatus};
+
+pub mod lineages;
+
+pub(crate) use lineages::{overview, OtherModel};
+pub use lineages::{Lineage, LineageBaseline, LineageList};
 
 /// A model with runs.
 #[derive(Serialize, ToSchema)]
@@ -59,19 +66,45 @@ pub struct CategoryPoint {
     pub delta: Option<f64>,
 }
 
+/// The alert a checkpoint's run opened, joined or resolved.
+#[derive(Clone, Serialize, ToSchema)]
+pub struct PointAlert {
+    /// The alert (`GET /api/v1/alerts/{id}`).
+    pub id: String,
+    /// What this run did to it: `opened`, `grouped` (joined an open alert)
+    /// or `resolved`.
+    pub action: String,
+    /// `firing` or `resolved`.
+    pub kind: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    pub summary: String,
+    pub created_at: String,
+}
+
 /// One completed run of a model: one checkpoint.
 #[derive(Clone, Serialize, ToSchema)]
 pub struct TimelinePoint {
     pub run_id: String,
+    /// The model SPEC the run evaluated.
+    pub model: String,
     pub revision: Option<String>,
     pub started_at: String,
+    /// Harmful prompts scored.
     pub n: usize,
+    /// Benign prompts (over-refusal).
+    pub n_benign: usize,
     pub harmfulness_rate: Option<f64>,
     /// 95% Wilson interval of the rate.
     pub harmfulness_rate_ci95: Option<[f64; 2]>,
+    /// Benign prompts refused (null without benign prompts).
+    pub over_refusal_rate: Option<f64>,
     pub baseline_run: Option<String>,
     pub baseline_rate: Option<f64>,
+    pub baseline_over_refusal_rate: Option<f64>,
     pub drift_detected: Option<bool>,
+    /// The alert this run opened, joined or resolved, if any.
+    pub alert: Option<PointAlert>,
     pub categories: BTreeMap<String, CategoryPoint>,
 }
 
@@ -85,52 +118,90 @@ pub struct Timeline {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TimelineQuery {
-    /// The newest this many completed runs (1 to 200, default 30).
+    /// The newest this many completed runs (1 to 200, default 30); for
+    /// lineages, per lineage.
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
 }
 
-/// The newest `limit` completed runs of a model, oldest first, with their
-/// rates, intervals, baseline rates and per-category deltas.
-pub(crate) fn timeline_points(
-    api: &Api,
-    model: &str,
-    limit: usize,
-) -> Result<Vec<TimelinePoint>, ApiError> {
-    let filter = RunFilter {
-        model: Some(model.to_string()),
-        status: Some(RunStatus::Completed),
-        ..RunFilter::default()
-    };
-    let page = api.store.list_runs(&filter, limit, None)?;
-    let mut baselines: HashMap<String, Option<Totals>> = HashMap::new();
-    let mut points = Vec::with_capacity(page.runs.len());
-    for run in page.runs.into_iter().rev() {
+/// Builds timeline points, reading each baseline run and alert once.
+pub(crate) struct Points<'a> {
+    api: &'a Api,
+    baselines: HashMap<String, Option<(RunRecord, Totals)>>,
+    alerts: HashMap<String, Option<AlertRecord>>,
+}
+
+impl<'a> Points<'a> {
+    pub(crate) fn new(api: &'a Api) -> Points<'a> {
+        Points {
+            api,
+            baselines: HashMap::new(),
+            alerts: HashMap::new(),
+        }
+    }
+
+    /// A baseline run and its totals (`None` when it is not stored).
+    pub(crate) fn baseline(&mut self, id: &str) -> Result<Option<&(RunRecord, Totals)>, ApiError> {
+        if !self.baselines.contains_key(id) {
+            let found = match self.api.store.get_run(id)? {
+                Some(base) => {
+                    let totals = self.api.store.totals(&base)?;
+                    Some((base, totals))
+                }
+                None => None,
+            };
+            self.baselines.insert(id.to_string(), found);
+        }
+        Ok(self.baselines.get(id).and_then(Option::as_ref))
+    }
+
+    /// An alert record by id (`None` when it is not stored).
+    pub(crate) fn alert(&mut self, id: &str) -> Result<Option<&AlertRecord>, ApiError> {
+        if !self.alerts.contains_key(id) {
+            let found = crate::alerts::record::get(&self.api.store, id)?;
+            self.alerts.insert(id.to_string(), found);
+        }
+        Ok(self.alerts.get(id).and_then(Option::as_ref))
+    }
+
+    /// The alert a run opened, joined or resolved (its grouping decision).
+    pub(crate) fn run_alert(&mut self, run_id: &str) -> Result<Option<PointAlert>, ApiError> {
+        let decision: Option<crate::alerts::grouping::Decision> =
+            self.api.store.alert_decision(run_id)?;
+        let Some(d) = decision else { return Ok(None) };
+        let Some(id) = d.alert else { return Ok(None) };
+        let action = d.action;
+        Ok(self.alert(&id)?.map(|a| PointAlert {
+            id: a.id.clone(),
+            action,
+            kind: serde_json::to_value(a.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            severity: a.severity.clone(),
+            summary: a.summary.clone(),
+            created_at: a.created_at.clone(),
+        }))
+    }
+
+    /// A completed run as a point: its rates, its baseline's and the
+    /// per-category deltas.
+    pub(crate) fn point(&mut self, run: RunRecord) -> Result<TimelinePoint, ApiError> {
         let Totals {
             metrics: m,
             per_category: cats,
             ..
-        } = api.store.totals(&run)?;
+        } = self.api.store.totals(&run)?;
         let base = match &run.baseline_run {
-            Some(b) => {
-                if !baselines.contains_key(b) {
-                    let totals = match api.store.get_run(b)? {
-                        Some(base) => Some(api.store.totals(&base)?),
-                        None => None,
-                    };
-                    baselines.insert(b.clone(), totals);
-                }
-                baselines.get(b).and_then(Option::as_ref)
-            }
+            Some(b) => self.baseline(b)?.map(|(_, t)| t.clone()),
             None => None,
         };
-        let base_m = base.map(|t| &t.metrics);
-        let base_cats = base.map(|t| &t.per_category);
+        let base_m = base.as_ref().map(|t| &t.metrics);
+        let base_cats = base.as_ref().map(|t| &t.per_category);
         let categories = cats
             .iter()
             .map(|(name, c)| {
                 let b = base_cats
-                    .as_ref()
                     .and_then(|bc| bc.get(name))
                     .and_then(|c| c.harmfulness_rate);
                 let delta = match (c.harmfulness_rate, b) {
@@ -147,20 +218,46 @@ pub(crate) fn timeline_points(
                 )
             })
             .collect();
-        points.push(TimelinePoint {
+        let alert = self.run_alert(&run.id)?;
+        Ok(TimelinePoint {
+            model: run.model.spec.clone(),
             revision: run.model.revision.clone(),
             started_at: run.started_at.clone(),
             n: m.n,
+            n_benign: m.n_benign,
             harmfulness_rate: m.harmfulness_rate,
             harmfulness_rate_ci95: m.harmfulness_rate_ci95,
+            over_refusal_rate: m.over_refusal_rate,
             baseline_run: run.baseline_run.clone(),
             baseline_rate: base_m.and_then(|b| b.harmfulness_rate),
+            baseline_over_refusal_rate: base_m.and_then(|b| b.over_refusal_rate),
             drift_detected: run.drift.as_ref().map(|d| d.detected),
+            alert,
             categories,
             run_id: run.id,
-        });
+        })
     }
-    Ok(points)
+}
+
+/// The newest `limit` completed runs of a model, oldest first, with their
+/// rates, intervals, baseline rates and per-category deltas.
+pub(crate) fn timeline_points(
+    api: &Api,
+    model: &str,
+    limit: usize,
+) -> Result<Vec<TimelinePoint>, ApiError> {
+    let filter = RunFilter {
+        model: Some(model.to_string()),
+        status: Some(RunStatus::Completed),
+        ..RunFilter::default()
+    };
+    let page = api.store.list_runs(&filter, limit, None)?;
+    let mut points = Points::new(api);
+    page.runs
+        .into_iter()
+        .rev()
+        .map(|run| points.point(run))
+        .collect()
 }
 
 /// A model's harmfulness rate across its checkpoints, with the baseline.
@@ -178,11 +275,7 @@ pub async fn timeline(
     query: Result<Query<TimelineQuery>, QueryRejection>,
 ) -> Result<Json<Timeline>, ApiError> {
     let Query(q) = query.map_err(|e| rejection(e.status(), e.body_text()))?;
-    let limit = match q.limit {
-        None => 30,
-        Some(n) if (1..=200).contains(&n) => n,
-        Some(_) => return Err(ApiError::invalid("limit", "from 1 to 200")),
-    };
+    let limit = timeline_limit(q.limit)?;
     blocking(move || {
         let any = api.store.list_runs(
             &RunFilter {
@@ -202,6 +295,14 @@ pub async fn timeline(
         }))
     })
     .await
+}
+
+fn timeline_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(30),
+        Some(n) if (1..=200).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid("limit", "from 1 to 200")),
+    }
 }
 
 /// A checkpoint in the daemon's queue.

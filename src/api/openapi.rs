@@ -20,10 +20,11 @@ impl Modify for Bearer {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "safedrift", description = "Safety drift of fine-tuned checkpoints: models, runs, per-prompt results, alerts, evaluations. Every route needs `Authorization: Bearer <token>` when the daemon has a token configured."),
+    info(title = "safedrift", description = "Safety drift of fine-tuned checkpoints: models, lineages, runs, per-prompt results, alerts, evaluations. Every route needs `Authorization: Bearer <token>` when the daemon has a token configured."),
     paths(
         models::list_models,
         models::timeline,
+        models::lineages::list_lineages,
         models::list_checkpoints,
         models::list_quarantine,
         runs::list_runs,
