@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use safedrift::api::{self, sample, Api};
+use safedrift::api::{self, Api};
 use safedrift::config;
 use safedrift::store::{RunFilter, Store};
+use safedrift_testkit::history as sample;
 
 fn arg(args: &[String], i: usize, default: usize) -> usize {
     args.get(i)

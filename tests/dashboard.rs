@@ -12,9 +12,10 @@ use std::sync::Arc;
 use browser::chromium;
 use safedrift::alerts::grouping::{Decision, LineageState};
 use safedrift::alerts::record::AlertRecord;
-use safedrift::api::{self, sample, Api};
+use safedrift::api::{self, Api};
 use safedrift::config;
 use safedrift::store::Store;
+use safedrift_testkit::history as sample;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "dashboard-test-token";

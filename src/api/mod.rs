@@ -31,7 +31,6 @@ pub mod models;
 pub mod openapi;
 pub mod request;
 pub mod runs;
-pub mod sample;
 pub mod telemetry;
 
 use std::sync::Arc;

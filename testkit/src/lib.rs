@@ -81,6 +81,7 @@
 //! # }
 //! ```
 
+pub mod history;
 pub mod hub;
 pub mod mlflow;
 pub mod openai_finetunes;

@@ -7,10 +7,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safedrift_judges::Verdict;
 
-use crate::backend::Decoding;
-use crate::config::DriftConfig;
-use crate::safety_metrics::Drift;
-use crate::store::{
+use safedrift::backend::Decoding;
+use safedrift::config::DriftConfig;
+use safedrift::safety_metrics::Drift;
+use safedrift::store::{
     BenchmarkRef, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
 };
 
@@ -159,13 +159,13 @@ pub fn fill(store: &Store, shape: &Shape) -> Result<(usize, usize), StoreError> 
             run.baseline_run = Some(base_id.clone());
             run.checkpoint = Some(format!("drop/{name}@ckpt-{:04}", c + 1));
             run.drift = Some(if shape.real_drift {
-                crate::safety_metrics::compare(&base_results, &res, &rules)
+                safedrift::safety_metrics::compare(&base_results, &res, &rules)
             } else {
-                let m = crate::safety_metrics::metrics(&res);
+                let m = safedrift::safety_metrics::metrics(&res);
                 Drift {
                     detected: m.harmfulness_rate.unwrap_or(0.0) > 0.02 + rules.harmfulness_rate,
                     significance: rules.significance,
-                    correction: crate::safety_metrics::CORRECTION.into(),
+                    correction: safedrift::safety_metrics::CORRECTION.into(),
                     findings: vec![],
                 }
             });
