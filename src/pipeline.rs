@@ -45,6 +45,26 @@ pub struct Job {
     pub judge_spec: String,
     /// At most this many prompts per benchmark.
     pub limit: Option<usize>,
+    /// The sequential rule this run may stop early by (`[drift] mode =
+    /// "sequential"`), as text: part of the run's identity, since such a
+    /// run can hold fewer answers than a full one.
+    pub sequential: Option<String>,
+}
+
+/// Looks at the answers while a run goes on: the prompts are asked in
+/// `order` (indices of the work list), `every` at a time, and after each
+/// batch `decide` sees every result so far; `true` ends the run there,
+/// completed with the prompts asked.
+pub struct Looks<'a> {
+    pub order: Vec<u32>,
+    pub every: usize,
+    pub decide: &'a mut (dyn FnMut(&[ResultRecord]) -> bool + Send),
+}
+
+/// The work list of a job: (benchmark name, prompt), in benchmark order;
+/// a result's `index` is its position here.
+pub fn work(job: &Job) -> Vec<(String, Prompt)> {
+    work_list(job)
 }
 
 /// Why an evaluation stopped early. The run's progress is stored either way.
@@ -128,6 +148,19 @@ pub async fn evaluate(
     progress: &ProgressBar,
     cancel: &CancellationToken,
 ) -> Result<(RunRecord, Vec<ResultRecord>), Stopped> {
+    evaluate_looking(store, job, concurrency, progress, cancel, None).await
+}
+
+/// [`evaluate`], asking the prompts in batches and stopping when `looks`
+/// decides (sequential drift tests).
+pub async fn evaluate_looking(
+    store: &Store,
+    job: &Job,
+    concurrency: usize,
+    progress: &ProgressBar,
+    cancel: &CancellationToken,
+    looks: Option<Looks<'_>>,
+) -> Result<(RunRecord, Vec<ResultRecord>), Stopped> {
     let work = work_list(job);
     let identity = identity(job);
     let stopped = |run_id: &str, done: usize, error: EvalError| Stopped {
@@ -182,8 +215,20 @@ pub async fn evaluate(
         .collect();
     let run_id = run.id.clone();
     let concurrency = job.backend.queue_depth().unwrap_or(concurrency).max(1);
-    let (finished, first_error) =
-        run_prompts(store, job, &run_id, pending, concurrency, &stop, progress).await;
+    let (finished, first_error) = match looks {
+        None => run_prompts(store, job, &run_id, pending, concurrency, &stop, progress).await,
+        Some(looks) => {
+            let batches = RunBatches {
+                store,
+                job,
+                run_id: &run_id,
+                concurrency,
+                stop: &stop,
+                progress,
+            };
+            batches.run(pending, looks).await
+        }
+    };
     let done = already + finished;
     let error = match first_error {
         Some(e) => Some(e),
@@ -218,6 +263,62 @@ pub async fn evaluate(
                 .results(&run.id)
                 .map_err(|e| stopped(&run.id, done, e.into()))?;
             Ok((run, results))
+        }
+    }
+}
+
+/// What a run in batches needs to ask one batch.
+struct RunBatches<'a> {
+    store: &'a Store,
+    job: &'a Job,
+    run_id: &'a str,
+    concurrency: usize,
+    stop: &'a CancellationToken,
+    progress: &'a ProgressBar,
+}
+
+impl RunBatches<'_> {
+    /// Asks `pending` in `looks.order`, `looks.every` at a time, looking
+    /// after each batch (and once first, for a resumed run); stops when
+    /// the look decides, on an error or when stopped.
+    async fn run(
+        &self,
+        mut pending: Vec<(u32, String, Prompt, Option<ResultRecord>)>,
+        looks: Looks<'_>,
+    ) -> (usize, Option<EvalError>) {
+        let rank: HashMap<u32, usize> = looks
+            .order
+            .iter()
+            .enumerate()
+            .map(|(r, i)| (*i, r))
+            .collect();
+        pending.sort_by_key(|p| rank.get(&p.0).copied().unwrap_or(usize::MAX));
+        let mut finished = 0;
+        let mut pending = pending.into_iter().peekable();
+        loop {
+            match self.store.results(self.run_id) {
+                Ok(so_far) if (looks.decide)(&so_far) => return (finished, None),
+                Ok(_) => {}
+                Err(e) => return (finished, Some(e.into())),
+            }
+            if pending.peek().is_none() || self.stop.is_cancelled() {
+                return (finished, None);
+            }
+            let batch: Vec<_> = pending.by_ref().take(looks.every.max(1)).collect();
+            let (n, error) = run_prompts(
+                self.store,
+                self.job,
+                self.run_id,
+                batch,
+                self.concurrency,
+                self.stop,
+                self.progress,
+            )
+            .await;
+            finished += n;
+            if error.is_some() {
+                return (finished, error);
+            }
         }
     }
 }

@@ -306,6 +306,7 @@ pub fn compare(
         significance: alpha,
         correction: CORRECTION.into(),
         findings,
+        sequential: None,
     }
 }
 

@@ -384,6 +384,7 @@ mod tests {
             significance: 0.05,
             correction: "holm".into(),
             findings: vec![],
+            sequential: None,
         });
         r.finished_at = Some("2026-01-01T00:01:40Z".into());
         store.put_run(&r).unwrap();

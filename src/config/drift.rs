@@ -18,6 +18,34 @@ pub struct DriftConfig {
     pub category_harmfulness_rate: f64,
     #[serde(default = "d_over_refusal")]
     pub over_refusal_rate: f64,
+    /// `fixed` (default): every prompt is asked and the paired fixed tests
+    /// decide. `sequential`: the candidate's prompts are asked in a
+    /// stratified order, `look_every` at a time, and the run stops as soon
+    /// as anytime-valid tests decide (src/stats/sequential.rs).
+    #[serde(default)]
+    pub mode: DriftMode,
+    /// Sequential: no decision before this many paired prompts (default 20).
+    #[serde(default = "d_min_prompts")]
+    pub min_prompts: usize,
+    /// Sequential: prompts asked between two looks (default 16).
+    #[serde(default = "d_look_every")]
+    pub look_every: usize,
+}
+
+/// How drift is decided (`[drift] mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMode {
+    #[default]
+    Fixed,
+    Sequential,
+}
+
+fn d_min_prompts() -> usize {
+    20
+}
+fn d_look_every() -> usize {
+    16
 }
 
 fn d_significance() -> f64 {
@@ -44,6 +72,9 @@ impl Default for DriftConfig {
             harmfulness_score: d_score(),
             category_harmfulness_rate: d_category(),
             over_refusal_rate: d_over_refusal(),
+            mode: DriftMode::Fixed,
+            min_prompts: d_min_prompts(),
+            look_every: d_look_every(),
         }
     }
 }
@@ -63,6 +94,14 @@ impl DriftConfig {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 p.push(format!("`drift.{k}`: must be a non-negative number"));
+            }
+        }
+        for (k, v) in [
+            ("min_prompts", self.min_prompts),
+            ("look_every", self.look_every),
+        ] {
+            if v == 0 {
+                p.push(format!("`drift.{k}`: must be at least 1"));
             }
         }
         p

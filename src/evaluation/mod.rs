@@ -19,6 +19,7 @@
 //! the stored decision in [`Outcome`].
 
 pub mod locks;
+mod sequential;
 
 use std::sync::Arc;
 
@@ -30,7 +31,7 @@ use tracing::info;
 
 use crate::backend::{Backend, Decoding};
 use crate::benchmark::Benchmark;
-use crate::config::DriftConfig;
+use crate::config::{DriftConfig, DriftMode};
 use crate::pipeline::{self, AuditPlan, Job, Stopped};
 use crate::report::Run;
 use crate::resolve::Resolver;
@@ -167,6 +168,7 @@ impl Plan {
             judge: self.judge.clone(),
             judge_spec: self.judge_spec.clone(),
             limit: self.limit,
+            sequential: None,
         }
     }
 }
@@ -232,13 +234,20 @@ impl Evaluator<'_> {
                 let job = plan.job(b);
                 let identity = pipeline::identity(&job);
                 let _one = self.lock(&identity).await?;
-                let (mut run, results) = self.run(&job, true, true).await?;
+                let (mut run, results) = self.run(&job, true, true, None).await?;
                 self.audit(plan, &mut run, &results).await;
                 Some((run, results))
             }
             None => None,
         };
-        let job = plan.job(candidate);
+        let mut job = plan.job(candidate);
+        let mut looker = match &baseline {
+            Some((_, base_results)) if rules.mode == DriftMode::Sequential => {
+                job.sequential = Some(sequential::identity_part(rules));
+                Some(sequential::Looker::new(&job, base_results, rules))
+            }
+            _ => None,
+        };
         let identity = pipeline::identity(&job);
         // Held until the run is stored with its decision: the same model
         // queued twice (two watchers' plans, the API) is evaluated once.
@@ -259,14 +268,24 @@ impl Evaluator<'_> {
                 }
             }
         }
-        let (mut run, results) = self.run(&job, reuse_candidate, false).await?;
+        let (mut run, results) = self
+            .run(&job, reuse_candidate, false, looker.as_mut())
+            .await?;
         self.audit(plan, &mut run, &results).await;
         if let Some(cp) = checkpoint {
             run.checkpoint = Some(cp.to_string());
         }
         let report = match &baseline {
             Some((base_run, base_results)) => {
-                let report = Run::compared(&run, &results, base_run, base_results, rules);
+                let report = match looker.as_mut() {
+                    Some(l) => {
+                        // The decision on what is stored (also for a run
+                        // reused or resumed).
+                        l.decide(&results);
+                        l.compared(&run, &results, base_run, base_results)
+                    }
+                    None => Run::compared(&run, &results, base_run, base_results, rules),
+                };
                 run.baseline_run = Some(base_run.id.clone());
                 run.drift = report.drift.clone();
                 report
@@ -293,6 +312,7 @@ impl Evaluator<'_> {
         job: &Job,
         reuse: bool,
         baseline: bool,
+        looker: Option<&mut sequential::Looker>,
     ) -> Result<(RunRecord, Vec<ResultRecord>), Failure> {
         let identity = pipeline::identity(job);
         let content = content_identity(job).await;
@@ -312,14 +332,36 @@ impl Evaluator<'_> {
                 }
             }
         }
-        let (mut run, results) = pipeline::evaluate(
-            self.store,
-            job,
-            self.concurrency,
-            self.progress,
-            self.cancel,
-        )
-        .await?;
+        let (mut run, results) = match looker {
+            None => {
+                pipeline::evaluate(
+                    self.store,
+                    job,
+                    self.concurrency,
+                    self.progress,
+                    self.cancel,
+                )
+                .await?
+            }
+            Some(looker) => {
+                let (order, every) = (looker.order(), looker.every());
+                let mut decide = |results: &[ResultRecord]| looker.decide(results);
+                let looks = pipeline::Looks {
+                    order,
+                    every,
+                    decide: &mut decide,
+                };
+                pipeline::evaluate_looking(
+                    self.store,
+                    job,
+                    self.concurrency,
+                    self.progress,
+                    self.cancel,
+                    Some(looks),
+                )
+                .await?
+            }
+        };
         if content.is_some() && run.content_identity != content {
             run.content_identity = content;
             self.store.put_run(&run)?;

@@ -20,6 +20,8 @@ pub fn identity(job: &Job) -> String {
         benchmarks: Vec<&'a str>,
         judge: String,
         limit: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sequential: Option<&'a str>,
     }
     let id = Identity {
         backend: job.backend.identity(),
@@ -30,6 +32,7 @@ pub fn identity(job: &Job) -> String {
         benchmarks: job.benchmarks.iter().map(|b| b.sha256.as_str()).collect(),
         judge: job.judge.identity(),
         limit: job.limit,
+        sequential: job.sequential.as_deref(),
     };
     let json = serde_json::to_vec(&id).expect("serializable");
     hex::encode(Sha256::digest(json))
@@ -47,6 +50,8 @@ pub fn content_identity(job: &Job, content_digest: &str) -> String {
         benchmarks: Vec<&'a str>,
         judge: String,
         limit: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sequential: Option<&'a str>,
     }
     let id = ContentIdentity {
         content: content_digest,
@@ -55,6 +60,7 @@ pub fn content_identity(job: &Job, content_digest: &str) -> String {
         benchmarks: job.benchmarks.iter().map(|b| b.sha256.as_str()).collect(),
         judge: job.judge.identity(),
         limit: job.limit,
+        sequential: job.sequential.as_deref(),
     };
     let json = serde_json::to_vec(&id).expect("serializable");
     hex::encode(Sha256::digest(json))

@@ -272,4 +272,44 @@ pub struct Drift {
     pub significance: f64,
     pub correction: String,
     pub findings: Vec<Finding>,
+    /// How a `[drift] mode = "sequential"` run was decided; absent for the
+    /// fixed mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<Sequential>,
+}
+
+/// A sequential run's decision: how many of its prompts were asked, why it
+/// stopped, and the anytime-valid evidence on each overall finding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sequential {
+    /// Prompts asked of the candidate.
+    pub asked: usize,
+    /// Prompts of the full benchmark.
+    pub planned: usize,
+    /// `drift` or `no_drift` when the run stopped early; absent when it
+    /// went to the end, where the fixed tests decided.
+    pub stopped: Option<String>,
+    /// The order the prompts were asked in: round-robin over the
+    /// (benchmark, category) strata, shuffled within each by this seed.
+    pub order: String,
+    pub checks: Vec<SequentialCheck>,
+}
+
+/// The anytime-valid evidence on one overall finding at the last look.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SequentialCheck {
+    pub metric: String,
+    /// Prompts scored in both runs so far.
+    pub pairs: usize,
+    /// Candidate minus baseline, on those pairs.
+    pub delta: Option<f64>,
+    pub threshold: f64,
+    /// The e-value against "the candidate is not worse" (drift when it
+    /// reaches 2/significance with the delta over the threshold).
+    pub e_value: f64,
+    /// The anytime-valid 1 - significance confidence interval for the delta
+    /// (a confidence sequence: valid whenever the run stopped).
+    pub interval: [f64; 2],
+    /// `drift`, `no_drift` or absent (undecided).
+    pub decision: Option<String>,
 }

@@ -274,14 +274,60 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
         },
     );
     let (template, decoding) = (template(), decoding());
-    let drift = (any::<bool>(), float(), text(), vec(finding(), 0..3)).prop_map(
-        |(detected, significance, correction, findings)| Drift {
-            detected,
-            significance,
-            correction,
-            findings,
-        },
-    );
+    let check = (
+        text(),
+        any::<usize>(),
+        option::of(float()),
+        float(),
+        float(),
+        (float(), float()),
+        option::of(text()),
+    )
+        .prop_map(
+            |(metric, pairs, delta, threshold, e_value, (lo, hi), decision)| {
+                crate::records::SequentialCheck {
+                    metric,
+                    pairs,
+                    delta,
+                    threshold,
+                    e_value,
+                    interval: [lo, hi],
+                    decision,
+                }
+            },
+        );
+    let sequential = (
+        any::<usize>(),
+        any::<usize>(),
+        option::of(text()),
+        text(),
+        vec(check, 0..3),
+    )
+        .prop_map(
+            |(asked, planned, stopped, order, checks)| crate::records::Sequential {
+                asked,
+                planned,
+                stopped,
+                order,
+                checks,
+            },
+        );
+    let drift = (
+        any::<bool>(),
+        float(),
+        text(),
+        vec(finding(), 0..3),
+        option::of(sequential),
+    )
+        .prop_map(
+            |(detected, significance, correction, findings, sequential)| Drift {
+                detected,
+                significance,
+                correction,
+                findings,
+                sequential,
+            },
+        );
     let audit = audit();
     (
         ("[a-z0-9]{1,26}", status, text()),

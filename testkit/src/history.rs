@@ -167,6 +167,7 @@ pub fn fill(store: &Store, shape: &Shape) -> Result<(usize, usize), StoreError> 
                     significance: rules.significance,
                     correction: safedrift::safety_metrics::CORRECTION.into(),
                     findings: vec![],
+                    sequential: None,
                 }
             });
             batch.push((run, res));

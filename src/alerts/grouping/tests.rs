@@ -61,6 +61,7 @@ fn doc(id: &str, model: &str, rate: f64) -> Run {
             pairs: 40,
             fired: rate > 0.05,
         }],
+        sequential: None,
     });
     d
 }
