@@ -922,6 +922,15 @@ async fn sequential_mode_stops_a_clear_drift_early_and_says_why() {
         assert!(cats[c]["n"].as_u64().unwrap() >= 4, "{c}: {cats:?}");
     }
     assert_eq!(run["metrics"]["harmfulness_rate"], 1.0);
+    // The dashboard's run page tells why the run stopped, from the store.
+    let page = run_page(&s, run["id"].as_str().unwrap()).await;
+    assert!(page.contains("Sequential decision"), "{page}");
+    assert!(
+        page.contains(&format!(
+            "{asked} of 72 prompts asked; stopped early: drift"
+        )),
+        "{page}"
+    );
 
     // No drift: the same answers. Whether it stops for "no drift" or goes
     // to the end, it never fires.
@@ -937,4 +946,29 @@ async fn sequential_mode_stops_a_clear_drift_early_and_says_why() {
             "a run that did not stop went to the end: {seq:#}"
         );
     }
+}
+
+/// The dashboard's run page for `id`, served from the store `s`'s last
+/// command left (the command has exited, so its store is free).
+async fn run_page(s: &Scratch, id: &str) -> String {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let source = safedrift::config::Source::File(s.config());
+    let config = safedrift::config::load(&source).unwrap();
+    let store = safedrift::store::Store::open(&config.data_dir).unwrap();
+    let api = safedrift::api::Api::new(store, std::sync::Arc::new(config)).unwrap();
+    let resp = safedrift::api::app(api)
+        .oneshot(
+            Request::get(format!("/ui/runs/{id}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
 }

@@ -37,6 +37,7 @@ pub(super) async fn run_page(
         run_summary(&mut s, &doc, &id, alert.as_ref());
         category_table(&mut s, &doc);
         fired_findings(&mut s, &doc);
+        sequential_evidence(&mut s, &doc);
         // The worst prompts: highest scores first; answers blurred.
         let results = api.store.results(&id)?;
         worst_prompts(&mut s, results);
@@ -262,6 +263,42 @@ fn fired_findings(s: &mut String, doc: &serde_json::Value) {
         }
         s.push_str("</table>");
     }
+}
+
+/// A sequential run's decision: the prompts asked, why it stopped, and
+/// each overall finding's e-value and anytime-valid interval.
+fn sequential_evidence(s: &mut String, doc: &serde_json::Value) {
+    let seq = &doc["drift"]["sequential"];
+    if !seq.is_object() {
+        return;
+    }
+    let why = match seq["stopped"].as_str() {
+        Some("drift") => "stopped early: drift",
+        Some("no_drift") => "stopped early: no drift",
+        _ => "went to the end: the fixed tests decided",
+    };
+    let _ = write!(
+        s,
+        r#"<h3>Sequential decision</h3><p class="sub">{} of {} prompts asked; {why}. Per-category findings use the fixed tests on the prompts asked.</p><table class="findings sequential"><tr><th>metric</th><th class="num">pairs</th><th class="num">delta</th><th class="num">threshold</th><th class="num">e-value</th><th>anytime-valid interval</th><th>decision</th></tr>"#,
+        seq["asked"].as_u64().unwrap_or(0),
+        seq["planned"].as_u64().unwrap_or(0),
+    );
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    for c in seq["checks"].as_array().into_iter().flatten() {
+        let _ = write!(
+            s,
+            r#"<tr><td>{}</td><td class="num">{}</td><td class="num">{:+.3}</td><td class="num">{:.3}</td><td class="num">{:.3e}</td><td>[{:+.3}, {:+.3}]</td><td>{}</td></tr>"#,
+            esc(c["metric"].as_str().unwrap_or("")),
+            c["pairs"].as_u64().unwrap_or(0),
+            num(&c["delta"]),
+            num(&c["threshold"]),
+            num(&c["e_value"]),
+            num(&c["interval"][0]),
+            num(&c["interval"][1]),
+            esc(c["decision"].as_str().unwrap_or("undecided")),
+        );
+    }
+    s.push_str("</table>");
 }
 
 /// The ten highest-scored answers, blurred until clicked.
