@@ -30,7 +30,9 @@ use crate::store::{
     Audit, BenchmarkRef, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
 };
 
+mod batches;
 mod identity;
+use batches::RunBatches;
 pub use identity::{content_identity, identity};
 
 /// What to evaluate.
@@ -170,7 +172,7 @@ pub async fn evaluate_looking(
         total: work.len(),
         error,
     };
-    let mut run = match store
+    let run = match store
         .open_run(&identity)
         .map_err(|e| stopped("-", 0, e.into()))?
     {
@@ -235,6 +237,26 @@ pub async fn evaluate_looking(
         None if cancel.is_cancelled() && done < work.len() => Some(EvalError::Interrupted),
         None => None,
     };
+    finish(store, job, run, done, work.len(), error).await
+}
+
+/// Stores how the run ended: completed, or interrupted or failed with the
+/// error (its progress kept either way).
+async fn finish(
+    store: &Store,
+    job: &Job,
+    mut run: RunRecord,
+    done: usize,
+    total: usize,
+    error: Option<EvalError>,
+) -> Result<(RunRecord, Vec<ResultRecord>), Stopped> {
+    let stopped = |run_id: &str, done: usize, error: EvalError| Stopped {
+        run_id: run_id.to_string(),
+        model: job.model.spec.clone(),
+        done,
+        total,
+        error,
+    };
     match error {
         Some(error) => {
             run.status = if matches!(error, EvalError::Interrupted) {
@@ -263,62 +285,6 @@ pub async fn evaluate_looking(
                 .results(&run.id)
                 .map_err(|e| stopped(&run.id, done, e.into()))?;
             Ok((run, results))
-        }
-    }
-}
-
-/// What a run in batches needs to ask one batch.
-struct RunBatches<'a> {
-    store: &'a Store,
-    job: &'a Job,
-    run_id: &'a str,
-    concurrency: usize,
-    stop: &'a CancellationToken,
-    progress: &'a ProgressBar,
-}
-
-impl RunBatches<'_> {
-    /// Asks `pending` in `looks.order`, `looks.every` at a time, looking
-    /// after each batch (and once first, for a resumed run); stops when
-    /// the look decides, on an error or when stopped.
-    async fn run(
-        &self,
-        mut pending: Vec<(u32, String, Prompt, Option<ResultRecord>)>,
-        looks: Looks<'_>,
-    ) -> (usize, Option<EvalError>) {
-        let rank: HashMap<u32, usize> = looks
-            .order
-            .iter()
-            .enumerate()
-            .map(|(r, i)| (*i, r))
-            .collect();
-        pending.sort_by_key(|p| rank.get(&p.0).copied().unwrap_or(usize::MAX));
-        let mut finished = 0;
-        let mut pending = pending.into_iter().peekable();
-        loop {
-            match self.store.results(self.run_id) {
-                Ok(so_far) if (looks.decide)(&so_far) => return (finished, None),
-                Ok(_) => {}
-                Err(e) => return (finished, Some(e.into())),
-            }
-            if pending.peek().is_none() || self.stop.is_cancelled() {
-                return (finished, None);
-            }
-            let batch: Vec<_> = pending.by_ref().take(looks.every.max(1)).collect();
-            let (n, error) = run_prompts(
-                self.store,
-                self.job,
-                self.run_id,
-                batch,
-                self.concurrency,
-                self.stop,
-                self.progress,
-            )
-            .await;
-            finished += n;
-            if error.is_some() {
-                return (finished, error);
-            }
         }
     }
 }
@@ -612,49 +578,4 @@ pub async fn audit_run(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(id: &str, cat: &str) -> Prompt {
-        Prompt {
-            id: id.into(),
-            category: cat.into(),
-            text: id.into(),
-            benign: false,
-        }
-    }
-
-    #[test]
-    fn limit_takes_categories_in_turn_and_keeps_order() {
-        let prompts = vec![
-            p("a1", "a"),
-            p("a2", "a"),
-            p("a3", "a"),
-            p("b1", "b"),
-            p("c1", "c"),
-            p("c2", "c"),
-        ];
-        let ids = |v: Vec<Prompt>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
-        assert_eq!(
-            ids(limit_prompts(&prompts, Some(4))),
-            ["a1", "a2", "b1", "c1"]
-        );
-        assert_eq!(ids(limit_prompts(&prompts, Some(0))), Vec::<String>::new());
-        assert_eq!(limit_prompts(&prompts, Some(100)).len(), 6);
-        assert_eq!(limit_prompts(&prompts, None).len(), 6);
-    }
-
-    #[test]
-    fn the_audit_sample_is_deterministic_and_about_the_fraction() {
-        let picked = (0..2000)
-            .filter(|i| in_audit_sample("hex-phi", &format!("p{i}"), 0.1))
-            .count();
-        assert!((150..250).contains(&picked), "{picked}");
-        let again = (0..2000)
-            .filter(|i| in_audit_sample("hex-phi", &format!("p{i}"), 0.1))
-            .count();
-        assert_eq!(picked, again);
-        assert!(!in_audit_sample("b", "p", 0.0));
-        assert!(in_audit_sample("b", "p", 1.0));
-    }
-}
+mod tests;

@@ -274,60 +274,7 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
         },
     );
     let (template, decoding) = (template(), decoding());
-    let check = (
-        text(),
-        any::<usize>(),
-        option::of(float()),
-        float(),
-        float(),
-        (float(), float()),
-        option::of(text()),
-    )
-        .prop_map(
-            |(metric, pairs, delta, threshold, e_value, (lo, hi), decision)| {
-                crate::records::SequentialCheck {
-                    metric,
-                    pairs,
-                    delta,
-                    threshold,
-                    e_value,
-                    interval: [lo, hi],
-                    decision,
-                }
-            },
-        );
-    let sequential = (
-        any::<usize>(),
-        any::<usize>(),
-        option::of(text()),
-        text(),
-        vec(check, 0..3),
-    )
-        .prop_map(
-            |(asked, planned, stopped, order, checks)| crate::records::Sequential {
-                asked,
-                planned,
-                stopped,
-                order,
-                checks,
-            },
-        );
-    let drift = (
-        any::<bool>(),
-        float(),
-        text(),
-        vec(finding(), 0..3),
-        option::of(sequential),
-    )
-        .prop_map(
-            |(detected, significance, correction, findings, sequential)| Drift {
-                detected,
-                significance,
-                correction,
-                findings,
-                sequential,
-            },
-        );
+    let drift = drift();
     let audit = audit();
     (
         ("[a-z0-9]{1,26}", status, text()),
@@ -378,6 +325,64 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
                 audit,
                 content_identity,
                 copied_from,
+            },
+        )
+}
+
+/// A drift decision, with or without a sequential record.
+fn drift() -> impl Strategy<Value = Drift> {
+    let check = (
+        text(),
+        any::<usize>(),
+        option::of(float()),
+        float(),
+        float(),
+        (float(), float()),
+        option::of(text()),
+    )
+        .prop_map(
+            |(metric, pairs, delta, threshold, e_value, (lo, hi), decision)| {
+                crate::records::SequentialCheck {
+                    metric,
+                    pairs,
+                    delta,
+                    threshold,
+                    e_value,
+                    interval: [lo, hi],
+                    decision,
+                }
+            },
+        );
+    let sequential = (
+        any::<usize>(),
+        any::<usize>(),
+        option::of(text()),
+        text(),
+        vec(check, 0..3),
+    )
+        .prop_map(
+            |(asked, planned, stopped, order, checks)| crate::records::Sequential {
+                asked,
+                planned,
+                stopped,
+                order,
+                checks,
+            },
+        );
+    (
+        any::<bool>(),
+        float(),
+        text(),
+        vec(finding(), 0..3),
+        option::of(sequential),
+    )
+        .prop_map(
+            |(detected, significance, correction, findings, sequential)| Drift {
+                detected,
+                significance,
+                correction,
+                findings,
+                sequential,
             },
         )
 }
