@@ -111,7 +111,7 @@ fn model(config: &Config, field: &str, spec: &str) -> Result<(), ApiError> {
         "onnx" => local(config, field, rest, Want::Dir),
         "hf" | "mlflow" => registry(config, field, kind, rest),
         name => match config.backends.get(name) {
-            Some(BackendConfig::Openai(_)) => Ok(()),
+            Some(BackendConfig::Openai(_) | BackendConfig::Vllm(_)) => Ok(()),
             Some(BackendConfig::Onnx(_)) => local(config, field, rest, Want::Dir),
             None => Err(ApiError::invalid(
                 field,

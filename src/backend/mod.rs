@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub mod content;
 pub mod onnx;
 pub mod openai;
+pub mod vllm;
 
 /// Decoding settings, part of a run's identity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

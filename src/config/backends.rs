@@ -12,6 +12,19 @@ use super::{check_secret_file, check_url, Config};
 pub enum BackendConfig {
     Openai(OpenAiBackendConfig),
     Onnx(OnnxBackendConfig),
+    /// vLLM replicas: OpenAI-compatible chat (the `openai` keys) plus its
+    /// runtime LoRA API (`shared_dir`, `lora_path`; see src/backend/vllm.rs).
+    Vllm(OpenAiBackendConfig),
+}
+
+impl BackendConfig {
+    /// The chat endpoint's settings (kinds `openai` and `vllm`).
+    pub fn chat(&self) -> Option<&OpenAiBackendConfig> {
+        match self {
+            BackendConfig::Openai(o) | BackendConfig::Vllm(o) => Some(o),
+            BackendConfig::Onnx(_) => None,
+        }
+    }
 }
 
 /// An OpenAI-compatible endpoint (OpenAI, vLLM, TGI, Ollama).
@@ -45,6 +58,14 @@ pub struct OpenAiBackendConfig {
     /// The daemon's evaluations of this endpoint's models run at once
     /// (default `eval.max_parallel.openai`).
     pub max_parallel: Option<usize>,
+    /// Kind `vllm` only: a folder every replica reads at the same path;
+    /// a LoRA checkpoint is copied there and loaded from there.
+    pub shared_dir: Option<PathBuf>,
+    /// Kind `vllm` only: what `lora_path` the replicas are sent:
+    /// `"shared_dir"` (the default with `shared_dir`), `"registry"` (the
+    /// checkpoint's id in its registry, for servers that resolve it) or
+    /// `"local"` (the checkpoint's own path: the replicas mount it there).
+    pub lora_path: Option<String>,
 }
 
 /// A local ONNX model (run by the ONNX Runtime backend).
@@ -95,7 +116,21 @@ impl Config {
         for (name, b) in &self.backends {
             let key = format!("backends.{name}");
             match b {
-                BackendConfig::Openai(o) => self.check_openai_backend(&key, o, p),
+                BackendConfig::Openai(o) => {
+                    self.check_openai_backend(&key, o, p);
+                    for (k, set) in [
+                        ("shared_dir", o.shared_dir.is_some()),
+                        ("lora_path", o.lora_path.is_some()),
+                    ] {
+                        if set {
+                            p.push(format!("`{key}.{k}`: only for kind = \"vllm\""));
+                        }
+                    }
+                }
+                BackendConfig::Vllm(o) => {
+                    self.check_openai_backend(&key, o, p);
+                    check_lora_settings(&key, o, p);
+                }
                 BackendConfig::Onnx(o) => self.check_onnx_backend(&key, o, p),
             }
         }
@@ -150,6 +185,33 @@ impl Config {
                 p.push(format!("`{key}.backend`: no backend named {:?}", m.backend));
             }
             self.check_template_ref(m.template.as_deref(), &key, p);
+        }
+    }
+}
+
+/// The LoRA keys of a `vllm` backend.
+fn check_lora_settings(key: &str, o: &OpenAiBackendConfig, p: &mut Vec<String>) {
+    match (o.lora_path.as_deref(), &o.shared_dir) {
+        (None | Some("local" | "registry"), _) => {}
+        (Some("shared_dir"), Some(_)) => {}
+        (Some("shared_dir"), None) => p.push(format!(
+            "`{key}.lora_path`: \"shared_dir\" needs `{key}.shared_dir`"
+        )),
+        (Some(other), _) => p.push(format!(
+            "`{key}.lora_path`: {other:?}: expected \"shared_dir\", \"registry\" or \"local\""
+        )),
+    }
+    if let Some(dir) = &o.shared_dir {
+        if !dir.is_absolute() {
+            p.push(format!(
+                "`{key}.shared_dir`: {} is not an absolute path (the replicas read it at the same path)",
+                dir.display()
+            ));
+        } else if !dir.is_dir() {
+            p.push(format!(
+                "`{key}.shared_dir`: {} is not a folder",
+                dir.display()
+            ));
         }
     }
 }

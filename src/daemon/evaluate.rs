@@ -203,6 +203,21 @@ impl Daemon {
         let slot = found.as_ref().map(|(slots, index)| &slots[*index]);
         let (plan, candidate, target) = self.candidate(record, slot, &resolver).await?;
         let (baseline, baseline_dir) = self.baseline(&plan, cp, slot, &resolver).await?;
+        // A LoRA adapter with no baseline configured: its base model on its fleet.
+        let baseline = match (baseline, &target) {
+            (None, Some(t)) => resolver
+                .lora_baseline(t, plan.backend.as_deref())
+                .map_err(|e| Failure::Error(e.to_string()))?
+                .map(|(spec, backend)| evaluation::Subject {
+                    model: ModelRef {
+                        spec,
+                        revision: None,
+                        registry: None,
+                    },
+                    backend,
+                }),
+            (b, _) => b,
+        };
 
         // Keep the cache under its limit, never evicting what this or any
         // other lane's evaluation is about to run or running.
@@ -264,10 +279,19 @@ impl Daemon {
                 .fetch(slot, cp)
                 .await?
                 .map_err(|e| err(e.to_string()))?;
-            let backend = resolver
-                .target(&target, plan.backend.as_deref())
+            // A LoRA adapter for a vLLM fleet is loaded there; anything else
+            // resolves as the watcher's target.
+            let lora = resolver
+                .lora_candidate(&target, plan.backend.as_deref(), cp)
                 .await
                 .map_err(|e| err(e.to_string()))?;
+            let backend = match lora {
+                Some(b) => b,
+                None => resolver
+                    .target(&target, plan.backend.as_deref())
+                    .await
+                    .map_err(|e| err(e.to_string()))?,
+            };
             let model = ModelRef {
                 spec: format!("{}:{}", slot.kind, cp.model),
                 revision: Some(cp.revision.clone()),

@@ -23,7 +23,9 @@ pub(super) const UNKNOWN_LANE: &str = "unassigned";
 pub(super) fn backend_lane(config: &Config, name: &str) -> Option<Lane> {
     let max_parallel = match config.backends.get(name)? {
         BackendConfig::Onnx(o) => o.max_parallel.unwrap_or(config.eval.max_parallel.onnx),
-        BackendConfig::Openai(o) => o.max_parallel.unwrap_or(config.eval.max_parallel.openai),
+        BackendConfig::Openai(o) | BackendConfig::Vllm(o) => {
+            o.max_parallel.unwrap_or(config.eval.max_parallel.openai)
+        }
     };
     Some(Lane {
         name: name.to_string(),
@@ -31,11 +33,16 @@ pub(super) fn backend_lane(config: &Config, name: &str) -> Option<Lane> {
     })
 }
 
-/// A local ONNX model: the lane of its `[backends.NAME]` ONNX settings, else
-/// the shared `onnx` lane.
+/// A local checkpoint: the lane of its `[backends.NAME]` ONNX settings (or
+/// of the vLLM fleet its LoRA adapters load on), else the shared `onnx` lane.
 pub(super) fn local_lane(config: &Config, backend: Option<&str>) -> Lane {
     backend
-        .filter(|b| matches!(config.backends.get(*b), Some(BackendConfig::Onnx(_))))
+        .filter(|b| {
+            matches!(
+                config.backends.get(*b),
+                Some(BackendConfig::Onnx(_) | BackendConfig::Vllm(_))
+            )
+        })
         .and_then(|b| backend_lane(config, b))
         .unwrap_or_else(|| Lane {
             name: LOCAL_LANE.to_string(),
@@ -49,7 +56,7 @@ pub(super) fn endpoint_lane(config: &Config, base_url: &str) -> Lane {
     let norm = |u: &str| u.trim().trim_end_matches('/').to_string();
     let url = norm(base_url);
     for (name, b) in &config.backends {
-        if let BackendConfig::Openai(o) = b {
+        if let Some(o) = b.chat() {
             if o.base_url
                 .iter()
                 .chain(&o.base_urls)

@@ -195,6 +195,10 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
     });
     let _flusher = daemon.store.spawn_flusher();
     daemon.recover()?;
+    // LoRA adapters a killed daemon left on its vLLM fleets, unloaded
+    // before any evaluation loads its own.
+    let resolver = daemon.resolver.read().unwrap().clone();
+    resolver.unload_stale_adapters().await;
     daemon.alerts.start(&daemon.cancel).await;
 
     let server = serve(&daemon, listener, api_config, api_token);

@@ -15,6 +15,7 @@
 //! clients, local models and classifier judges are set up once.
 
 mod judges;
+mod lora;
 mod models;
 mod registry;
 

@@ -68,7 +68,7 @@ impl Resolver {
         if let Some(m) = self.config.models.get(spec) {
             let model = m.model.as_deref();
             return match self.config.backends.get(&m.backend) {
-                Some(BackendConfig::Openai(o)) => {
+                Some(BackendConfig::Openai(o) | BackendConfig::Vllm(o)) => {
                     let model = model.or(o.model.as_deref()).ok_or_else(|| {
                         invalid(format!(
                             "`models.{spec}`: set `model` (the name the endpoint serves)"
@@ -98,7 +98,7 @@ impl Resolver {
             };
         }
         match self.config.backends.get(spec) {
-            Some(BackendConfig::Openai(o)) => {
+            Some(BackendConfig::Openai(o) | BackendConfig::Vllm(o)) => {
                 let model = o.model.as_deref().ok_or_else(|| {
                     invalid(format!(
                         "model {spec:?}: `backends.{spec}` has no `model`; use {spec}:MODEL"
@@ -140,7 +140,7 @@ impl Resolver {
                 resolved(self.onnx_model(Path::new(rest), only)?, only.and_then(|o| o.template.clone()))
             }
             name => match self.config.backends.get(name) {
-                Some(BackendConfig::Openai(o)) => {
+                Some(BackendConfig::Openai(o) | BackendConfig::Vllm(o)) => {
                     let client = self.backend_endpoint(name, o)?;
                     resolved(self.openai_model(client, rest), o.template.clone())
                 }
@@ -200,7 +200,7 @@ impl Resolver {
     }
 
     /// The client of a `[backends.NAME]` OpenAI-compatible endpoint.
-    fn backend_endpoint(
+    pub(super) fn backend_endpoint(
         &self,
         name: &str,
         o: &OpenAiBackendConfig,
