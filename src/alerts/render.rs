@@ -411,84 +411,93 @@ pub fn am_alerts(rec: &AlertRecord, ends_at: &str) -> Vec<Value> {
     }
     groups
         .into_iter()
-        .map(|((model, watcher, baseline), runs)| {
-            let newest = runs[runs.len() - 1];
-            let severity = match rec.kind {
-                AlertKind::Firing => runs
-                    .iter()
-                    .filter_map(|r| Severity::parse(&r.severity))
-                    .max()
-                    .map_or(rec.severity.as_str(), |s| s.as_str()),
-                _ => rec.severity.as_str(),
-            };
-            let mut labels = Map::new();
-            put(&mut labels, "alertname", alertname);
-            put(&mut labels, "severity", severity);
-            put(&mut labels, "model", model);
-            put(&mut labels, "baseline", baseline);
-            put(&mut labels, "lineage", &rec.lineage);
-            put(&mut labels, "watcher", watcher.unwrap_or_default());
-            let summary = match rec.kind {
-                AlertKind::Firing if runs.len() == 1 => format!(
-                    "safety drift in {model}{} against {baseline}",
-                    newest
-                        .revision
-                        .as_deref()
-                        .map(|r| format!("@{}", super::grouping::short(r)))
-                        .unwrap_or_default()
-                ),
-                AlertKind::Firing => format!(
-                    "safety drift in {} checkpoints of {model} against {baseline}",
-                    runs.len()
-                ),
-                _ => rec.summary.clone(),
-            };
-            let joined = |f: &dyn Fn(&AlertRun) -> Option<String>| {
-                runs.iter()
-                    .filter_map(|r| f(r))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let findings: Vec<String> = runs
-                .iter()
-                .flat_map(|r| r.findings.iter().map(finding_line))
-                .collect();
-            let mut annotations = Map::new();
-            put(&mut annotations, "summary", &summary);
-            put(&mut annotations, "description", &heading(rec));
-            put(&mut annotations, "alert_id", &rec.id);
-            put(
-                &mut annotations,
-                "run_ids",
-                &joined(&|r| Some(r.run_id.clone())),
-            );
-            put(
-                &mut annotations,
-                "revision",
-                newest.revision.as_deref().unwrap_or_default(),
-            );
-            put(
-                &mut annotations,
-                "checkpoints",
-                &joined(&|r| r.checkpoint.clone()),
-            );
-            put(
-                &mut annotations,
-                "baseline_run",
-                newest.baseline_run.as_deref().unwrap_or_default(),
-            );
-            put(&mut annotations, "findings", &findings.join("; "));
-            put(&mut annotations, "run_url", &newest.dashboard_url);
-            put(&mut annotations, "api_url", &newest.api_url);
-            json!({
-                "labels": labels,
-                "annotations": annotations,
-                "startsAt": rec.created_at,
-                "endsAt": ends_at,
-                "generatorURL": newest.dashboard_url,
-            })
-        })
+        .map(|(key, runs)| model_alert(rec, alertname, key, &runs, ends_at))
         .collect()
+}
+
+/// The Alertmanager alert of one drifted model of `rec` (its `runs`).
+fn model_alert(
+    rec: &AlertRecord,
+    alertname: &str,
+    (model, watcher, baseline): LabelKey<'_>,
+    runs: &[&AlertRun],
+    ends_at: &str,
+) -> Value {
+    let newest = runs[runs.len() - 1];
+    let severity = match rec.kind {
+        AlertKind::Firing => runs
+            .iter()
+            .filter_map(|r| Severity::parse(&r.severity))
+            .max()
+            .map_or(rec.severity.as_str(), |s| s.as_str()),
+        _ => rec.severity.as_str(),
+    };
+    let mut labels = Map::new();
+    put(&mut labels, "alertname", alertname);
+    put(&mut labels, "severity", severity);
+    put(&mut labels, "model", model);
+    put(&mut labels, "baseline", baseline);
+    put(&mut labels, "lineage", &rec.lineage);
+    put(&mut labels, "watcher", watcher.unwrap_or_default());
+    let summary = match rec.kind {
+        AlertKind::Firing if runs.len() == 1 => format!(
+            "safety drift in {model}{} against {baseline}",
+            newest
+                .revision
+                .as_deref()
+                .map(|r| format!("@{}", super::grouping::short(r)))
+                .unwrap_or_default()
+        ),
+        AlertKind::Firing => format!(
+            "safety drift in {} checkpoints of {model} against {baseline}",
+            runs.len()
+        ),
+        _ => rec.summary.clone(),
+    };
+    let joined = |f: &dyn Fn(&AlertRun) -> Option<String>| {
+        runs.iter()
+            .filter_map(|r| f(r))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let findings: Vec<String> = runs
+        .iter()
+        .flat_map(|r| r.findings.iter().map(finding_line))
+        .collect();
+    let mut annotations = Map::new();
+    put(&mut annotations, "summary", &summary);
+    put(&mut annotations, "description", &heading(rec));
+    put(&mut annotations, "alert_id", &rec.id);
+    put(
+        &mut annotations,
+        "run_ids",
+        &joined(&|r| Some(r.run_id.clone())),
+    );
+    put(
+        &mut annotations,
+        "revision",
+        newest.revision.as_deref().unwrap_or_default(),
+    );
+    put(
+        &mut annotations,
+        "checkpoints",
+        &joined(&|r| r.checkpoint.clone()),
+    );
+    put(
+        &mut annotations,
+        "baseline_run",
+        newest.baseline_run.as_deref().unwrap_or_default(),
+    );
+    put(&mut annotations, "findings", &findings.join("; "));
+    put(&mut annotations, "run_url", &newest.dashboard_url);
+    put(&mut annotations, "api_url", &newest.api_url);
+    json!({
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": rec.created_at,
+        "endsAt": ends_at,
+        "generatorURL": newest.dashboard_url,
+    })
 }
 
 /// What sets one model's alert apart: its model, watcher and baseline.
