@@ -85,6 +85,7 @@ pub mod history;
 pub mod hub;
 pub mod mlflow;
 pub mod openai_finetunes;
+pub mod vllm;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
