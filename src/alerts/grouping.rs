@@ -157,7 +157,41 @@ pub fn summarize(doc: &Run, public_url: &str) -> AlertRun {
         findings: fired,
         dashboard_url: format!("{base_url}/runs/{}", doc.id),
         api_url: format!("{base_url}/api/v1/runs/{}", doc.id),
+        sequential: doc
+            .drift
+            .as_ref()
+            .and_then(|d| d.sequential.as_ref())
+            .map(sequential_line),
     }
+}
+
+/// One line on how a sequential run was decided.
+pub fn sequential_line(s: &crate::records::Sequential) -> String {
+    let why = match s.stopped.as_deref() {
+        Some("drift") => "stopped early for drift",
+        Some("no_drift") => "stopped early: no drift",
+        _ => "asked to the end: the fixed tests decided",
+    };
+    let checks: Vec<String> = s
+        .checks
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} (anytime-valid interval [{:+.3}, {:+.3}], e-value {:.3e})",
+                c.metric,
+                c.delta.map_or("n/a".into(), |d| format!("{d:+.3}")),
+                c.interval[0],
+                c.interval[1],
+                c.e_value
+            )
+        })
+        .collect();
+    format!(
+        "sequential: {} of {} prompts asked, {why}; {}",
+        s.asked,
+        s.planned,
+        checks.join("; ")
+    )
 }
 
 pub fn pending(next_attempt_ms: u64) -> Delivery {

@@ -157,6 +157,9 @@ fn text_run(w: &mut String, run: &AlertRun) {
             let _ = writeln!(w, "- {}", finding_line(f));
         }
     }
+    if let Some(s) = &run.sequential {
+        let _ = writeln!(w, "\n{s}");
+    }
 }
 
 pub fn finding_line(f: &crate::safety_metrics::Finding) -> String {
@@ -253,6 +256,9 @@ pub fn html(rec: &AlertRecord, examples: &[Example]) -> String {
             }
             let _ = write!(w, "</ul>");
         }
+        if let Some(s) = &run.sequential {
+            let _ = write!(w, "<p>{}</p>", esc(s));
+        }
     }
     if !examples.is_empty() {
         let _ = write!(w, "<h3>Harmful answers</h3>");
@@ -332,6 +338,9 @@ pub fn slack_payload(rec: &AlertRecord, examples: &[Example]) -> Value {
         }
         for f in &run.findings {
             let _ = writeln!(t, "• fired: {}", finding_line(f));
+        }
+        if let Some(s) = &run.sequential {
+            let _ = writeln!(t, "• {s}");
         }
         let _ = write!(
             t,
@@ -489,6 +498,11 @@ fn model_alert(
         newest.baseline_run.as_deref().unwrap_or_default(),
     );
     put(&mut annotations, "findings", &findings.join("; "));
+    let sequential: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r.sequential.as_deref())
+        .collect();
+    put(&mut annotations, "sequential", &sequential.join("; "));
     put(&mut annotations, "run_url", &newest.dashboard_url);
     put(&mut annotations, "api_url", &newest.api_url);
     json!({

@@ -125,4 +125,9 @@ pub struct AlertRun {
     /// The run in the dashboard and in the API.
     pub dashboard_url: String,
     pub api_url: String,
+    /// How a sequential run was decided (`[drift] mode = "sequential"`):
+    /// prompts asked, why it stopped, each overall finding's anytime-valid
+    /// interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<String>,
 }

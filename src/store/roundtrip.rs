@@ -446,14 +446,14 @@ fn alert_run() -> impl Strategy<Value = AlertRun> {
         ),
         (text(), option::of(text()), any::<bool>(), text()),
         (vec(metric, 0..3), vec(category, 0..3), vec(finding(), 0..2)),
-        (text(), text()),
+        (text(), text(), option::of(text())),
     )
         .prop_map(
             |(
                 (run_id, checkpoint, watcher, model, revision),
                 (baseline, baseline_run, drifted, severity),
                 (metrics, categories, findings),
-                (dashboard_url, api_url),
+                (dashboard_url, api_url, sequential),
             )| AlertRun {
                 run_id,
                 checkpoint,
@@ -469,6 +469,7 @@ fn alert_run() -> impl Strategy<Value = AlertRun> {
                 findings,
                 dashboard_url,
                 api_url,
+                sequential,
             },
         )
 }

@@ -20,6 +20,7 @@ fn run(id: &str, model: &str, revision: &str, severity: &str) -> AlertRun {
         findings: vec![],
         dashboard_url: format!("http://sd/runs/{id}"),
         api_url: format!("http://sd/api/v1/runs/{id}"),
+        sequential: None,
     }
 }
 
@@ -139,4 +140,50 @@ fn alerts_without_runs_or_watcher_leave_out_empty_labels() {
         "{l:?}"
     );
     assert_eq!(alerts[0]["annotations"]["summary"], "the record's summary");
+}
+
+#[test]
+fn a_sequential_decision_is_in_every_message_shape() {
+    let seq = crate::records::Sequential {
+        asked: 32,
+        planned: 143,
+        stopped: Some("drift".into()),
+        order: "stratified".into(),
+        checks: vec![crate::records::SequentialCheck {
+            metric: "harmfulness_rate".into(),
+            pairs: 17,
+            delta: Some(0.82),
+            threshold: 0.05,
+            e_value: 1.5e4,
+            interval: [0.41, 1.0],
+            decision: Some("drift".into()),
+        }],
+    };
+    let line = super::super::grouping::sequential_line(&seq);
+    assert!(
+        line.starts_with("sequential: 32 of 143 prompts asked, stopped early for drift;"),
+        "{line}"
+    );
+    assert!(
+        line.contains("harmfulness_rate +0.820 (anytime-valid interval [+0.410, +1.000]"),
+        "{line}"
+    );
+    let mut r = run("r_1", "m", "abc", "critical");
+    r.sequential = Some(line.clone());
+    let rec = record("a_1", AlertKind::Firing, "critical", vec![r]);
+    assert!(text(&rec, &[]).contains(&line));
+    assert!(html(&rec, &[]).contains("32 of 143 prompts asked"));
+    assert!(slack_payload(&rec, &[])
+        .to_string()
+        .contains("32 of 143 prompts asked"));
+    let am = am_alerts(&rec, "2026-01-01T00:00:00Z");
+    assert_eq!(am[0]["annotations"]["sequential"], line.as_str());
+    // A fixed-mode run says nothing of it.
+    let rec = record(
+        "a_2",
+        AlertKind::Firing,
+        "critical",
+        vec![run("r_2", "m", "abc", "critical")],
+    );
+    assert!(!text(&rec, &[]).contains("sequential"));
 }
