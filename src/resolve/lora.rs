@@ -31,6 +31,9 @@ const ADAPTER_WEIGHTS: &[&str] = &["adapter_model.safetensors", "adapter_model.b
 /// Longest adapter name sent to the fleet.
 const MAX_NAME: usize = 96;
 
+/// A LoRA checkpoint's base model on its fleet: its SPEC and its backend.
+pub type BaseModel = (String, Arc<dyn Backend>);
+
 /// Whether `dir` is a LoRA adapter folder.
 pub fn is_lora_dir(dir: &Path) -> bool {
     dir.join(ADAPTER_CONFIG).is_file() && ADAPTER_WEIGHTS.iter().any(|w| dir.join(w).is_file())
@@ -200,7 +203,7 @@ impl Resolver {
         &self,
         target: &Target,
         backend: Option<&str>,
-    ) -> Result<Option<(String, Arc<dyn Backend>)>, ResolveError> {
+    ) -> Result<Option<BaseModel>, ResolveError> {
         let (Target::Onnx { dir }, Some((fleet, o))) = (target, self.vllm_backend(backend)) else {
             return Ok(None);
         };
