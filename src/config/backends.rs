@@ -215,3 +215,40 @@ fn check_lora_settings(key: &str, o: &OpenAiBackendConfig, p: &mut Vec<String>) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, Source};
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text, &Source::File("t.toml".into())) {
+            Ok(_) => vec![],
+            Err(e) => e.problems,
+        }
+    }
+
+    #[test]
+    fn the_lora_keys_are_checked_and_only_for_vllm() {
+        let shared = std::env::temp_dir();
+        let ok = format!(
+            "[backends.fleet]\nkind = \"vllm\"\nbase_urls = [\"http://a:8000/v1\", \"http://b:8000/v1\"]\nshared_dir = {:?}\n",
+            shared.display().to_string()
+        );
+        assert_eq!(problems(&ok), Vec::<String>::new());
+        let p = problems(
+            "[backends.fleet]\nkind = \"vllm\"\nbase_url = \"http://a:8000/v1\"\nlora_path = \"nfs\"\n\
+             [backends.api]\nkind = \"openai\"\nbase_url = \"http://b/v1\"\nshared_dir = \"/srv\"\n\
+             [backends.rel]\nkind = \"vllm\"\nbase_url = \"http://c/v1\"\nshared_dir = \"adapters\"\nlora_path = \"shared_dir\"\n",
+        )
+        .join("\n");
+        assert!(p.contains("`backends.fleet.lora_path`: \"nfs\""), "{p}");
+        assert!(
+            p.contains("`backends.api.shared_dir`: only for kind = \"vllm\""),
+            "{p}"
+        );
+        assert!(
+            p.contains("`backends.rel.shared_dir`: adapters is not an absolute path"),
+            "{p}"
+        );
+    }
+}
