@@ -224,6 +224,18 @@ async fn a_replica_with_no_free_lora_slot_fails_the_checkpoint_and_the_other_loa
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_adapter_a_killed_daemon_left_loaded_is_unloaded_on_the_next_start() {
+    killed_mid_evaluation(false).await;
+}
+
+/// The second replica fails the start's unload (its `/v1/models` answers
+/// 503): the adapter left there is unloaded and reloaded when its
+/// checkpoint is evaluated again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_adapter_left_loaded_on_a_replica_that_failed_at_the_start_is_reloaded() {
+    killed_mid_evaluation(true).await;
+}
+
+async fn killed_mid_evaluation(second_fails_at_start: bool) {
     let h = Harness::new().await;
     // Slow answers: the daemon is killed mid-evaluation.
     let slow = || VllmScript {
@@ -254,6 +266,9 @@ async fn an_adapter_a_killed_daemon_left_loaded_is_unloaded_on_the_next_start() 
     kill9(&mut daemon).await;
     assert_eq!(a.loaded().len(), 2, "the kill left the adapter loaded");
 
+    if second_fails_at_start {
+        b.fail_next(1);
+    }
     let mut daemon = h.start();
     h.wait_for(
         "the checkpoint to be evaluated and its adapter unloaded",
@@ -267,20 +282,31 @@ async fn an_adapter_a_killed_daemon_left_loaded_is_unloaded_on_the_next_start() 
         },
     )
     .await;
+    // Loaded, left by the kill, unloaded at the start, loaded again for
+    // the resumed evaluation, unloaded after it.
+    let cleaned = [
+        ("load", 200),
+        ("unload", 200),
+        ("load", 200),
+        ("unload", 200),
+    ];
+    assert_eq!(actions(&a), cleaned);
+    if second_fails_at_start {
+        // Still loaded at the start: the load finds it, unloads, reloads.
+        let reloaded = [
+            ("load", 200),
+            ("load", 400),
+            ("unload", 200),
+            ("load", 200),
+            ("unload", 200),
+        ];
+        assert_eq!(actions(&b), reloaded);
+        let warned = h.messages(0, "the LoRA adapter was left loaded; reloading it");
+        assert_eq!(warned.len(), 1, "{}", h.s.daemon_log());
+    } else {
+        assert_eq!(actions(&b), cleaned);
+    }
     for r in [&a, &b] {
-        // Loaded, left by the kill, unloaded at the start, loaded again for
-        // the resumed evaluation, unloaded after it.
-        assert_eq!(
-            actions(r),
-            [
-                ("load", 200),
-                ("unload", 200),
-                ("load", 200),
-                ("unload", 200)
-            ],
-            "{}",
-            r.base_url()
-        );
         assert_eq!(r.loaded()[0].0, "other-team-adapter");
     }
     stop(&mut daemon).await;

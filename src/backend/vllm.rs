@@ -216,7 +216,17 @@ impl LoraAdmin {
             cleanup,
         };
         for replica in &self.base_urls {
-            self.load(replica, name, path).await?;
+            match self.load(replica, name, path).await {
+                // The name is this daemon's, which never evaluates a
+                // checkpoint twice at once: a load whose unload failed (the
+                // replica was down then, and at the last start). Reloaded.
+                Err(e) if e.kind == "already_loaded" => {
+                    warn!(adapter = name, replica = %replica, "the LoRA adapter was left loaded; reloading it");
+                    self.unload(replica, name).await?;
+                    self.load(replica, name, path).await?;
+                }
+                loaded => loaded?,
+            }
             lease.loaded.push(replica.clone());
         }
         info!(

@@ -28,6 +28,9 @@ use crate::config::{read_secret, BackendConfig, OpenAiBackendConfig};
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 /// The adapter's weights (vLLM also reads the older `.bin`).
 const ADAPTER_WEIGHTS: &[&str] = &["adapter_model.safetensors", "adapter_model.bin"];
+/// How long the start waits for each fleet to unload what a killed daemon
+/// left loaded.
+const STARTUP_CLEANUP: Duration = Duration::from_secs(30);
 /// Longest adapter name sent to the fleet.
 const MAX_NAME: usize = 96;
 
@@ -232,8 +235,17 @@ impl Resolver {
                     continue;
                 }
             };
-            if let Err(e) = admin.unload_prefixed(&prefix).await {
-                warn!(backend = %name, error = %e, "cannot unload the LoRA adapters left loaded");
+            // Bounded: a fleet that does not answer must not hold the start
+            // (an adapter left loaded is reloaded when its checkpoint is).
+            match tokio::time::timeout(STARTUP_CLEANUP, admin.unload_prefixed(&prefix)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(backend = %name, error = %e, "cannot unload the LoRA adapters left loaded")
+                }
+                Err(_) => warn!(
+                    backend = %name,
+                    "the fleet did not answer within {STARTUP_CLEANUP:?}; LoRA adapters left loaded stay loaded"
+                ),
             }
             if let Some(shared) = &o.shared_dir {
                 remove_stale_copies(shared, &prefix);

@@ -23,11 +23,12 @@
 //!   Any other model: 404 `The model `NAME` does not exist.`
 //!
 //! [`VllmReplica::set_down`] makes a replica answer 503 to everything, as a
-//! vLLM server whose engine died does.
+//! vLLM server whose engine died does; [`VllmReplica::fail_next`] to its
+//! next few requests.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -95,6 +96,8 @@ struct Shared {
     /// The `model` of every chat request.
     chats: Mutex<Vec<String>>,
     down: AtomicBool,
+    /// Requests still to be answered 503 (see [`VllmReplica::fail_next`]).
+    fail_next: AtomicUsize,
 }
 
 /// One running replica; shuts down when dropped.
@@ -118,6 +121,7 @@ impl VllmReplica {
             requests: Mutex::new(Vec::new()),
             chats: Mutex::new(Vec::new()),
             down: AtomicBool::new(false),
+            fail_next: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/v1/load_lora_adapter", post(load))
@@ -172,6 +176,11 @@ impl VllmReplica {
         self.shared.down.store(down, Ordering::SeqCst);
     }
 
+    /// The next `n` requests (of any route) are answered 503.
+    pub fn fail_next(&self, n: usize) {
+        self.shared.fail_next.store(n, Ordering::SeqCst);
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -204,7 +213,11 @@ fn error(status: StatusCode, kind: &str, message: String) -> Response {
 
 /// 503 while down, 401 without the key; `None` when the request may go on.
 fn refuse(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    if shared.down.load(Ordering::SeqCst) {
+    let failing = shared
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if failing || shared.down.load(Ordering::SeqCst) {
         return Some(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailableError",
@@ -377,6 +390,9 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default();
+    if let Some(ms) = script.latency_ms {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let text = script.reply_to(last_user);
     let completion = crate::word_count(&text);
     Json(json!({
