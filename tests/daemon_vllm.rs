@@ -7,7 +7,9 @@
 //! Also: a base the fleet does not serve is the checkpoint's error, naming
 //! both models; a replica with no free LoRA slot fails the checkpoint,
 //! naming that replica, and the other replica's load is undone; an adapter
-//! left loaded by a killed daemon is unloaded when it starts again.
+//! left loaded by a killed daemon is unloaded when it starts again (or, on
+//! a replica that failed then, reloaded when it is evaluated again); with
+//! `lora_path = "local"` the replicas load the checkpoint folder itself.
 //!
 //! vLLM needs a GPU, so `safedrift_testkit::vllm` stands in for its
 //! replicas: it speaks vLLM's LoRA routes and errors and its
@@ -60,19 +62,27 @@ fn write_adapter(dir: &Path, base: &str) {
 /// Writes config/vllm-lora.toml pointed at `replicas`; returns the watched
 /// folder and the shared folder.
 fn use_config(h: &Harness, replicas: &[&VllmReplica]) -> (PathBuf, PathBuf) {
+    use_config_with(h, replicas, &[])
+}
+
+/// [`use_config`] with more of the file's strings replaced.
+fn use_config_with(
+    h: &Harness,
+    replicas: &[&VllmReplica],
+    set: &[(&str, String)],
+) -> (PathBuf, PathBuf) {
     let drop_dir = h.s.path("checkpoints");
     let shared = h.s.path("adapters");
     std::fs::create_dir_all(&drop_dir).unwrap();
     std::fs::create_dir_all(&shared).unwrap();
     h.s.write("vllm-key", format!("{VLLM_KEY}\n"));
-    h.use_config(
-        "vllm-lora.toml",
-        &[
-            ("watchers.adapters.path", drop_dir.display().to_string()),
-            ("backends.fleet.shared_dir", shared.display().to_string()),
-            ("backends.fleet.api_key_file", h.path("vllm-key")),
-        ],
-    );
+    let mut all = vec![
+        ("watchers.adapters.path", drop_dir.display().to_string()),
+        ("backends.fleet.shared_dir", shared.display().to_string()),
+        ("backends.fleet.api_key_file", h.path("vllm-key")),
+    ];
+    all.extend(set.iter().cloned());
+    h.use_config("vllm-lora.toml", &all);
     // `base_urls` is a list: pointed at the replicas here.
     let text = std::fs::read_to_string(h.s.config()).unwrap();
     let mut doc: toml::Table = text.parse().unwrap();
@@ -167,6 +177,45 @@ async fn lora_adapter_is_loaded_on_every_replica_evaluated_against_its_base_and_
     assert!(chats.iter().any(|m| m == BASE), "{chats:?}");
     assert!(!a.chats().is_empty() && !b.chats().is_empty());
     assert!(!h.s.daemon_log().contains(VLLM_KEY));
+}
+
+/// `lora_path = "local"`: the replicas read the checkpoint folder where the
+/// watcher found it (they mount it at the same path); nothing is copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_lora_path_local_the_replicas_load_the_checkpoint_folder_itself() {
+    let h = Harness::new().await;
+    let (a, b) = (
+        VllmReplica::spawn(fleet_script()).await,
+        VllmReplica::spawn(fleet_script()).await,
+    );
+    let set = [("backends.fleet.lora_path", "local".to_string())];
+    let (drop_dir, shared) = use_config_with(&h, &[&a, &b], &set);
+    write_adapter(&drop_dir.join(ADAPTER), BASE);
+    let mut daemon = h.start();
+    h.wait_for(
+        "the adapter to be evaluated and unloaded",
+        Duration::from_secs(60),
+        async || {
+            let done = h
+                .health()
+                .await
+                .is_some_and(|v: Value| v["queue"]["done"] == 1 && v["queue"]["running"] == 0);
+            done && actions(&a).len() == 2 && actions(&b).len() == 2
+        },
+    )
+    .await;
+    let checkpoint = &h.api("checkpoints").await["items"][0];
+    assert!(checkpoint["last_error"].is_null(), "{checkpoint}");
+    let folder = drop_dir.join(ADAPTER).display().to_string();
+    for r in [&a, &b] {
+        assert_eq!(actions(r), [("load", 200), ("unload", 200)]);
+        assert_eq!(
+            r.lora_requests()[0].lora_path.as_deref(),
+            Some(folder.as_str())
+        );
+    }
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+    stop(&mut daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
