@@ -207,6 +207,11 @@ fn check_lora_settings(key: &str, o: &OpenAiBackendConfig, p: &mut Vec<String>) 
                 "`{key}.shared_dir`: {} is not an absolute path (the replicas read it at the same path)",
                 dir.display()
             ));
+        } else if !dir.exists() {
+            p.push(format!(
+                "`{key}.shared_dir`: {} does not exist",
+                dir.display()
+            ));
         } else if !dir.is_dir() {
             p.push(format!(
                 "`{key}.shared_dir`: {} is not a folder",
