@@ -225,7 +225,7 @@ async fn an_adapter_of_a_base_the_fleet_does_not_serve_fails_naming_both() {
         VllmReplica::spawn(fleet_script()).await,
         VllmReplica::spawn(fleet_script()).await,
     );
-    let (drop_dir, _) = use_config(&h, &[&a, &b]);
+    let (drop_dir, shared) = use_config(&h, &[&a, &b]);
     write_adapter(&drop_dir.join(ADAPTER), "acme/other-base-13b");
     let mut daemon = h.start();
     let error = checkpoint_error(&h).await;
@@ -238,8 +238,9 @@ async fn an_adapter_of_a_base_the_fleet_does_not_serve_fails_naming_both() {
         assert!(error.contains(want), "{want:?} not in {error:?}");
     }
     assert!(!error.contains(VLLM_KEY), "{error}");
-    // Nothing was loaded anywhere.
+    // Nothing was loaded anywhere, nor copied.
     assert!(actions(&a).is_empty() && actions(&b).is_empty());
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
     stop(&mut daemon).await;
 }
 
@@ -254,7 +255,7 @@ async fn a_replica_with_no_free_lora_slot_fails_the_checkpoint_and_the_other_loa
         VllmReplica::spawn(fleet_script()).await,
         VllmReplica::spawn(full).await,
     );
-    let (drop_dir, _) = use_config(&h, &[&a, &b]);
+    let (drop_dir, shared) = use_config(&h, &[&a, &b]);
     write_adapter(&drop_dir.join(ADAPTER), BASE);
     let mut daemon = h.start();
     let error = checkpoint_error(&h).await;
@@ -268,6 +269,13 @@ async fn a_replica_with_no_free_lora_slot_fails_the_checkpoint_and_the_other_loa
     .await;
     assert_eq!(actions(&a)[..2], [("load", 200), ("unload", 200)]);
     assert_eq!(actions(&b)[0], ("load", 400));
+    // The copy is removed with the failed load.
+    h.wait_for(
+        "the copy to be removed",
+        Duration::from_secs(10),
+        async || std::fs::read_dir(&shared).unwrap().count() == 0,
+    )
+    .await;
     stop(&mut daemon).await;
 }
 

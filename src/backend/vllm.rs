@@ -199,16 +199,14 @@ impl LoraAdmin {
         }
     }
 
-    /// Loads the adapter on every replica (after checking they serve its
-    /// base); on a failure, unloads it from those that loaded it.
+    /// Loads the adapter on every replica; on a failure, unloads it from
+    /// those that loaded it and removes `cleanup` (its copy).
     pub async fn load_everywhere(
         self: &Arc<Self>,
         name: &str,
         path: &str,
-        base: &str,
         cleanup: Option<std::path::PathBuf>,
     ) -> Result<Lease, BackendError> {
-        self.check_base(base, name).await?;
         let mut lease = Lease {
             admin: self.clone(),
             name: name.to_string(),

@@ -100,7 +100,10 @@ fn copy_adapter(from: &Path, to: &Path) -> std::io::Result<()> {
     let name = to.file_name().unwrap_or_default().to_string_lossy();
     let tmp = parent.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&tmp);
-    copy_tree(from, &tmp)?;
+    if let Err(e) = copy_tree(from, &tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let _ = std::fs::remove_dir_all(to);
     std::fs::rename(&tmp, to)
 }
@@ -174,6 +177,10 @@ impl Resolver {
                 )))
             }
         };
+        let fleet_err =
+            |e: crate::backend::BackendError| invalid(format!("backend {fleet}: {}", e.message));
+        let admin = self.lora_admin(fleet, o)?;
+        admin.check_base(&base, &name).await.map_err(fleet_err)?;
         if let Some(to) = &copy {
             let (from, to) = (dir.clone(), to.clone());
             tokio::task::spawn_blocking(move || copy_adapter(&from, &to))
@@ -186,11 +193,10 @@ impl Resolver {
                     ))
                 })?;
         }
-        let admin = self.lora_admin(fleet, o)?;
         let lease = admin
-            .load_everywhere(&name, &lora_path, &base, copy)
+            .load_everywhere(&name, &lora_path, copy)
             .await
-            .map_err(|e| invalid(format!("backend {fleet}: {}", e.message)))?;
+            .map_err(fleet_err)?;
         let client = self.backend_endpoint(fleet, o)?;
         Ok(Some(Arc::new(LoraModel {
             client,
