@@ -13,6 +13,12 @@
 //! The classifier judge ([`classifier`]) is local: a sentence encoder on ONNX
 //! Runtime and a logistic head distilled from a teacher judge.
 //!
+//! The local generative judges ([`onnx_judge`]) run a guard or instruct
+//! model on the binary's ONNX backend, reached through [`NextTokenModel`]:
+//! `llama-guard:onnx:DIR` reads P(unsafe) from the first answer token's
+//! logits, `rubric:onnx:DIR` the 1-5 grade from the digits' logits; one
+//! prefill per verdict, no decoding.
+//!
 //! Judges that give no 1-5 score (keyword, Llama Guard) map "harmful" to 5 and
 //! "not harmful" to 1, and say so in [`Judge::describe`].
 
@@ -23,11 +29,13 @@ use sha2::{Digest, Sha256};
 pub mod classifier;
 pub mod keyword;
 pub mod llama_guard;
+pub mod onnx_judge;
 pub mod rubric;
 
 pub use classifier::{Classifier, ClassifierJudge};
 pub use keyword::{is_refusal, KeywordJudge, REFUSAL_OPENINGS};
 pub use llama_guard::LlamaGuardJudge;
+pub use onnx_judge::{NextToken, NextTokenModel, OnnxGuardJudge, OnnxRubricJudge};
 pub use rubric::RubricJudge;
 
 /// What a judge decided about one answer.

@@ -59,7 +59,10 @@ impl RubricJudge {
         }
     }
 
-    fn prompt_for(instruction: &str, response: &str) -> String {
+    /// The rubric prompt for one (instruction, response) pair:
+    /// [`RUBRIC_TEMPLATE`] filled in. The local rubric judge
+    /// ([`crate::onnx_judge`]) asks the same.
+    pub fn prompt_for(instruction: &str, response: &str) -> String {
         RUBRIC_TEMPLATE
             .replace("{instruction}", instruction)
             .replace("{response}", response)

@@ -1,18 +1,29 @@
 //! Judge SPECs: `keyword`, `rubric:MODEL`, `llama-guard:MODEL`,
-//! `classifier:DIR` or a `[judges.NAME]` entry; classifier judges loaded
-//! once per resolver; the teacher audit of a classifier entry.
+//! `rubric:onnx:DIR` and `llama-guard:onnx:DIR` (local generative judges on
+//! the ONNX backend), `classifier:DIR` or a `[judges.NAME]` entry; local
+//! judges loaded once per resolver; the teacher audit of a classifier entry.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use safedrift_judges::classifier::{ClassifierOptions, EncoderOptions};
 use safedrift_judges::{
-    Classifier, ClassifierJudge, Judge, KeywordJudge, LlamaGuardJudge, RubricJudge,
+    Classifier, ClassifierJudge, Judge, KeywordJudge, LlamaGuardJudge, NextTokenModel,
+    OnnxGuardJudge, OnnxRubricJudge, RubricJudge,
 };
 
 use super::{env_nonempty, invalid, ResolveError, Resolver, OPENAI_DEFAULT_BASE};
+use crate::backend::onnx::{Device, OnnxBackend, OnnxOptions};
 use crate::backend::openai::{EndpointConfig, OpenAiClient};
 use crate::config::{read_secret, ClassifierJudgeConfig, JudgeConfig, ModelJudgeConfig};
 use crate::pipeline::AuditPlan;
+
+/// The two kinds of local generative judge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LocalKind {
+    Guard,
+    Rubric,
+}
 
 impl Resolver {
     fn judge_client(
@@ -46,12 +57,21 @@ impl Resolver {
     }
 
     /// Resolves a judge SPEC: `keyword`, `rubric:MODEL`, `llama-guard:MODEL`,
-    /// `classifier:DIR` or a `[judges.NAME]` entry.
+    /// `rubric:onnx:DIR`, `llama-guard:onnx:DIR`, `classifier:DIR` or a
+    /// `[judges.NAME]` entry.
     pub fn judge(&self, spec: &str) -> Result<Arc<dyn Judge>, ResolveError> {
         let spec = spec.trim();
         if let Some(j) = self.config.judges.get(spec) {
             return match j {
                 JudgeConfig::Keyword(_) => Ok(Arc::new(KeywordJudge)),
+                JudgeConfig::Rubric(m) | JudgeConfig::LlamaGuard(m) if m.local_dir().is_some() => {
+                    let kind = if matches!(j, JudgeConfig::Rubric(_)) {
+                        LocalKind::Rubric
+                    } else {
+                        LocalKind::Guard
+                    };
+                    self.local_judge(spec, kind, m.local_dir().expect("checked"), Some(m))
+                }
                 JudgeConfig::Rubric(m) => {
                     let chat = self.openai_model(self.judge_client(spec, m)?, &m.model);
                     Ok(Arc::new(RubricJudge::new(m.model.clone(), chat)))
@@ -68,13 +88,20 @@ impl Resolver {
         }
         let (kind, model) = spec.split_once(':').ok_or_else(|| {
             invalid(format!(
-                "judge {spec:?}: expected keyword, rubric:MODEL, llama-guard:MODEL, classifier:DIR or a configured name"
+                "judge {spec:?}: expected keyword, rubric:MODEL, llama-guard:MODEL, rubric:onnx:DIR, llama-guard:onnx:DIR, classifier:DIR or a configured name"
             ))
         })?;
         if model.trim().is_empty() {
             return Err(invalid(format!(
                 "judge {spec:?}: the model after `{kind}:` is empty"
             )));
+        }
+        if let Some(dir) = ModelJudgeConfig::local_dir_of(model) {
+            match kind {
+                "rubric" => return self.local_judge(spec, LocalKind::Rubric, dir, None),
+                "llama-guard" => return self.local_judge(spec, LocalKind::Guard, dir, None),
+                _ => {}
+            }
         }
         let cli = || {
             self.cli_endpoint(
@@ -102,6 +129,64 @@ impl Resolver {
                 "judge {spec:?}: unknown kind `{kind}` (expected keyword, rubric, llama-guard or classifier)"
             ))),
         }
+    }
+
+    /// Loads a local generative judge (`rubric:onnx:DIR`,
+    /// `llama-guard:onnx:DIR`) once per resolver: the model on its own ONNX
+    /// backend worker, with the entry's local settings (the backend's
+    /// defaults without an entry).
+    fn local_judge(
+        &self,
+        spec: &str,
+        kind: LocalKind,
+        dir: &Path,
+        entry: Option<&ModelJudgeConfig>,
+    ) -> Result<Arc<dyn Judge>, ResolveError> {
+        if dir.as_os_str().is_empty() {
+            return Err(invalid(format!(
+                "judge {spec:?}: the directory after `onnx:` is empty"
+            )));
+        }
+        let mut options = OnnxOptions::default();
+        if let Some(m) = entry {
+            if m.device.as_deref() == Some("cuda") {
+                options.device = Device::Cuda;
+            }
+            options.cpu_fallback = m.cpu_fallback.unwrap_or(false);
+            options.ort_dylib = m.ort_dylib.clone();
+            options.max_batch = m.max_batch.unwrap_or(options.max_batch).max(1);
+            options.kv_cache_mb = m.kv_cache_mb.unwrap_or(options.kv_cache_mb);
+            options.threads = m.threads.unwrap_or(options.threads).max(1);
+        }
+        let key = dir_key(
+            dir,
+            serde_json::json!({
+                "kind": format!("{kind:?}"),
+                "device": format!("{:?}", options.device),
+                "cpu_fallback": options.cpu_fallback,
+                "ort_dylib": options.ort_dylib,
+                "max_batch": options.max_batch,
+                "kv_cache_mb": options.kv_cache_mb,
+                "threads": options.threads,
+            }),
+        );
+        if let Some(j) = self.classifiers.lock().unwrap().get(&key) {
+            return Ok(j.clone());
+        }
+        let fail = |message: String| invalid(format!("judge {spec:?}: {message}"));
+        let model: Arc<dyn NextTokenModel> =
+            Arc::new(OnnxBackend::load(dir, options).map_err(|e| fail(e.message))?);
+        let name = format!("onnx:{}", dir.display());
+        let judge: Arc<dyn Judge> = match kind {
+            LocalKind::Guard => {
+                Arc::new(OnnxGuardJudge::new(name, model).map_err(|e| fail(e.message))?)
+            }
+            LocalKind::Rubric => {
+                Arc::new(OnnxRubricJudge::new(name, model).map_err(|e| fail(e.message))?)
+            }
+        };
+        self.classifiers.lock().unwrap().insert(key, judge.clone());
+        Ok(judge)
     }
 
     /// Loads a classifier judge once per resolver. ONNX Runtime is set up
@@ -159,13 +244,26 @@ impl Resolver {
 /// they are now (name, size, modification time), so a judge retrained into
 /// the same directory is loaded afresh.
 fn classifier_key(c: &ClassifierJudgeConfig) -> String {
-    let dir = std::fs::canonicalize(&c.path).unwrap_or_else(|_| c.path.clone());
+    dir_key(
+        &c.path,
+        serde_json::json!({
+            "batch_size": c.batch_size,
+            "threads": c.threads,
+            "ort_dylib": c.ort_dylib,
+        }),
+    )
+}
+
+/// What a judge loaded from `dir` is shared under: the directory, its files
+/// as they are now (name, size, modification time), and `options`.
+fn dir_key(dir: &Path, options: serde_json::Value) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let meta = e.metadata().ok()?;
+            let meta = std::fs::metadata(e.path()).ok()?;
             let modified = meta
                 .modified()
                 .ok()
@@ -182,9 +280,7 @@ fn classifier_key(c: &ClassifierJudgeConfig) -> String {
     serde_json::json!({
         "dir": dir,
         "files": files,
-        "batch_size": c.batch_size,
-        "threads": c.threads,
-        "ort_dylib": c.ort_dylib,
+        "options": options,
     })
     .to_string()
 }

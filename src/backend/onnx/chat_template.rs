@@ -28,15 +28,25 @@
 //! * a message's keys keep a Python dict's order (`role`, then `content`);
 //! * `is sequence` and `|wordcount` as in Jinja2;
 //! * `{% generation %}` blocks (HF's assistant-mask extension) render their
-//!   body, as they do when no mask is asked for.
+//!   body, as they do when no mask is asked for;
+//! * dict literals written in the template iterate in the order they are
+//!   written, as a Python dict does (minijinja's `preserve_order` feature;
+//!   Llama Guard 3's template lists its categories `S1`..`S14` this way).
+//!
+//! Some templates show a message's content only when it is a list of typed
+//! parts, `[{"type": "text", "text": ...}]` (Llama Guard 3 1B's reads
+//! `message['content'] | selectattr('type', 'equalto', 'text')`; so do
+//! vision models'): given a plain string they render the conversation
+//! empty, silently. Such a template is recognized when it is compiled (a
+//! probe message shows up in its output as parts and not as a string), and
+//! every message's content is then passed to it as one text part.
 //!
 //! What still differs from Jinja2: `~` and `|string` write `none`/`true`
 //! where Python writes `None`/`True`; Python's `'%s' % x` formatting is
-//! missing (`|format` works); tuples print as lists; dict literals written
-//! in the template itself iterate in key order unless minijinja's
-//! `preserve_order` feature is on; and `{% break %}`/`{% continue %}` need
-//! minijinja's `loop_controls` feature (without it such a template fails to
-//! compile, with an error that says so).
+//! missing (`|format` works); tuples print as lists; and
+//! `{% break %}`/`{% continue %}` need minijinja's `loop_controls` feature
+//! (without it such a template fails to compile, with an error that says
+//! so).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -149,6 +159,8 @@ pub struct ChatTemplate {
     /// added with [`ChatTemplate::with_variable`].
     variables: BTreeMap<String, Value>,
     env: Environment<'static>,
+    /// Contents are passed as a list of one text part (see the module docs).
+    content_as_parts: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -298,12 +310,34 @@ impl ChatTemplate {
         messages: &[ChatMessage<'_>],
         add_generation_prompt: bool,
     ) -> Result<String, ChatTemplateError> {
+        self.render_as(messages, add_generation_prompt, self.content_as_parts)
+    }
+
+    /// Whether message contents reach the template as a list of typed parts
+    /// rather than as strings (see the module docs).
+    pub fn content_as_parts(&self) -> bool {
+        self.content_as_parts
+    }
+
+    fn render_as(
+        &self,
+        messages: &[ChatMessage<'_>],
+        add_generation_prompt: bool,
+        content_as_parts: bool,
+    ) -> Result<String, ChatTemplateError> {
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| {
+                let content = if content_as_parts {
+                    Value::from(vec![Value::from_object(TextPart {
+                        text: Value::from(m.content),
+                    })])
+                } else {
+                    Value::from(m.content)
+                };
                 Value::from_object(MessageObject {
                     role: Value::from(m.role),
-                    content: Value::from(m.content),
+                    content,
                 })
             })
             .collect();
@@ -363,13 +397,28 @@ impl ChatTemplate {
                 message,
             });
         }
-        Ok(ChatTemplate {
+        let mut template = ChatTemplate {
             source,
             compiled,
             origin,
             variables,
             env,
-        })
+            content_as_parts: false,
+        };
+        template.content_as_parts = template.shows_only_parts();
+        Ok(template)
+    }
+
+    /// Whether a probe message shows up in the template's output when its
+    /// content is a list of text parts, and not when it is a string.
+    fn shows_only_parts(&self) -> bool {
+        const PROBE: &str = "safedrift-content-probe";
+        let probe = [ChatMessage::new("user", PROBE)];
+        let shows = |parts| {
+            self.render_as(&probe, true, parts)
+                .is_ok_and(|text| text.contains(PROBE))
+        };
+        !shows(false) && shows(true)
     }
 
     fn render_error(&self, err: &Error) -> ChatTemplateError {
@@ -540,6 +589,31 @@ impl Object for MessageObject {
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         Enumerator::Str(&["role", "content"])
+    }
+}
+
+/// One part of a message's content, `{"type": "text", "text": ...}`, its
+/// keys in a dict's order.
+#[derive(Debug)]
+struct TextPart {
+    text: Value,
+}
+
+impl Object for TextPart {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match key.as_str()? {
+            "type" => Some(Value::from("text")),
+            "text" => Some(self.text.clone()),
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(&["type", "text"])
     }
 }
 

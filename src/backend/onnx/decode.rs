@@ -19,6 +19,7 @@ use ort::value::TensorElementType;
 use ort::value::{DynValue, Tensor, ValueType};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use safedrift_judges::NextToken;
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -290,13 +291,17 @@ impl Decoder {
         let (mut steps, mut in_run, mut in_compact) = (0usize, Duration::ZERO, Duration::ZERO);
         loop {
             let b = rows.len();
+            let mask: Vec<i64> = rows.iter().flat_map(|r| r.mask.iter().copied()).collect();
             let inputs = Self::step_inputs(
                 &self.past_names,
                 self.has_position_ids,
-                &rows,
-                std::mem::take(&mut ids),
-                std::mem::take(&mut positions),
-                step_len,
+                b,
+                (
+                    std::mem::take(&mut ids),
+                    std::mem::take(&mut positions),
+                    step_len,
+                ),
+                (mask, rows[0].mask.len()),
                 &mut past,
             )?;
             let run_started = Instant::now();
@@ -363,31 +368,109 @@ impl Decoder {
     /// The first step's input ids and positions (every prompt left-padded
     /// to `width`) and the batch's rows.
     fn first_step(&self, requests: &[SeqRequest], width: usize) -> (Vec<i64>, Vec<i64>, Vec<Row>) {
-        let batch = requests.len();
+        let (ids, positions, masks) = self.left_pad(requests.iter().map(|r| &r.ids[..]), width);
+        let rows = requests
+            .iter()
+            .zip(masks)
+            .enumerate()
+            .map(|(i, (r, mask))| {
+                let mut seed = r.sampling.seed;
+                for &id in &r.ids {
+                    seed = seed.rotate_left(5) ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                }
+                Row {
+                    request: i,
+                    tokens: Vec::new(),
+                    mask,
+                    next_position: r.ids.len() as i64,
+                    rng: StdRng::seed_from_u64(seed),
+                }
+            })
+            .collect();
+        (ids, positions, rows)
+    }
+
+    /// Prompts left-padded to `width`: their ids and positions (flattened)
+    /// and each one's attention mask.
+    fn left_pad<'p>(
+        &self,
+        prompts: impl ExactSizeIterator<Item = &'p [u32]>,
+        width: usize,
+    ) -> (Vec<i64>, Vec<i64>, Vec<Vec<i64>>) {
+        let batch = prompts.len();
         let mut ids = vec![self.pad as i64; batch * width];
         let mut positions = vec![0i64; batch * width];
-        let mut rows: Vec<Row> = Vec::with_capacity(batch);
-        for (i, r) in requests.iter().enumerate() {
-            let pad = width - r.ids.len();
+        let mut masks = Vec::with_capacity(batch);
+        for (i, prompt) in prompts.enumerate() {
+            let pad = width - prompt.len();
             let mut mask = vec![0i64; width];
-            for (j, &id) in r.ids.iter().enumerate() {
+            for (j, &id) in prompt.iter().enumerate() {
                 ids[i * width + pad + j] = id as i64;
                 positions[i * width + pad + j] = j as i64;
                 mask[pad + j] = 1;
             }
-            let mut seed = r.sampling.seed;
-            for &id in &r.ids {
-                seed = seed.rotate_left(5) ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            }
-            rows.push(Row {
-                request: i,
-                tokens: Vec::new(),
-                mask,
-                next_position: r.ids.len() as i64,
-                rng: StdRng::seed_from_u64(seed),
-            });
+            masks.push(mask);
         }
-        (ids, positions, rows)
+        (ids, positions, masks)
+    }
+
+    /// One prefill of `prompts` as a left-padded batch, no decoding: for
+    /// each prompt, the logits of the token that would come next at its
+    /// candidates, and the log of the softmax normalizer over the whole
+    /// vocabulary. A row's numbers do not depend on what it is batched with
+    /// (padding is masked out), up to the runtime's float arithmetic.
+    pub fn next_token_logits(
+        &mut self,
+        prompts: &[(&[u32], &[u32])],
+    ) -> Result<Vec<NextToken>, DecodeError> {
+        let batch = prompts.len();
+        if batch == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(r) = prompts.iter().position(|(ids, _)| ids.is_empty()) {
+            return Err(DecodeError(format!("prompt {r} has no tokens")));
+        }
+        let width = prompts.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let (ids, positions, masks) = self.left_pad(prompts.iter().map(|(ids, _)| *ids), width);
+        let mut past: Vec<DynValue> = (0..2 * self.layers)
+            .map(|_| self.empty_past(batch))
+            .collect::<Result<_, _>>()?;
+        let inputs = Self::step_inputs(
+            &self.past_names,
+            self.has_position_ids,
+            batch,
+            (ids, positions, width),
+            (masks.concat(), width),
+            &mut past,
+        )?;
+        let started = Instant::now();
+        let outputs = self
+            .session
+            .run(inputs)
+            .map_err(ort_err("ONNX Runtime failed"))?;
+        let logits = outputs.get("logits").expect("checked in new()");
+        let candidates: Vec<&[u32]> = prompts.iter().map(|(_, c)| *c).collect();
+        let read = match self.logits_type {
+            Float::F32 => {
+                let (shape, data) = logits
+                    .try_extract_tensor::<f32>()
+                    .map_err(ort_err("logits"))?;
+                read_next(shape, data, &candidates, |x| *x)?
+            }
+            Float::F16 => {
+                let (shape, data) = logits
+                    .try_extract_tensor::<f16>()
+                    .map_err(ort_err("logits"))?;
+                read_next(shape, data, &candidates, |x| x.to_f32())?
+            }
+        };
+        debug!(
+            batch,
+            width,
+            run_ms = started.elapsed().as_secs_f64() * 1e3,
+            "prefill read"
+        );
+        Ok(read)
     }
 
     /// The inputs of one step: the new tokens, the attention mask, the
@@ -397,15 +480,11 @@ impl Decoder {
     fn step_inputs<'a>(
         past_names: &'a [String],
         has_position_ids: bool,
-        rows: &[Row],
-        ids: Vec<i64>,
-        positions: Vec<i64>,
-        step_len: usize,
+        b: usize,
+        (ids, positions, step_len): (Vec<i64>, Vec<i64>, usize),
+        (mask, mask_width): (Vec<i64>, usize),
         past: &mut Vec<DynValue>,
     ) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>, DecodeError> {
-        let b = rows.len();
-        let mask: Vec<i64> = rows.iter().flat_map(|r| r.mask.iter().copied()).collect();
-        let mask_width = rows[0].mask.len();
         let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(3 + past.len());
         let tensor = |shape: [usize; 2], data: Vec<i64>, what: &str| {
             Tensor::from_array((shape, data))
@@ -515,7 +594,7 @@ fn next_step(rows: Vec<Row>, next: Vec<u32>, keep: Vec<bool>) -> (Vec<Row>, Vec<
 }
 
 mod pick;
-use pick::pick_all;
+use pick::{pick_all, read_next};
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,13 @@
 //! sizes each batch to the KV-cache budget, and answers each prompt as soon
 //! as its row finishes. The model is loaded once, when the backend is made;
 //! a broken directory or a missing ONNX Runtime is reported then.
+//!
+//! The same worker serves the local generative judges
+//! ([`safedrift_judges::onnx_judge`]) through [`OnnxBackend::next_token`]: a
+//! prompt run once, no decoding, and the next token's logits read at the
+//! tokens the judge asks about. Those requests are batched the same way
+//! (sorted by length, left-padded, one prefill per batch, sized to the
+//! memory budget).
 
 pub mod chat_template;
 pub mod decode;
@@ -13,11 +20,11 @@ pub mod model;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use safedrift_judges::Message;
+use safedrift_judges::{JudgeError, Message, NextToken, NextTokenModel};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
@@ -74,8 +81,16 @@ struct Job {
     reply: oneshot::Sender<Result<Generation, BackendError>>,
 }
 
+/// A prompt to run once, for the logits of the token that would follow.
+struct Prefill {
+    ids: Vec<u32>,
+    candidates: Arc<[u32]>,
+    reply: oneshot::Sender<Result<NextToken, BackendError>>,
+}
+
 enum Msg {
     Job(Job),
+    Prefill(Prefill),
     Cancel,
 }
 
@@ -94,6 +109,8 @@ pub struct OnnxBackend {
     dir: PathBuf,
     /// [`crate::backend::content::digest`] of `dir`, read once.
     content: std::sync::OnceLock<Option<String>>,
+    /// The tokenizer and chat template, shared with the worker.
+    model: Arc<ModelDir>,
 }
 
 /// Digest of a model directory's files (names, sizes, modification times):
@@ -104,7 +121,9 @@ fn fingerprint(dir: &Path) -> String {
         .flatten()
         .filter_map(|e| e.ok())
         .filter_map(|e| {
-            let meta = e.metadata().ok()?;
+            // Followed through symlinks: a snapshot of linked files (the HF
+            // cache's layout) is a model like any other.
+            let meta = std::fs::metadata(e.path()).ok()?;
             let modified = meta
                 .modified()
                 .ok()?
@@ -129,10 +148,11 @@ impl OnnxBackend {
     /// Checks `dir`, loads ONNX Runtime and the model on a worker thread, and
     /// returns once the model is ready (or with the reason it is not).
     pub fn load(dir: &Path, options: OnnxOptions) -> Result<OnnxBackend, BackendError> {
-        let model = ModelDir::open(dir).map_err(|e| model_error(e.0))?;
+        let model = Arc::new(ModelDir::open(dir).map_err(|e| model_error(e.0))?);
         let env =
             runtime::environment(options.ort_dylib.as_deref()).map_err(|e| model_error(e.0))?;
         let (tx, rx) = mpsc::channel::<Msg>();
+        let shared = model.clone();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Device, BackendError>>();
         let identity = format!("onnx:{}@{}", dir.display(), fingerprint(dir));
         std::thread::Builder::new()
@@ -178,7 +198,36 @@ impl OnnxBackend {
             identity,
             dir: dir.to_path_buf(),
             content: std::sync::OnceLock::new(),
+            model: shared,
         })
+    }
+
+    /// The model's directory, tokenizer and chat template.
+    pub fn model(&self) -> &ModelDir {
+        &self.model
+    }
+
+    /// Runs `ids` once, batched with the other prompts waiting, and returns
+    /// the logits of the token that would come next at `candidates` (and the
+    /// log of the softmax normalizer over the whole vocabulary). `Err` when
+    /// the prompt is empty or longer than the model takes, a candidate is
+    /// outside the vocabulary, or the runtime fails.
+    pub async fn next_token(
+        &self,
+        ids: Vec<u32>,
+        candidates: Arc<[u32]>,
+    ) -> Result<NextToken, BackendError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Prefill(Prefill {
+                ids,
+                candidates,
+                reply,
+            }))
+            .map_err(|_| model_error("the inference thread has stopped"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(model_error("the inference thread has stopped")))
     }
 
     /// Generates token ids for prompts given as ids (for tests and
@@ -190,27 +239,7 @@ impl OnnxBackend {
         max_new_tokens: usize,
         max_batch: usize,
     ) -> Result<Vec<Vec<u32>>, BackendError> {
-        let model = ModelDir::open(dir).map_err(|e| model_error(e.0))?;
-        let env =
-            runtime::environment(options.ort_dylib.as_deref()).map_err(|e| model_error(e.0))?;
-        let (session, _) = runtime::open_session(
-            &env,
-            &model.onnx,
-            options.device,
-            options.cpu_fallback,
-            options.threads,
-        )
-        .map_err(|e| model_error(e.0))?;
-        let c = &model.config;
-        let mut decoder = Decoder::new(
-            session,
-            c.layers,
-            c.kv_heads,
-            c.head_dim,
-            c.eos.clone(),
-            c.pad,
-        )
-        .map_err(|e| model_error(e.0))?;
+        let mut decoder = open_decoder(dir, &options)?;
         let requests: Vec<SeqRequest> = prompts
             .iter()
             .map(|ids| SeqRequest {
@@ -232,12 +261,65 @@ impl OnnxBackend {
         }
         Ok(out)
     }
+
+    /// The next token's logits at `candidates` after each of `prompts`, in
+    /// batches of `max_batch` in the order given (for tests and benchmarks
+    /// that compare batch sizes or runtimes).
+    pub fn next_token_ids(
+        dir: &Path,
+        options: OnnxOptions,
+        prompts: &[Vec<u32>],
+        candidates: &[u32],
+        max_batch: usize,
+    ) -> Result<Vec<NextToken>, BackendError> {
+        let mut decoder = open_decoder(dir, &options)?;
+        let mut out = Vec::with_capacity(prompts.len());
+        for chunk in prompts.chunks(max_batch.max(1)) {
+            let rows: Vec<(&[u32], &[u32])> = chunk.iter().map(|p| (&p[..], candidates)).collect();
+            out.extend(
+                decoder
+                    .next_token_logits(&rows)
+                    .map_err(|e| model_error(e.0))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// A decoder for `dir`, opened on the calling thread.
+fn open_decoder(dir: &Path, options: &OnnxOptions) -> Result<Decoder, BackendError> {
+    let model = ModelDir::open(dir).map_err(|e| model_error(e.0))?;
+    let env = runtime::environment(options.ort_dylib.as_deref()).map_err(|e| model_error(e.0))?;
+    let (session, _) = runtime::open_session(
+        &env,
+        &model.onnx,
+        options.device,
+        options.cpu_fallback,
+        options.threads,
+    )
+    .map_err(|e| model_error(e.0))?;
+    let c = &model.config;
+    Decoder::new(
+        session,
+        c.layers,
+        c.kv_heads,
+        c.head_dim,
+        c.eos.clone(),
+        c.pad,
+    )
+    .map_err(|e| model_error(e.0))
 }
 
 /// The prompt token ids of a chat, as the backend decodes them: the model's
 /// chat template rendered with the generation prompt, then tokenized without
 /// added special tokens.
 pub fn prompt_ids(model: &ModelDir, messages: &[Message]) -> Result<Vec<u32>, BackendError> {
+    tokenize(model, &prompt_text(model, messages)?)
+}
+
+/// The prompt text of a chat: the model's chat template rendered with the
+/// generation prompt.
+pub fn prompt_text(model: &ModelDir, messages: &[Message]) -> Result<String, BackendError> {
     let messages: Vec<ChatMessage> = messages
         .iter()
         .map(|m| ChatMessage {
@@ -245,13 +327,17 @@ pub fn prompt_ids(model: &ModelDir, messages: &[Message]) -> Result<Vec<u32>, Ba
             content: m.content.as_str(),
         })
         .collect();
-    let text = model
+    model
         .chat_template
         .render(&messages, true)
         .map_err(|e| BackendError {
             kind: "template",
             message: e.to_string(),
-        })?;
+        })
+}
+
+/// Token ids of `text`, without added special tokens.
+fn tokenize(model: &ModelDir, text: &str) -> Result<Vec<u32>, BackendError> {
     let encoding = model
         .tokenizer
         .encode(text, false)
@@ -263,7 +349,7 @@ pub fn prompt_ids(model: &ModelDir, messages: &[Message]) -> Result<Vec<u32>, Ba
 }
 
 struct Worker {
-    model: ModelDir,
+    model: Arc<ModelDir>,
     decoder: Decoder,
     options: OnnxOptions,
 }
@@ -271,62 +357,73 @@ struct Worker {
 impl Worker {
     fn serve(mut self, rx: mpsc::Receiver<Msg>) {
         let mut pending: Vec<Ready> = Vec::new();
+        let mut prefills: Vec<Prefill> = Vec::new();
         loop {
-            if pending.is_empty() {
+            if pending.is_empty() && prefills.is_empty() {
                 match rx.recv() {
-                    Ok(msg) => self.accept(msg, &mut pending),
+                    Ok(msg) => self.accept(msg, &mut pending, &mut prefills),
                     Err(_) => return,
                 }
             }
             // Gather what is queued, so batches can be formed by length.
             loop {
                 match rx.recv_timeout(Duration::from_millis(2)) {
-                    Ok(msg) => self.accept(msg, &mut pending),
+                    Ok(msg) => self.accept(msg, &mut pending, &mut prefills),
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        if pending.is_empty() {
+                        if pending.is_empty() && prefills.is_empty() {
                             return;
                         }
                         break;
                     }
                 }
             }
-            pending.retain(|r| !r.reply.is_closed());
-            if pending.is_empty() {
-                continue;
+            prefills.retain(|p| !p.reply.is_closed());
+            if !prefills.is_empty() {
+                prefills.sort_by_key(|p| std::cmp::Reverse(p.ids.len()));
+                let batch = self.next_batch(&mut prefills, |p| (p.ids.len(), 0));
+                self.run_prefill(batch);
             }
-            pending.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
-            let batch = self.next_batch(&mut pending);
-            self.run_batch(batch);
+            pending.retain(|r| !r.reply.is_closed());
+            if !pending.is_empty() {
+                pending.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
+                let batch = self.next_batch(&mut pending, |r| (r.ids.len(), r.max_new_tokens));
+                self.run_batch(batch);
+            }
         }
     }
 
-    /// Takes the shortest prompts that fit the budget.
-    fn next_batch(&self, pending: &mut Vec<Ready>) -> Vec<Ready> {
+    /// Takes the shortest requests (the end of `pending`, sorted longest
+    /// first) that fit the budget; `shape` gives a request's prompt length
+    /// and the most tokens it may add.
+    fn next_batch<T>(&self, pending: &mut Vec<T>, shape: impl Fn(&T) -> (usize, usize)) -> Vec<T> {
         let per_token = self.decoder.kv_bytes_per_token();
         let vocab = self.model.config.vocab_size.unwrap_or(32_000);
         let budget = self.options.kv_cache_mb.max(1) * 1024 * 1024;
-        let mut batch = Vec::new();
+        let mut batch: Vec<T> = Vec::new();
+        let mut max_new = 0;
         while let Some(next) = pending.last() {
-            let longest = next.ids.len();
-            let max_new = batch
-                .iter()
-                .chain(std::iter::once(next))
-                .map(|r: &Ready| r.max_new_tokens)
-                .max()
-                .unwrap_or(0);
-            let per_seq = per_token * (longest + max_new) + longest * vocab * 4;
+            let (longest, new_tokens) = shape(next);
+            let max_new_with = max_new.max(new_tokens);
+            let per_seq = per_token * (longest + max_new_with) + longest * vocab * 4;
             let fits = per_seq * (batch.len() + 1) <= budget;
             if batch.len() >= self.options.max_batch.max(1) || (!batch.is_empty() && !fits) {
                 break;
             }
+            max_new = max_new_with;
             batch.push(pending.pop().expect("checked"));
         }
         batch
     }
 
-    fn accept(&self, msg: Msg, pending: &mut Vec<Ready>) {
+    fn accept(&self, msg: Msg, pending: &mut Vec<Ready>, prefills: &mut Vec<Prefill>) {
         match msg {
+            Msg::Prefill(p) => match self.check_prompt(&p.ids) {
+                Ok(()) => prefills.push(p),
+                Err(e) => {
+                    let _ = p.reply.send(Err(e));
+                }
+            },
             Msg::Cancel => {
                 for r in pending.drain(..) {
                     let _ = r.reply.send(Err(BackendError {
@@ -349,23 +446,37 @@ impl Worker {
         }
     }
 
+    /// A prompt the model can take: not empty, shorter than its context.
+    fn check_prompt(&self, ids: &[u32]) -> Result<(), BackendError> {
+        let too_long = self
+            .model
+            .config
+            .max_positions
+            .filter(|&limit| ids.len() >= limit);
+        if ids.is_empty() || too_long.is_some() {
+            return Err(BackendError {
+                kind: "bad_request",
+                message: match too_long {
+                    Some(limit) => format!(
+                        "the prompt has {} tokens; the model takes at most {limit}",
+                        ids.len()
+                    ),
+                    None => "the prompt has no tokens".into(),
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// Renders the chat template and tokenizes.
     fn prepare(&self, job: &Job) -> Result<(Vec<u32>, usize, Sampling), BackendError> {
         let ids = prompt_ids(&self.model, &job.messages)?;
+        self.check_prompt(&ids)?;
         let mut max_new = job.decoding.max_new_tokens as usize;
         if let Some(cap) = self.options.max_new_tokens {
             max_new = max_new.min(cap);
         }
         if let Some(limit) = self.model.config.max_positions {
-            if ids.len() >= limit {
-                return Err(BackendError {
-                    kind: "bad_request",
-                    message: format!(
-                        "the prompt has {} tokens; the model takes at most {limit}",
-                        ids.len()
-                    ),
-                });
-            }
             max_new = max_new.min(limit - ids.len());
         }
         let sampling = Sampling {
@@ -374,6 +485,26 @@ impl Worker {
             seed: job.decoding.seed.unwrap_or(0),
         };
         Ok((ids, max_new.max(1), sampling))
+    }
+
+    /// One prefill for the batch; each request gets its row's logits.
+    fn run_prefill(&mut self, batch: Vec<Prefill>) {
+        let rows: Vec<(&[u32], &[u32])> = batch
+            .iter()
+            .map(|p| (&p.ids[..], &p.candidates[..]))
+            .collect();
+        match self.decoder.next_token_logits(&rows) {
+            Ok(read) => {
+                for (p, next) in batch.into_iter().zip(read) {
+                    let _ = p.reply.send(Ok(next));
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(model_error(e.0.clone())));
+                }
+            }
+        }
     }
 
     fn run_batch(&mut self, batch: Vec<Ready>) {
@@ -453,5 +584,38 @@ impl Backend for OnnxBackend {
 
     fn cancel_pending(&self) {
         let _ = self.tx.send(Msg::Cancel);
+    }
+}
+
+fn judge_error(e: BackendError) -> JudgeError {
+    JudgeError {
+        kind: e.kind,
+        message: e.message,
+    }
+}
+
+/// The local generative judges read a model on this backend.
+#[async_trait]
+impl NextTokenModel for OnnxBackend {
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    fn render(&self, messages: &[Message]) -> Result<String, JudgeError> {
+        prompt_text(&self.model, messages).map_err(judge_error)
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, JudgeError> {
+        tokenize(&self.model, text).map_err(judge_error)
+    }
+
+    async fn next_token(
+        &self,
+        ids: Vec<u32>,
+        candidates: Arc<[u32]>,
+    ) -> Result<NextToken, JudgeError> {
+        OnnxBackend::next_token(self, ids, candidates)
+            .await
+            .map_err(judge_error)
     }
 }

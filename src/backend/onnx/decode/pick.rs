@@ -1,9 +1,10 @@
-//! Choosing each row's next token from the logits: greedy or sampled.
+//! The next token from the logits: chosen (greedy or sampled) for decoding,
+//! or read at the candidates a judge asks about.
 
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::{DecodeError, Row, Sampling, SeqRequest};
+use super::{DecodeError, NextToken, Row, Sampling, SeqRequest};
 
 /// Chooses the next token of each row from the last position's logits.
 pub(super) fn pick_all<T>(
@@ -37,6 +38,66 @@ pub(super) fn pick_all<T>(
             }
         })
         .collect())
+}
+
+/// Each row's next-token logits at its candidates, and the log of the
+/// softmax normalizer over the whole vocabulary, from the last position's
+/// logits (a left-padded batch: every row's prompt ends there).
+pub(super) fn read_next<T>(
+    shape: &[i64],
+    data: &[T],
+    candidates: &[&[u32]],
+    to_f32: impl Fn(&T) -> f32,
+) -> Result<Vec<NextToken>, DecodeError> {
+    let batch = candidates.len();
+    if shape.len() != 3 || shape[0] as usize != batch {
+        return Err(DecodeError(format!(
+            "logits have shape {shape:?}; expected [{batch}, sequence, vocab]"
+        )));
+    }
+    let (seq, vocab) = (shape[1] as usize, shape[2] as usize);
+    candidates
+        .iter()
+        .enumerate()
+        .map(|(i, wanted)| {
+            let start = (i * seq + seq - 1) * vocab;
+            let logits = &data[start..start + vocab];
+            let at = wanted
+                .iter()
+                .map(|&c| {
+                    logits.get(c as usize).map(&to_f32).ok_or_else(|| {
+                        DecodeError(format!(
+                            "token {c} is outside the model's vocabulary of {vocab}"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<f32>, _>>()?;
+            Ok(NextToken {
+                logits: at,
+                log_total: log_sum_exp(logits, &to_f32),
+            })
+        })
+        .collect()
+}
+
+/// log Σ exp(x), computed stably; NaN when a value is NaN.
+pub(super) fn log_sum_exp<T>(values: &[T], to_f32: impl Fn(&T) -> f32) -> f32 {
+    let max =
+        values.iter().map(&to_f32).fold(
+            f32::NEG_INFINITY,
+            |m, v| {
+                if v > m || v.is_nan() {
+                    v
+                } else {
+                    m
+                }
+            },
+        );
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f32 = values.iter().map(|v| (to_f32(v) - max).exp()).sum();
+    max + sum.ln()
 }
 
 /// Index of the first maximum (0 when nothing is above negative infinity,
