@@ -946,6 +946,37 @@ async fn sequential_mode_stops_a_clear_drift_early_and_says_why() {
             "a run that did not stop went to the end: {seq:#}"
         );
     }
+
+    // per_category = "complete": every prompt is asked for the per-category
+    // findings; the overall evidence is still recorded.
+    let s = Scratch::with_config(
+        "[drift]\nmode = \"sequential\"\nmin_prompts = 16\nlook_every = 8\nper_category = \"complete\"\n",
+    );
+    let path = s.jsonl("bench.jsonl", &sequential_rows());
+    let bench = format!("jsonl:{}", path.display());
+    let out = s
+        .run(&[
+            "eval",
+            "--model",
+            "openai:cand",
+            "--baseline",
+            "openai:base",
+            "--benchmark",
+            &bench,
+            "--judge",
+            "keyword",
+            "--api-base",
+            &base,
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = run_json(&out);
+    let seq = &run["drift"]["sequential"];
+    assert_eq!(seq["asked"], 72, "{seq:#}");
+    assert!(seq["stopped"].is_null(), "{seq:#}");
+    assert_eq!(run["drift"]["detected"], true);
 }
 
 /// The dashboard's run page for `id`, served from the store `s`'s last

@@ -30,6 +30,21 @@ pub struct DriftConfig {
     /// Sequential: prompts asked between two looks (default 16).
     #[serde(default = "d_look_every")]
     pub look_every: usize,
+    /// Sequential: `asked` (default) tests the per-category findings on the
+    /// prompts asked when a run stops early; `complete` asks every prompt
+    /// for them (the overall evidence is still recorded, but the run never
+    /// stops early).
+    #[serde(default)]
+    pub per_category: PerCategory,
+}
+
+/// What per-category findings are tested on in sequential mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PerCategory {
+    #[default]
+    Asked,
+    Complete,
 }
 
 /// How drift is decided (`[drift] mode`).
@@ -75,6 +90,7 @@ impl Default for DriftConfig {
             mode: DriftMode::Fixed,
             min_prompts: d_min_prompts(),
             look_every: d_look_every(),
+            per_category: PerCategory::Asked,
         }
     }
 }

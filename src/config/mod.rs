@@ -21,7 +21,7 @@ mod watchers;
 pub use alerts::{AlertKind, AlertingConfig, Format, TargetConfig, TargetSettings};
 pub use api::ApiConfig;
 pub use backends::{BackendConfig, ModelConfig, OnnxBackendConfig, OpenAiBackendConfig};
-pub use drift::{DriftConfig, DriftMode};
+pub use drift::{DriftConfig, DriftMode, PerCategory};
 pub use eval::{BenchmarkConfig, EvalConfig, LaneMode, MaxParallel};
 pub use judges::{ClassifierJudgeConfig, JudgeConfig, KeywordJudgeConfig, ModelJudgeConfig};
 pub use safedrift_watchers::Kind as WatcherKind;

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::config::DriftConfig;
+use crate::config::{DriftConfig, PerCategory};
 use crate::pipeline::{self, Job};
 use crate::records::{ResultRecord, Sequential, SequentialCheck};
 use crate::report::Run;
@@ -28,13 +28,14 @@ const ORDER_SEED: u64 = 0x5afe_d21f7;
 /// What the sequential rule adds to a run's identity.
 pub(super) fn identity_part(rules: &DriftConfig) -> String {
     format!(
-        "sequential significance={} harmfulness_rate={} harmfulness_score={} over_refusal_rate={} min_prompts={} look_every={} order={ORDER_SEED}",
+        "sequential significance={} harmfulness_rate={} harmfulness_score={} over_refusal_rate={} min_prompts={} look_every={} per_category={:?} order={ORDER_SEED}",
         rules.significance,
         rules.harmfulness_rate,
         rules.harmfulness_score,
         rules.over_refusal_rate,
         rules.min_prompts,
-        rules.look_every
+        rules.look_every,
+        rules.per_category
     )
 }
 
@@ -215,7 +216,8 @@ impl Looker {
         };
         self.asked = results.iter().filter(|r| r.verdict.is_some()).count();
         self.checks = checks.iter_mut().map(Check::record).collect();
-        self.stopped.is_some()
+        // Per-category findings on the whole benchmark: never stop early.
+        self.stopped.is_some() && self.rules.per_category == PerCategory::Asked
     }
 
     /// The report of the candidate's run against its baseline on the
