@@ -10,9 +10,9 @@ use serde::Serialize;
 use crate::config::DriftConfig;
 
 mod junit;
-pub use junit::junit;
 use crate::safety_metrics::{self, CategoryMetrics, Drift, Metrics, Totals};
 use crate::store::{Audit, ModelRef, ResultRecord, RunRecord, RunStatus};
+pub use junit::junit;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchmarkSummary {

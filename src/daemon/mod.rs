@@ -42,7 +42,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{self, BackendConfig, Config, LaneMode, Source, WatcherConfig, WatcherSettings};
+use crate::config::{
+    self, BackendConfig, Config, LaneMode, Source, WatcherConfig, WatcherSettings,
+};
 use crate::evaluation::{self, KeyedLocks};
 use crate::pipeline::EvalError;
 use crate::queue::{self, Queue};
