@@ -2,24 +2,33 @@
 //! verdicts and measures how far it agrees with the teacher.
 //!
 //! Training records are (prompt, response, score, refused) quadruples: from a
-//! labelled file (`--data FILE`, or `builtin:seed`, the project's
-//! hand-labelled seed set: its teacher is its authors), and/or from the store
+//! labelled file (`--data FILE`; `builtin:corpus`, the project's labelled
+//! corpus of real models' and hand-written answers, the default; or
+//! `builtin:seed`, the small seed set), and/or from the store
 //! (`--from-store SELECTION`: the judged results of completed runs whose judge
 //! is the teacher). The records are split by prompt (no prompt lands in both
 //! splits; which prompts are held out depends only on the seed), the encoder
-//! embeds them, and a multinomial logistic regression over the standardized
-//! features is fitted on the training split: full-batch Adam on the mean
-//! cross-entropy plus an L2 penalty, from zero weights, so the head is a pure
-//! function of the data, the seed and the settings. The classes are the
-//! (score, refused) pairs the teacher used. The held-out split then gives the
-//! report (accuracy, quadratic-weighted kappa, confusion matrix, harmfulness
-//! and refusal agreement); below the minimums nothing is written.
+//! embeds them, and two logistic regressions over the standardized features
+//! are fitted on the training split: the score head (multinomial, over the
+//! scores the teacher used) and the refusal head. Both are full-batch Adam on
+//! the mean cross-entropy plus an L2 penalty, from zero weights, so the heads
+//! are a pure function of the data, the seed and the settings.
+//!
+//! Calibration: the training split's prompts are cut into folds; each fold's
+//! answers are predicted by heads trained on the other folds, and those
+//! held-out predictions fit the score and refusal temperatures (minimum
+//! negative log-likelihood) and then the confidence map (logistic
+//! regression of "the verdict is right" on the logit of `P(score) *
+//! P(refused decision)`). The final heads are trained on the whole training
+//! split. The held-out split then gives the report (accuracy,
+//! quadratic-weighted kappa, confusion matrix, harmfulness and refusal
+//! agreement, calibration error); below the minimums nothing is written.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use safedrift_judges::classifier::{
-    AgreementReport, Encoder, Features, Head, Label, TrainingData, ENCODER_DIR, HEAD_FILE,
+    decide, Calibration, Encoder, Features, Head, Label, TrainingData, ENCODER_DIR, HEAD_FILE,
     HEAD_FORMAT_VERSION,
 };
 use serde::Deserialize;
@@ -27,15 +36,30 @@ use sha2::{Digest, Sha256};
 
 use crate::store::{RunStatus, Store};
 
+mod report;
 mod train;
 
-pub use train::{agreement, quadratic_kappa, train, Fitted, TrainOptions};
+use report::held_out_report;
+pub use report::{format_report, shortfalls, Minimums};
+
+pub use train::{
+    agreement, calibration_error, design, fit_binary_temperature, fit_confidence_map, fit_heads,
+    fit_temperature, quadratic_kappa, standardization, Heads, TrainOptions, SIGNAL_EMPHASIS,
+};
 
 /// The embedded seed set (`builtin:seed`).
 pub const SEED_SET: &str = include_str!("builtin/judge_seed.jsonl");
 const SEED_FILE: &str = "builtin/judge_seed.jsonl";
 /// The teacher recorded for the seed set: it was labelled by hand.
 pub const SEED_TEACHER: &str = "seed-set authors (hand-labelled)";
+/// The embedded judge corpus (`builtin:corpus`, `src/builtin/judge_corpus.md`).
+pub const CORPUS: &str = include_str!("builtin/judge_corpus.jsonl");
+const CORPUS_FILE: &str = "builtin/judge_corpus.jsonl";
+/// The teacher recorded for the corpus: its answers were labelled by hand
+/// under docs/labelling-guide.md.
+pub const CORPUS_TEACHER: &str = "safedrift authors (hand-labelled corpus)";
+/// The training data when none is named.
+pub const DEFAULT_DATA: &str = "builtin:corpus";
 /// Directory name of the converted MiniLM in the model cache.
 pub const ENCODER_CACHE_NAME: &str = "all-minilm-l6-v2";
 
@@ -109,12 +133,13 @@ pub fn parse_records(text: &str, name: &str) -> Result<Vec<Record>, DistillError
     Ok(out)
 }
 
-/// `builtin:seed` or a JSON lines file.
+/// `builtin:corpus`, `builtin:seed` or a JSON lines file.
 pub fn load_data(spec: &str) -> Result<Vec<Record>, DistillError> {
     match spec.strip_prefix("builtin:") {
+        Some("corpus") => parse_records(CORPUS, CORPUS_FILE),
         Some("seed") => parse_records(SEED_SET, SEED_FILE),
         Some(other) => Err(err(format!(
-            "--data builtin:{other}: unknown built-in set (built in: seed)"
+            "--data builtin:{other}: unknown built-in set (built in: corpus, seed)"
         ))),
         None => {
             let text = std::fs::read_to_string(spec)
@@ -197,6 +222,15 @@ pub fn data_sha256(records: &[Record]) -> String {
     hex::encode(h.finalize())
 }
 
+/// The teacher recorded for a built-in set, if `spec` names one.
+pub fn builtin_teacher(spec: &str) -> Option<&'static str> {
+    match spec {
+        "builtin:corpus" => Some(CORPUS_TEACHER),
+        "builtin:seed" => Some(SEED_TEACHER),
+        _ => None,
+    }
+}
+
 /// Splits record indices into (train, test) by prompt: the distinct prompts
 /// are ordered by a seeded hash and the first `test_fraction` of them (at
 /// least one, and never all) are held out with all their answers.
@@ -235,48 +269,6 @@ pub fn split_by_prompt(
     Ok((train, held))
 }
 
-/// The human-readable report of a distillation.
-pub fn format_report(head: &Head) -> String {
-    use std::fmt::Write as _;
-    let r = &head.held_out;
-    let t = &head.training_data;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "teacher      {}\ndata         {} ({} records, sha256 {})\nsplit        {} training, {} held out ({} prompts held out, seed {})\nfeatures     {} of {} (l2 {})",
-        head.teacher,
-        t.source,
-        t.records,
-        &t.sha256[..12.min(t.sha256.len())],
-        t.train_records,
-        t.test_records,
-        t.test_prompts,
-        head.seed,
-        head.features.name(),
-        head.encoder.name,
-        head.l2
-    );
-    let _ = writeln!(s, "held-out agreement with the teacher ({} answers):", r.n);
-    let _ = writeln!(s, "  accuracy             {:.3}", r.accuracy);
-    let _ = writeln!(s, "  quadratic kappa      {:.3}", r.quadratic_kappa);
-    let _ = writeln!(
-        s,
-        "  harmfulness rate     teacher {:.3}, judge {:.3} (difference {:+.3}); harmful agreement {:.3}",
-        r.teacher_harmfulness_rate,
-        r.judge_harmfulness_rate,
-        r.judge_harmfulness_rate - r.teacher_harmfulness_rate,
-        r.harmful_agreement
-    );
-    let _ = writeln!(s, "  refusal agreement    {:.3}", r.refusal_agreement);
-    let _ = writeln!(s, "  confusion (rows: teacher score, columns: judge score)");
-    let _ = writeln!(s, "           1     2     3     4     5");
-    for (i, row) in r.confusion.iter().enumerate() {
-        let cells: String = row.iter().map(|c| format!("{c:>6}")).collect();
-        let _ = writeln!(s, "    {}  {cells}", i + 1);
-    }
-    s
-}
-
 /// Everything `distill` needs besides the data.
 #[derive(Clone, Debug)]
 pub struct DistillOptions {
@@ -286,9 +278,105 @@ pub struct DistillOptions {
     pub test_fraction: f64,
     pub features: Features,
     pub train: TrainOptions,
+    /// Folds of the training split for the calibration (0 or 1: none).
+    pub calibration_folds: usize,
 }
 
-/// Splits, embeds, trains and evaluates: the head with its held-out report.
+/// The calibration fold of each training record: its prompt's seeded hash
+/// (another hash than the held-out split's) modulo the number of folds.
+/// Fewer distinct prompts than folds give fewer folds.
+fn calibration_folds(records: &[&Record], seed: u64, folds: usize) -> (Vec<usize>, usize) {
+    let prompts: BTreeSet<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
+    let folds = folds.min(prompts.len());
+    let fold_of = |p: &str| {
+        let mut h = Sha256::new();
+        h.update(b"calibration\0");
+        h.update(seed.to_le_bytes());
+        h.update(p.as_bytes());
+        let d = h.finalize();
+        (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")) % folds.max(1) as u64) as usize
+    };
+    (records.iter().map(|r| fold_of(&r.prompt)).collect(), folds)
+}
+
+/// Fits the calibration on cross-fitted predictions of the training split.
+fn calibrate(
+    x: &ndarray::Array2<f64>,
+    labels: &[Label],
+    folds: &[usize],
+    n_folds: usize,
+    all_scores: &[u8],
+    options: &TrainOptions,
+) -> Result<Calibration, DistillError> {
+    let n = labels.len();
+    let mut score_logits = vec![Vec::new(); n];
+    let mut refusal_logits = vec![0.0; n];
+    for f in 0..n_folds {
+        let fit: Vec<usize> = (0..n).filter(|&i| folds[i] != f).collect();
+        let held: Vec<usize> = (0..n).filter(|&i| folds[i] == f).collect();
+        let fit_labels: Vec<Label> = fit.iter().map(|&i| labels[i]).collect();
+        if held.is_empty()
+            || fit_labels
+                .iter()
+                .map(|l| l.score)
+                .collect::<BTreeSet<_>>()
+                .len()
+                < 2
+        {
+            return Ok(Calibration::identity());
+        }
+        let heads = fit_heads(&x.select(ndarray::Axis(0), &fit), &fit_labels, options)?;
+        for &i in &held {
+            let (s, r) = heads.logits(x.row(i), all_scores);
+            score_logits[i] = s;
+            refusal_logits[i] = r;
+        }
+    }
+    let truth: Vec<usize> = labels
+        .iter()
+        .map(|l| all_scores.binary_search(&l.score).expect("a score"))
+        .collect();
+    let refused: Vec<bool> = labels.iter().map(|l| l.refused).collect();
+    let mut c = Calibration {
+        folds: n_folds,
+        records: n,
+        ..Calibration::identity()
+    };
+    let verdicts = |c: &Calibration| -> (Vec<f64>, Vec<f64>, Vec<bool>) {
+        let mut raw = Vec::with_capacity(n);
+        let mut conf = Vec::with_capacity(n);
+        let mut right = Vec::with_capacity(n);
+        for i in 0..n {
+            let v = decide(all_scores, c, &score_logits[i], refusal_logits[i]);
+            let p_score = v.probabilities.iter().copied().fold(f64::MIN, f64::max);
+            raw.push(
+                p_score
+                    * if v.refused {
+                        v.p_refused
+                    } else {
+                        1.0 - v.p_refused
+                    },
+            );
+            conf.push(v.confidence);
+            right.push(v.score == labels[i].score && v.refused == labels[i].refused);
+        }
+        (raw, conf, right)
+    };
+    let (_, conf, right) = verdicts(&c);
+    c.error_before = calibration_error(&conf, &right);
+    c.score_temperature = fit_temperature(&score_logits, &truth);
+    c.refusal_temperature = fit_binary_temperature(&refusal_logits, &refused);
+    let (raw, _, right) = verdicts(&c);
+    let (a, b) = fit_confidence_map(&raw, &right);
+    c.confidence_scale = a;
+    c.confidence_shift = b;
+    let (_, conf, right) = verdicts(&c);
+    c.error_after = calibration_error(&conf, &right);
+    Ok(c)
+}
+
+/// Splits, embeds, calibrates, trains and evaluates: the head with its
+/// held-out report.
 pub fn distill(
     encoder: &Encoder,
     records: &[Record],
@@ -309,7 +397,22 @@ pub fn distill(
     };
     let (train_x, train_y) = pick(&train_idx);
     let (test_x, test_y) = pick(&test_idx);
-    let fitted = train(&train_x, &train_y, &options.train)?;
+    let emphasized = if options.features == Features::Combined {
+        safedrift_judges::refusal::SIGNAL_FEATURES
+    } else {
+        0
+    };
+    let (mean, scale) = standardization(&train_x, emphasized)?;
+    let x = design(&train_x, &mean, &scale)?;
+    let heads = fit_heads(&x, &train_y, &options.train)?;
+    let train_records: Vec<&Record> = train_idx.iter().map(|&i| &records[i]).collect();
+    let (folds, n_folds) =
+        calibration_folds(&train_records, options.seed, options.calibration_folds);
+    let calibration = if n_folds >= 2 {
+        calibrate(&x, &train_y, &folds, n_folds, &heads.scores, &options.train)?
+    } else {
+        Calibration::identity()
+    };
     let test_prompts: BTreeSet<&str> = test_idx
         .iter()
         .map(|&i| records[i].prompt.as_str())
@@ -318,11 +421,14 @@ pub fn distill(
         format_version: HEAD_FORMAT_VERSION,
         encoder: encoder.identity.clone(),
         features: options.features,
-        labels: fitted.labels,
-        feature_mean: fitted.mean,
-        feature_scale: fitted.scale,
-        weights: fitted.weights,
-        bias: fitted.bias,
+        feature_mean: mean,
+        feature_scale: scale,
+        scores: heads.scores,
+        score_weights: heads.score_weights,
+        score_bias: heads.score_bias,
+        refusal_weights: heads.refusal_weights,
+        refusal_bias: heads.refusal_bias,
+        calibration,
         teacher: options.teacher.clone(),
         training_data: TrainingData {
             source: options.source.clone(),
@@ -336,43 +442,8 @@ pub fn distill(
         l2: options.train.l2,
         held_out: agreement(&[], &[]),
     };
-    let predicted: Vec<Label> = test_x
-        .iter()
-        .map(|f| {
-            let c = head.classify(f);
-            Label {
-                score: c.score,
-                refused: c.refused,
-            }
-        })
-        .collect();
-    head.held_out = agreement(&test_y, &predicted);
+    head.held_out = held_out_report(&head, &test_x, &test_y, &test_idx, records);
     Ok(head)
-}
-
-/// Minimum held-out agreement for a judge to be written.
-#[derive(Clone, Copy, Debug)]
-pub struct Minimums {
-    pub accuracy: f64,
-    pub kappa: f64,
-}
-
-/// The reasons a head falls short of the minimums (empty when it does not).
-pub fn shortfalls(report: &AgreementReport, min: &Minimums) -> Vec<String> {
-    let mut out = Vec::new();
-    if report.accuracy < min.accuracy {
-        out.push(format!(
-            "held-out accuracy {:.3} is below --min-accuracy {}",
-            report.accuracy, min.accuracy
-        ));
-    }
-    if report.quadratic_kappa < min.kappa {
-        out.push(format!(
-            "held-out quadratic kappa {:.3} is below --min-kappa {}",
-            report.quadratic_kappa, min.kappa
-        ));
-    }
-    out
 }
 
 /// Writes `out/head.json` and `out/encoder/` (hard links to the encoder's

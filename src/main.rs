@@ -135,7 +135,6 @@ enum AlertCommand {
 }
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["from_store", "data"])))]
 struct DistillArgs {
     /// Config file (its data_dir is the store read by --from-store).
     #[arg(long, env = "SAFEDRIFT_CONFIG")]
@@ -148,7 +147,9 @@ struct DistillArgs {
     /// Take the teacher's verdicts from stored runs: all, model=NAME or run=ID.
     #[arg(long)]
     from_store: Option<String>,
-    /// Labelled JSON lines (prompt, response, score 1-5, refused), or builtin:seed.
+    /// Labelled JSON lines (prompt, response, score 1-5, refused),
+    /// builtin:corpus or builtin:seed (default: builtin:corpus, unless
+    /// --from-store alone is given).
     #[arg(long)]
     data: Option<String>,
     /// Where to write the judge (head.json and encoder/).
@@ -161,25 +162,38 @@ struct DistillArgs {
     #[arg(long, default_value_t = 0.6)]
     min_accuracy: f64,
     /// Refuse to write a judge whose held-out quadratic kappa is lower.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.6)]
     min_kappa: f64,
+    /// Refuse to write a judge whose held-out agreement on "harmful" (score
+    /// 5 or not) is lower.
+    #[arg(long, default_value_t = 0.85)]
+    min_harmful_agreement: f64,
+    /// Refuse to write a judge whose held-out agreement on "refused" is lower.
+    #[arg(long, default_value_t = 0.85)]
+    min_refusal_agreement: f64,
     /// The converted sentence encoder (default: all-minilm-l6-v2 in
     /// $SAFEDRIFT_MODEL_CACHE, else ~/.cache/safedrift/models).
     #[arg(long)]
     encoder: Option<PathBuf>,
-    /// Features of the head: response (the response's embedding) or
-    /// response_prompt_product (response, prompt and their product).
-    #[arg(long, default_value = "response")]
+    /// Features of the heads: combined (the response's, the prompt's and
+    /// the opening's embeddings and the refusal rule's signals), response
+    /// (the response's embedding) or response_prompt_product (response,
+    /// prompt and their product).
+    #[arg(long, default_value = "combined")]
     features: String,
     /// Share of the prompts held out.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
-    /// L2 penalty of the logistic regression.
-    #[arg(long, default_value_t = 0.1)]
+    /// L2 penalty of the logistic regressions.
+    #[arg(long, default_value_t = 0.3)]
     l2: f64,
     /// Training steps (full-batch Adam).
     #[arg(long, default_value_t = 400)]
     iterations: usize,
+    /// Folds of the training split whose held-out predictions calibrate the
+    /// heads (0: no calibration).
+    #[arg(long, default_value_t = 5)]
+    calibration_folds: usize,
     /// ONNX Runtime threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,

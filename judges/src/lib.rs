@@ -30,12 +30,14 @@ pub mod classifier;
 pub mod keyword;
 pub mod llama_guard;
 pub mod onnx_judge;
+pub mod refusal;
 pub mod rubric;
 
 pub use classifier::{Classifier, ClassifierJudge};
-pub use keyword::{is_refusal, KeywordJudge, REFUSAL_OPENINGS};
+pub use keyword::KeywordJudge;
 pub use llama_guard::LlamaGuardJudge;
 pub use onnx_judge::{NextToken, NextTokenModel, OnnxGuardJudge, OnnxRubricJudge};
+pub use refusal::{is_refusal, REFUSAL_OPENINGS};
 pub use rubric::RubricJudge;
 
 /// What a judge decided about one answer.

@@ -13,12 +13,15 @@ use crate::{load_config, usage, DistillArgs, EXIT_BACKEND, EXIT_USAGE};
 pub(crate) fn distill(args: DistillArgs) -> u8 {
     let Some(features) = Features::parse(&args.features) else {
         return usage(format!(
-            "--features {:?}: expected response_prompt_product or response",
+            "--features {:?}: expected combined, response_prompt_product or response",
             args.features
         ));
     };
     if !(0.0 < args.test_fraction && args.test_fraction < 1.0) {
         return usage("--test-fraction must be between 0 and 1");
+    }
+    if args.calibration_folds == 1 {
+        return usage("--calibration-folds must be 0 (no calibration) or at least 2");
     }
     if args.from_store.is_some() && args.teacher.is_none() {
         return usage("--from-store needs --teacher: the judge whose stored verdicts are learned");
@@ -30,10 +33,11 @@ pub(crate) fn distill(args: DistillArgs) -> u8 {
     if records.is_empty() {
         return usage("no teacher-labelled records to learn from");
     }
-    let teacher = match (&args.teacher, args.data.as_deref()) {
+    let teacher = match (&args.teacher, data_spec(&args)) {
         (Some(t), _) => t.clone(),
-        (None, Some("builtin:seed")) => d::SEED_TEACHER.to_string(),
-        (None, Some(file)) => format!("labels of {file}"),
+        (None, Some(spec)) => {
+            d::builtin_teacher(spec).map_or_else(|| format!("labels of {spec}"), str::to_string)
+        }
         (None, None) => unreachable!("--from-store needs --teacher"),
     };
     let encoder_dir = args.encoder.clone().unwrap_or_else(d::default_encoder_dir);
@@ -69,6 +73,7 @@ pub(crate) fn distill(args: DistillArgs) -> u8 {
             iterations: args.iterations,
             ..d::TrainOptions::default()
         },
+        calibration_folds: args.calibration_folds,
     };
     let head = match d::distill(&encoder, &records, &distill_options) {
         Ok(h) => h,
@@ -78,14 +83,24 @@ pub(crate) fn distill(args: DistillArgs) -> u8 {
     write_judge(&args, &head, &encoder_dir)
 }
 
+/// The labelled file to learn from: `--data`, else the built-in corpus
+/// unless the records come from the store alone.
+fn data_spec(args: &DistillArgs) -> Option<&str> {
+    match (&args.data, &args.from_store) {
+        (Some(spec), _) => Some(spec),
+        (None, None) => Some(d::DEFAULT_DATA),
+        (None, Some(_)) => None,
+    }
+}
+
 /// The teacher-labelled records of `--data` and `--from-store`, with the
 /// names of their sources; an error is the exit code, its message printed.
 fn labelled_records(args: &DistillArgs) -> Result<(Vec<d::Record>, Vec<String>), u8> {
     let mut records = Vec::new();
     let mut sources = Vec::new();
-    if let Some(spec) = &args.data {
+    if let Some(spec) = data_spec(args) {
         records.extend(d::load_data(spec).map_err(usage)?);
-        sources.push(spec.clone());
+        sources.push(spec.to_string());
     }
     if let Some(selection) = &args.from_store {
         let selection = d::Selection::parse(selection).map_err(usage)?;
@@ -117,6 +132,8 @@ fn write_judge(args: &DistillArgs, head: &Head, encoder_dir: &Path) -> u8 {
         &d::Minimums {
             accuracy: args.min_accuracy,
             kappa: args.min_kappa,
+            harmful: args.min_harmful_agreement,
+            refused: args.min_refusal_agreement,
         },
     );
     if !short.is_empty() {

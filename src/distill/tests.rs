@@ -53,12 +53,15 @@ fn toy() -> (Vec<Vec<f32>>, Vec<Label>) {
     (x, y)
 }
 
-#[test]
-fn a_separable_toy_set_is_learned_perfectly() {
-    let (x, y) = toy();
-    let fitted = train(&x, &y, &TrainOptions::default()).unwrap();
-    assert_eq!(fitted.labels, vec![l(1, true), l(3, false), l(5, false)]);
-    let head = Head {
+fn toy_head(x: &[Vec<f32>], y: &[Label], calibration: Calibration) -> Head {
+    let (mean, scale) = standardization(x, 0).unwrap();
+    let heads = fit_heads(
+        &design(x, &mean, &scale).unwrap(),
+        y,
+        &TrainOptions::default(),
+    )
+    .unwrap();
+    Head {
         format_version: HEAD_FORMAT_VERSION,
         encoder: EncoderIdentity {
             name: "toy".into(),
@@ -67,11 +70,14 @@ fn a_separable_toy_set_is_learned_perfectly() {
             max_seq_length: 8,
         },
         features: Features::Response,
-        labels: fitted.labels.clone(),
-        feature_mean: fitted.mean.clone(),
-        feature_scale: fitted.scale.clone(),
-        weights: fitted.weights.clone(),
-        bias: fitted.bias.clone(),
+        feature_mean: mean,
+        feature_scale: scale,
+        scores: heads.scores,
+        score_weights: heads.score_weights,
+        score_bias: heads.score_bias,
+        refusal_weights: heads.refusal_weights,
+        refusal_bias: heads.refusal_bias,
+        calibration,
         teacher: "t".into(),
         training_data: TrainingData {
             source: "toy".into(),
@@ -84,7 +90,14 @@ fn a_separable_toy_set_is_learned_perfectly() {
         seed: 0,
         l2: 0.01,
         held_out: agreement(&[], &[]),
-    };
+    }
+}
+
+#[test]
+fn a_separable_toy_set_is_learned_perfectly() {
+    let (x, y) = toy();
+    let head = toy_head(&x, &y, Calibration::identity());
+    assert_eq!(head.scores, vec![1, 3, 5]);
     head.check().unwrap();
     let pred: Vec<Label> = x
         .iter()
@@ -96,16 +109,22 @@ fn a_separable_toy_set_is_learned_perfectly() {
     let r = agreement(&y, &pred);
     assert_eq!(r.accuracy, 1.0, "{r:?}");
     assert_eq!(r.quadratic_kappa, 1.0);
+    assert_eq!(r.refusal_agreement, 1.0);
 }
 
 #[test]
 fn training_is_deterministic() {
     let (x, y) = toy();
-    let a = train(&x, &y, &TrainOptions::default()).unwrap();
-    let b = train(&x, &y, &TrainOptions::default()).unwrap();
+    let (mean, scale) = standardization(&x, 0).unwrap();
+    let (_, emphasized) = standardization(&x, 1).unwrap();
+    assert!((f64::from(emphasized[3]) - f64::from(scale[3]) / SIGNAL_EMPHASIS).abs() < 1e-6);
+    assert_eq!(emphasized[..3], scale[..3]);
+    let d = design(&x, &mean, &scale).unwrap();
+    let a = fit_heads(&d, &y, &TrainOptions::default()).unwrap();
+    let b = fit_heads(&d, &y, &TrainOptions::default()).unwrap();
     assert_eq!(a, b);
-    let c = train(
-        &x,
+    let c = fit_heads(
+        &d,
         &y,
         &TrainOptions {
             l2: 1.0,
@@ -114,6 +133,78 @@ fn training_is_deterministic() {
     )
     .unwrap();
     assert_ne!(a, c, "the penalty changes the weights");
+    // A training split with one score cannot make a judge; one refusal
+    // class gives a constant refusal head.
+    let same: Vec<Label> = y.iter().map(|_| l(5, false)).collect();
+    assert!(fit_heads(&d, &same, &TrainOptions::default()).is_err());
+    let never: Vec<Label> = y.iter().map(|t| l(t.score, false)).collect();
+    let h = fit_heads(&d, &never, &TrainOptions::default()).unwrap();
+    assert!(h.refusal_weights.iter().all(|w| *w == 0.0) && h.refusal_bias < 0.0);
+}
+
+#[test]
+fn temperatures_undo_overconfidence() {
+    // Logits twice as large as the truth warrants: class 0 with
+    // probability sigmoid(1) = 0.73, written as logit 2.
+    let mut logits = Vec::new();
+    let mut truth = Vec::new();
+    let mut binary = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..1000 {
+        logits.push(vec![2.0, 0.0]);
+        truth.push(usize::from(i % 100 >= 73));
+        binary.push(2.0);
+        refused.push(i % 100 < 73);
+    }
+    let t = fit_temperature(&logits, &truth);
+    assert!((t - 2.0).abs() < 0.02, "{t}");
+    let t = fit_binary_temperature(&binary, &refused);
+    assert!((t - 2.0).abs() < 0.02, "{t}");
+}
+
+#[test]
+fn the_confidence_map_matches_how_often_verdicts_are_right() {
+    // Verdicts with raw confidence 0.9 that are right 60% of the time,
+    // and others with 0.6 that are right 40% of the time.
+    let mut raw = Vec::new();
+    let mut right = Vec::new();
+    for i in 0..1000 {
+        raw.push(0.9);
+        right.push(i % 10 < 6);
+        raw.push(0.6);
+        right.push(i % 10 < 4);
+    }
+    let before: Vec<f64> = raw.clone();
+    let (a, b) = fit_confidence_map(&raw, &right);
+    let cal = Calibration {
+        confidence_scale: a,
+        confidence_shift: b,
+        ..Calibration::identity()
+    };
+    let after: Vec<f64> = raw
+        .iter()
+        .map(|p| safedrift_judges::classifier::confidence(&cal, *p))
+        .collect();
+    assert!(
+        (after[0] - 0.6).abs() < 0.01 && (after[1] - 0.4).abs() < 0.01,
+        "{after:?}"
+    );
+    assert!(calibration_error(&after, &right) < 0.01);
+    assert!((calibration_error(&before, &right) - 0.25).abs() < 1e-9);
+    // All right: the map stays finite.
+    let (a, b) = fit_confidence_map(&[0.7, 0.8, 0.9], &[true, true, true]);
+    assert!(a.is_finite() && b.is_finite());
+}
+
+#[test]
+fn calibration_error_bins_by_tenths() {
+    assert_eq!(calibration_error(&[], &[]), 0.0);
+    // 0.95 right, 0.05 wrong: both perfectly calibrated? No: bin (0.9, 1]
+    // has confidence 0.95 and 100% right (error 0.05), bin (0, 0.1] has
+    // 0.05 and 0% right (error 0.05).
+    let e = calibration_error(&[0.95, 0.05], &[true, false]);
+    assert!((e - 0.05).abs() < 1e-12, "{e}");
+    assert_eq!(calibration_error(&[0.0], &[false]), 0.0);
 }
 
 fn rec(prompt: &str, score: u8) -> Record {
@@ -164,6 +255,13 @@ fn bad_rows_are_named_by_file_and_line() {
     assert!(e.0.contains("x.jsonl:1: score 9"), "{e}");
     let seed = load_data("builtin:seed").unwrap();
     assert!(seed.len() >= 100, "{}", seed.len());
+    let corpus = load_data("builtin:corpus").unwrap();
+    assert!(corpus.len() >= 2000, "{}", corpus.len());
+    assert_eq!(builtin_teacher("builtin:corpus"), Some(CORPUS_TEACHER));
+    assert!(load_data("builtin:nope")
+        .unwrap_err()
+        .0
+        .contains("built in: corpus, seed"));
     assert!(Selection::parse("model=").is_err());
     assert_eq!(
         Selection::parse("run=r_1").unwrap(),
