@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use safedrift_judges::{JudgeError, Message, NextToken, NextTokenModel};
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
@@ -113,37 +112,6 @@ pub struct OnnxBackend {
     model: Arc<ModelDir>,
 }
 
-/// Digest of a model directory's files (names, sizes, modification times):
-/// a new checkpoint written to the same path is a different model.
-fn fingerprint(dir: &Path) -> String {
-    let mut entries: Vec<(String, u64, u128)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            // Followed through symlinks: a snapshot of linked files (the HF
-            // cache's layout) is a model like any other.
-            let meta = std::fs::metadata(e.path()).ok()?;
-            let modified = meta
-                .modified()
-                .ok()?
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()?
-                .as_nanos();
-            let name = e.file_name().to_string_lossy().into_owned();
-            // Dot-files are bookkeeping (the download cache's `.complete`
-            // and `.last-used`), not the model.
-            (meta.is_file() && !name.starts_with('.')).then_some((name, meta.len(), modified))
-        })
-        .collect();
-    entries.sort();
-    let mut h = Sha256::new();
-    for (name, len, modified) in entries {
-        h.update(format!("{name}\0{len}\0{modified}\n"));
-    }
-    hex::encode(&h.finalize()[..8])
-}
-
 impl OnnxBackend {
     /// Checks `dir`, loads ONNX Runtime and the model on a worker thread, and
     /// returns once the model is ready (or with the reason it is not).
@@ -154,7 +122,7 @@ impl OnnxBackend {
         let (tx, rx) = mpsc::channel::<Msg>();
         let shared = model.clone();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Device, BackendError>>();
-        let identity = format!("onnx:{}@{}", dir.display(), fingerprint(dir));
+        let identity = format!("onnx:{}@{}", dir.display(), model::fingerprint(dir));
         std::thread::Builder::new()
             .name("safedrift-onnx".into())
             .spawn(move || {

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use super::chat_template::ChatTemplate;
@@ -207,4 +208,35 @@ impl ModelDir {
             chat_template,
         })
     }
+}
+
+/// Digest of a model directory's files (names, sizes, modification times):
+/// a new checkpoint written to the same path is a different model.
+pub(super) fn fingerprint(dir: &Path) -> String {
+    let mut entries: Vec<(String, u64, u128)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            // Followed through symlinks: a snapshot of linked files (the HF
+            // cache's layout) is a model like any other.
+            let meta = std::fs::metadata(e.path()).ok()?;
+            let modified = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_nanos();
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Dot-files are bookkeeping (the download cache's `.complete`
+            // and `.last-used`), not the model.
+            (meta.is_file() && !name.starts_with('.')).then_some((name, meta.len(), modified))
+        })
+        .collect();
+    entries.sort();
+    let mut h = Sha256::new();
+    for (name, len, modified) in entries {
+        h.update(format!("{name}\0{len}\0{modified}\n"));
+    }
+    hex::encode(&h.finalize()[..8])
 }
