@@ -20,7 +20,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::Router;
-use base64::Engine;
 use common::{free_port, get_json, stop, Scratch};
 use safedrift_testkit::{spawn, ModelScript, Script};
 use serde_json::{json, Value};
@@ -82,56 +81,6 @@ impl Smtp {
             .map(|p| std::fs::read_to_string(p).unwrap())
             .collect()
     }
-}
-
-/// The decoded bodies of a message's parts with this content type.
-fn part(raw: &str, content_type: &str) -> String {
-    let boundary = raw
-        .split("boundary=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("a multipart message");
-    let mut out = String::new();
-    for part in raw.split(&format!("--{boundary}")) {
-        let Some((head, body)) = part.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let head = head.to_ascii_lowercase();
-        if !head.contains(&format!("content-type: {content_type}")) {
-            continue;
-        }
-        if head.contains("content-transfer-encoding: quoted-printable") {
-            out.push_str(&decode_qp(body));
-        } else if head.contains("content-transfer-encoding: base64") {
-            let joined: String = body.split_whitespace().collect();
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(joined)
-                .unwrap();
-            out.push_str(&String::from_utf8_lossy(&bytes));
-        } else {
-            out.push_str(body);
-        }
-    }
-    out
-}
-
-fn decode_qp(s: &str) -> String {
-    let s = s.replace("=\r\n", "");
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Bodies POSTed to each path (`/hook`, `/slack`, `/api/v2/alerts`).
@@ -381,8 +330,8 @@ resolve_resend = "1s"
     let mut by_format: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for raw in smtp.mails() {
         let links = by_format.entry("email").or_default();
-        links.extend(urls_in(&part(&raw, "text/plain")));
-        links.extend(urls_in(&part(&raw, "text/html")));
+        links.extend(urls_in(&common::mime_part(&raw, "text/plain")));
+        links.extend(urls_in(&common::mime_part(&raw, "text/html")));
     }
     for (format, path) in [
         ("webhook json", "/hook"),

@@ -152,55 +152,8 @@ impl Mail {
 
     /// The decoded bodies of the parts with this content type.
     fn part(&self, content_type: &str) -> String {
-        let boundary = self
-            .raw
-            .split("boundary=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .expect("a multipart message");
-        let mut out = String::new();
-        for part in self.raw.split(&format!("--{boundary}")) {
-            let Some((head, body)) = part.split_once("\r\n\r\n") else {
-                continue;
-            };
-            let head_l = head.to_ascii_lowercase();
-            if !head_l.contains(&format!("content-type: {content_type}")) {
-                continue;
-            }
-            if head_l.contains("content-transfer-encoding: quoted-printable") {
-                out.push_str(&decode_qp(body));
-            } else if head_l.contains("content-transfer-encoding: base64") {
-                let joined: String = body.split_whitespace().collect();
-                out.push_str(&String::from_utf8_lossy(
-                    &base64::engine::general_purpose::STANDARD
-                        .decode(joined)
-                        .unwrap(),
-                ));
-            } else {
-                out.push_str(body);
-            }
-        }
-        out
+        common::mime_part(&self.raw, content_type)
     }
-}
-
-fn decode_qp(s: &str) -> String {
-    let s = s.replace("=\r\n", "");
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 // ---------------------------------------------------------------------------

@@ -257,3 +257,55 @@ pub async fn wait_for_daemon(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The decoded bodies (quoted-printable or base64) of a multipart mail's
+/// parts with this content type.
+pub fn mime_part(raw: &str, content_type: &str) -> String {
+    let boundary = raw
+        .split("boundary=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a multipart message");
+    let mut out = String::new();
+    for part in raw.split(&format!("--{boundary}")) {
+        let Some((head, body)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let head = head.to_ascii_lowercase();
+        if !head.contains(&format!("content-type: {content_type}")) {
+            continue;
+        }
+        if head.contains("content-transfer-encoding: quoted-printable") {
+            out.push_str(&decode_qp(body));
+        } else if head.contains("content-transfer-encoding: base64") {
+            let joined: String = body.split_whitespace().collect();
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(joined)
+                .unwrap();
+            out.push_str(&String::from_utf8_lossy(&bytes));
+        } else {
+            out.push_str(body);
+        }
+    }
+    out
+}
+
+fn decode_qp(s: &str) -> String {
+    let s = s.replace("=\r\n", "");
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
