@@ -497,6 +497,10 @@ impl HuggingfaceWatcher {
         info: ModelInfo,
         bases: &mut HashMap<String, Option<Checkpoint>>,
     ) -> Option<Checkpoint> {
+        if !is_repo_id(&info.id) {
+            warn!(watcher = %self.name, model = ?info.id, "the Hub listed a repo whose id is not a repo id; skipping it");
+            return None;
+        }
         if info.disabled.as_ref().and_then(|d| d.as_bool()) == Some(true) {
             debug!(watcher = %self.name, model = %info.id, "skipping a disabled repo");
             return None;

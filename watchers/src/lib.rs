@@ -47,6 +47,13 @@ pub struct Checkpoint {
     pub detail: serde_json::Value,
 }
 
+/// Whether a model name, revision or id a registry answered is one a
+/// checkpoint can carry: not empty, at most 512 bytes, no control
+/// characters. Watchers skip (and warn about) listings that fail it.
+pub fn is_plain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 512 && !s.chars().any(char::is_control)
+}
+
 impl Checkpoint {
     /// The identity used for deduplication: `watcher/model@revision`.
     pub fn key(&self) -> String {

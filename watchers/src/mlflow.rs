@@ -40,7 +40,9 @@ use url::Url;
 
 use crate::cache::{DownloadRequest, COMPLETE_FILE, LAST_USED_FILE, PARTIAL_SUFFIX};
 use crate::http::{send_once, Disposition, RetryPolicy};
-use crate::{read_secret, Baseline, Cache, Checkpoint, Target, WatchError, Watcher, Webhook};
+use crate::{
+    is_plain, read_secret, Baseline, Cache, Checkpoint, Target, WatchError, Watcher, Webhook,
+};
 
 /// How far a webhook's `X-MLflow-Timestamp` may be from now.
 pub const WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
@@ -541,6 +543,20 @@ impl MlflowWatcher {
         }
     }
 
+    /// Whether the registry gave `v` a version number, as MLflow always
+    /// does; anything else is skipped with a warning.
+    fn numbered(&self, v: &ModelVersion) -> bool {
+        let ok = !v.version.is_empty()
+            && v.version.len() <= 20
+            && v.version.bytes().all(|b| b.is_ascii_digit())
+            && is_plain(&v.name);
+        if !ok {
+            warn!(watcher = %self.name, model = %v.name, version = ?v.version,
+                "the registry listed a version that is not a version number; skipping it");
+        }
+        ok
+    }
+
     fn checkpoint(&self, v: &ModelVersion, baseline: Option<Baseline>) -> Checkpoint {
         Checkpoint {
             watcher: self.name.clone(),
@@ -643,19 +659,16 @@ impl Watcher for MlflowWatcher {
                 .await?
                 .into_iter()
                 .filter(|v| v.status.as_deref().unwrap_or("READY") == "READY")
+                .filter(|v| self.numbered(v))
                 .collect();
-            versions.sort_by_key(|v| {
-                (
-                    v.version.parse::<u64>().unwrap_or(u64::MAX),
-                    v.version.clone(),
-                )
-            });
+            versions.sort_by_key(|v| v.version.parse::<u64>().unwrap_or(u64::MAX));
             versions.dedup_by(|a, b| a.version == b.version);
 
             let baseline = match &self.baseline_alias {
                 // No versions (or no such model): nothing needs a baseline.
                 Some(_) if versions.is_empty() => None,
                 Some(alias) => match self.aliased_version(&model, alias).await? {
+                    Some(v) if !self.numbered(&v) => None,
                     Some(v) if v.status.as_deref().unwrap_or("READY") == "READY" => Some(v),
                     Some(v) => {
                         debug!(watcher = %self.name, model, version = %v.version, "the aliased version is not READY");

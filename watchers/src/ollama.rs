@@ -10,10 +10,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use tracing::warn;
 use url::Url;
 
 use crate::http::{JsonGet, RetryPolicy};
-use crate::{Cache, Checkpoint, Target, WatchError, Watcher};
+use crate::{is_plain, Cache, Checkpoint, Target, WatchError, Watcher};
 
 /// `[watchers.NAME]` keys of `kind = "ollama"`.
 #[derive(Clone, Debug, Deserialize)]
@@ -192,7 +193,14 @@ impl Watcher for OllamaWatcher {
         Ok(tags
             .models
             .into_iter()
-            .filter(|m| !m.digest.is_empty() && self.watched(&m.name))
+            .filter(|m| {
+                let plain = is_plain(&m.name) && is_plain(&m.digest);
+                if !plain {
+                    warn!(watcher = %self.name, model = ?m.name, digest = ?m.digest,
+                        "the server listed a model whose name or digest is not plain; skipping it");
+                }
+                plain && self.watched(&m.name)
+            })
             .map(|m| Checkpoint {
                 watcher: self.name.clone(),
                 model: m.name,

@@ -13,10 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use tracing::warn;
 use url::Url;
 
 use crate::http::{JsonGet, RetryPolicy};
-use crate::{read_secret, Baseline, Cache, Checkpoint, Target, WatchError, Watcher};
+use crate::{is_plain, read_secret, Baseline, Cache, Checkpoint, Target, WatchError, Watcher};
 
 /// `[watchers.NAME]` keys of `kind = "openai-finetunes"`.
 #[derive(Clone, Debug, Deserialize)]
@@ -208,6 +209,14 @@ impl Watcher for OpenaiFinetunesWatcher {
                     continue;
                 };
                 if job.status != "succeeded" {
+                    continue;
+                }
+                if ![&model, &job.id, &job.model]
+                    .into_iter()
+                    .all(|s| is_plain(s))
+                {
+                    warn!(watcher = %self.name, job = ?job.id, model = ?model, base = ?job.model,
+                        "the API listed a job whose id or model names are not plain names; skipping it");
                     continue;
                 }
                 if self.suffix.as_deref().is_some_and(|s| !model.contains(s)) {

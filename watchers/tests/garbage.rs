@@ -56,6 +56,35 @@ const SEEDS: &[&str] = &[
     r#"{"models": [{"name": "cand:latest", "model": "cand:latest", "digest": "sha256:abc", "modified_at": "2026-01-01T00:00:00Z", "size": 1, "details": {"family": "llama"}}]}"#,
 ];
 
+/// Values that replace one value of a real answer.
+const HOSTILE: &[&str] = &[
+    "null",
+    "-1",
+    "1e999",
+    "18446744073709551616",
+    "\"\"",
+    "[]",
+    "{}",
+    "\"../../etc/passwd\"",
+    "\"/etc/passwd\"",
+    "true",
+    "\"\\u0000\"",
+];
+
+/// Where a value starts in a seed: after each `": "`.
+fn spots(seed: &str) -> Vec<usize> {
+    seed.match_indices(": ").map(|(p, _)| p + 2).collect()
+}
+
+/// `seed` with its `spot`-th value replaced by `value`.
+fn replaced(seed: &str, value: &str, spot: usize) -> Vec<u8> {
+    let at = spots(seed)[spot];
+    let end = seed[at..]
+        .find([',', '}', ']'])
+        .map_or(seed.len(), |e| at + e);
+    format!("{}{}{}", &seed[..at], value, &seed[end..]).into_bytes()
+}
+
 fn mutated() -> impl Strategy<Value = Vec<u8>> {
     let seed = prop::sample::select(SEEDS);
     prop_oneof![
@@ -67,27 +96,10 @@ fn mutated() -> impl Strategy<Value = Vec<u8>> {
         // A real answer with one value replaced by a hostile one.
         (
             seed.clone(),
-            prop::sample::select(vec![
-                "null",
-                "-1",
-                "1e999",
-                "18446744073709551616",
-                "\"\"",
-                "[]",
-                "{}",
-                "\"../../etc/passwd\"",
-                "\"/etc/passwd\"",
-                "true",
-                "\"\\u0000\"",
-            ]),
+            prop::sample::select(HOSTILE),
             any::<prop::sample::Index>(),
         )
-            .prop_map(|(s, v, i)| {
-                let spots: Vec<usize> = s.match_indices(": ").map(|(p, _)| p + 2).collect();
-                let at = spots[i.index(spots.len())];
-                let end = s[at..].find([',', '}', ']']).map_or(s.len(), |e| at + e);
-                format!("{}{}{}", &s[..at], v, &s[end..]).into_bytes()
-            }),
+            .prop_map(|(s, v, i)| replaced(s, v, i.index(spots(s).len()))),
         // Deep nesting.
         (1usize..2000).prop_map(|d| ("[".repeat(d) + &"]".repeat(d)).into_bytes()),
         // Valid JSON of the wrong shape.
@@ -214,6 +226,36 @@ proptest! {
             }
         });
     }
+}
+
+/// Every hostile value in every place of every real answer, not only the
+/// ones the random cases happen to draw (an empty repo id once came through
+/// as a checkpoint named "").
+#[tokio::test]
+async fn each_hostile_value_in_each_place_is_an_error_or_sane_checkpoints() {
+    let state: Shared = Arc::new(Mutex::new(Answer {
+        status: 200,
+        content_type: "application/json",
+        link: None,
+        body: Vec::new(),
+    }));
+    let addr = serve(state.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let watchers = watchers(addr, dir.path());
+    let mut cases = 0;
+    for seed in SEEDS {
+        for spot in 0..spots(seed).len() {
+            for value in HOSTILE {
+                state.lock().unwrap().body = replaced(seed, value, spot);
+                for w in &watchers {
+                    let result = tokio::time::timeout(Duration::from_secs(20), w.poll()).await;
+                    check(w.name(), result);
+                }
+                cases += 1;
+            }
+        }
+    }
+    assert!(cases > 400, "only {cases} cases");
 }
 
 /// Webhook deliveries with generated headers and bodies: rejected as
