@@ -1029,6 +1029,10 @@ impl ClassifierJudge {
                         }
                     }
                 }
+                // The judge is dropped: so are the encoder's session and
+                // buffers once this thread lets go of them.
+                drop(classifier);
+                crate::give_memory_back();
             })
             .expect("spawn the classifier thread");
         ClassifierJudge {

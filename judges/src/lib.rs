@@ -143,3 +143,16 @@ pub fn short_digest(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     hex::encode(&digest[..6])
 }
+
+/// Hands freed heap memory back to the system. glibc keeps what a thread
+/// freed in its arena, so without this a daemon that loaded and dropped
+/// a model's weights stays as large as when it held them. Called by the
+/// inference threads (ONNX models, the classifier) once their session is
+/// dropped, and by the daemon after each evaluation.
+pub fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

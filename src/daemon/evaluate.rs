@@ -143,7 +143,7 @@ impl Daemon {
         let outcome = self.evaluate(&record, &progress).await;
         // The evaluation's models are dropped by now (the resolver keeps
         // weak references only): hand their memory back to the system.
-        give_memory_back();
+        safedrift_judges::give_memory_back();
         match outcome {
             Ok((run, baseline)) => {
                 record.status = CheckpointStatus::Done;
@@ -442,16 +442,5 @@ impl Drop for InUse<'_> {
                 in_use.swap_remove(i);
             }
         }
-    }
-}
-
-/// Returns freed heap memory to the system. glibc keeps freed memory in its
-/// arenas (one per thread that allocated), so a daemon that loaded
-/// gigabytes of weights stays that large without this.
-fn give_memory_back() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -140,6 +140,9 @@ impl OnnxBackend {
                         info!(model = %model.dir.display(), ?device, secs = started.elapsed().as_secs_f32(), "model loaded");
                         let _ = ready_tx.send(Ok(device));
                         Worker { model, decoder, options }.serve(rx);
+                        // The last handle is gone and the session with the
+                        // worker: its weights are free, hand them back.
+                        safedrift_judges::give_memory_back();
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
