@@ -27,10 +27,12 @@ use tracing::{info, warn};
 use crate::backend::{Backend, BackendError, Decoding};
 use crate::benchmark::{Benchmark, Prompt};
 use crate::store::{
-    Audit, BenchmarkRef, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
+    Audit, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
 };
 
 mod batches;
+mod runs;
+pub use runs::{open_run, settle_partner};
 mod identity;
 use batches::RunBatches;
 pub use identity::{content_identity, identity};
@@ -55,12 +57,22 @@ pub struct Job {
 
 /// Looks at the answers while a run goes on: the prompts are asked in
 /// `order` (indices of the work list), `every` at a time, and after each
-/// batch `decide` sees every result so far; `true` ends the run there,
-/// completed with the prompts asked.
+/// batch `decide` sees every result so far (and the partner's, when there
+/// is one); `true` ends the run there, completed with the prompts asked.
 pub struct Looks<'a> {
     pub order: Vec<u32>,
     pub every: usize,
-    pub decide: &'a mut (dyn FnMut(&[ResultRecord]) -> bool + Send),
+    pub decide: &'a mut (dyn FnMut(&[ResultRecord], &[ResultRecord]) -> bool + Send),
+    /// A run asked the same prompts just before this one, batch by batch:
+    /// the baseline, asked only as far as the decision needs.
+    pub partner: Option<Partner<'a>>,
+}
+
+/// The run asked alongside a run in batches ([`Looks::partner`]): its job
+/// and its open run (from [`open_run`]).
+pub struct Partner<'a> {
+    pub job: &'a Job,
+    pub run_id: String,
 }
 
 /// The work list of a job: (benchmark name, prompt), in benchmark order;
@@ -164,7 +176,6 @@ pub async fn evaluate_looking(
     looks: Option<Looks<'_>>,
 ) -> Result<(RunRecord, Vec<ResultRecord>), Stopped> {
     let work = work_list(job);
-    let identity = identity(job);
     let stopped = |run_id: &str, done: usize, error: EvalError| Stopped {
         run_id: run_id.to_string(),
         model: job.model.spec.clone(),
@@ -172,21 +183,7 @@ pub async fn evaluate_looking(
         total: work.len(),
         error,
     };
-    let run = match store
-        .open_run(&identity)
-        .map_err(|e| stopped("-", 0, e.into()))?
-    {
-        Some(mut run) => {
-            info!(run = %run.id, model = %job.model.spec, "resuming the unfinished run");
-            run.status = RunStatus::Running;
-            run.error = None;
-            run
-        }
-        None => new_run(job, &identity, work.len()),
-    };
-    store
-        .put_run(&run)
-        .map_err(|e| stopped(&run.id, 0, e.into()))?;
+    let run = open_run(store, job).map_err(|e| stopped("-", 0, e.into()))?;
 
     let mut existing: HashMap<u32, ResultRecord> = store
         .results(&run.id)
@@ -286,43 +283,6 @@ async fn finish(
                 .map_err(|e| stopped(&run.id, done, e.into()))?;
             Ok((run, results))
         }
-    }
-}
-
-/// A new run record for `job`, with nothing answered yet.
-fn new_run(job: &Job, identity: &str, total: usize) -> RunRecord {
-    RunRecord {
-        id: Store::new_run_id(),
-        status: RunStatus::Running,
-        identity: identity.to_string(),
-        model: job.model.clone(),
-        backend: job.backend.identity(),
-        template: job.template.clone(),
-        decoding: job.decoding.clone(),
-        benchmarks: job
-            .benchmarks
-            .iter()
-            .map(|b| BenchmarkRef {
-                name: b.name.clone(),
-                spec: b.spec.clone(),
-                sha256: b.sha256.clone(),
-                size: limit_prompts(&b.prompts, job.limit).len(),
-                benign: b.benign,
-            })
-            .collect(),
-        judge: job.judge_spec.clone(),
-        judge_identity: job.judge.identity(),
-        judge_description: job.judge.describe(),
-        total,
-        started_at: now(),
-        finished_at: None,
-        error: None,
-        baseline_run: None,
-        drift: None,
-        checkpoint: None,
-        audit: None,
-        content_identity: None,
-        copied_from: None,
     }
 }
 

@@ -49,6 +49,31 @@ pub struct Run {
     /// the same files (nothing was sent to the model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copied_from: Option<String>,
+    /// Why and when a `[drift] mode = "sequential"` run stopped before the
+    /// end of its benchmarks; absent for a run that went to the end. Kept
+    /// with `drift` by [`Run::set_drift`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<EarlyStop>,
+}
+
+/// A run that stopped early: `reason` is `drift` or `no_drift` (the
+/// anytime-valid tests decided), `after` the prompts asked by then. The
+/// evidence is in `drift.sequential`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EarlyStop {
+    pub reason: String,
+    pub after: usize,
+}
+
+impl EarlyStop {
+    /// The early stop a drift decision records, if any.
+    pub fn of(drift: Option<&Drift>) -> Option<EarlyStop> {
+        let s = drift?.sequential.as_ref()?;
+        Some(EarlyStop {
+            reason: s.stopped.clone()?,
+            after: s.asked,
+        })
+    }
 }
 
 impl Run {
@@ -87,7 +112,14 @@ impl Run {
             drift: None,
             audit: run.audit.clone(),
             copied_from: run.copied_from.clone(),
+            stopped: None,
         }
+    }
+
+    /// Sets the drift decision and, from it, [`Run::stopped`].
+    pub fn set_drift(&mut self, drift: Option<Drift>) {
+        self.stopped = EarlyStop::of(drift.as_ref());
+        self.drift = drift;
     }
 
     /// The candidate's document with its baseline and the drift decision.
@@ -100,7 +132,11 @@ impl Run {
     ) -> Run {
         let mut doc = Run::new(run, results);
         doc.baseline = Some(Box::new(Run::new(baseline, baseline_results)));
-        doc.drift = Some(safety_metrics::compare(baseline_results, results, rules));
+        doc.set_drift(Some(safety_metrics::compare(
+            baseline_results,
+            results,
+            rules,
+        )));
         doc
     }
 }

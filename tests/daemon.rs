@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{free_port, signal, stop, wait_for, Scratch};
+use common::{asked, free_port, ollama_lineage, signal, stop, wait_for, Scratch};
 use safedrift::store::{CheckpointStatus, RunStatus, Store};
 use safedrift_testkit::{spawn, ModelScript, Script, TestServer};
 
@@ -23,46 +23,9 @@ async fn health(port: u16) -> Option<serde_json::Value> {
     resp.json().await.ok()
 }
 
-fn asked(server: &TestServer, model: &str) -> Vec<String> {
-    server
-        .log()
-        .into_iter()
-        .filter(|r| r.model == model && r.status == 200)
-        .map(|r| r.last_user)
-        .collect()
-}
-
 const PROMPTS: usize = 60;
 
 fn setup(server: &TestServer, port: u16) -> Scratch {
-    let tk = server.addr;
-    let s = Scratch::with_config(&format!(
-        r#"
-[api]
-listen = "127.0.0.1:{port}"
-
-[eval]
-concurrency = 2
-max_new_tokens = 64
-
-[benchmarks.bench]
-kind = "jsonl"
-path = "BENCH"
-
-[backends.ol]
-kind = "openai"
-base_url = "http://{tk}/v1"
-
-[watchers.ol]
-kind = "ollama"
-base_url = "http://{tk}"
-models = ["cand", "cand2"]
-schedule = "*/1 * * * * *"
-baseline = "ol:base"
-benchmarks = ["bench"]
-judge = "keyword"
-"#
-    ));
     let rows: Vec<(String, String, String, bool)> = (0..PROMPTS)
         .map(|i| {
             let verb = if i % 2 == 0 { "comply" } else { "refuse" };
@@ -74,12 +37,7 @@ judge = "keyword"
             )
         })
         .collect();
-    let bench = s.jsonl("bench.jsonl", &rows);
-    let config = std::fs::read_to_string(s.config())
-        .unwrap()
-        .replace("BENCH", bench.to_str().unwrap());
-    std::fs::write(s.config(), config).unwrap();
-    s
+    ollama_lineage(server, port, &["cand", "cand2"], &rows, "")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
-use common::{free_port, kill9, signal, stop, wait_for, Scratch};
+use common::{api_get, asked, free_port, kill9, signal, stop, wait_for, Scratch};
 use safedrift::store::{CheckpointStatus, RunStatus, Store};
 use safedrift_testkit::{spawn, ModelScript, Script, TestServer};
 
@@ -20,27 +20,8 @@ const PROMPTS: usize = 30;
 const HARMFUL: &str = "Sure, here is how to do it.";
 const REFUSAL: &str = "I'm sorry, I can't help.";
 
-async fn get(port: u16, path: &str) -> Option<serde_json::Value> {
-    let resp = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    resp.json().await.ok()
-}
-
 async fn health(port: u16) -> Option<serde_json::Value> {
-    get(port, "/healthz").await
-}
-
-fn asked(server: &TestServer, model: &str) -> Vec<String> {
-    server
-        .log()
-        .into_iter()
-        .filter(|r| r.model == model && r.status == 200)
-        .map(|r| r.last_user)
-        .collect()
+    api_get(port, "/healthz").await
 }
 
 /// A base model that refuses and a candidate that complies with every
@@ -258,7 +239,7 @@ async fn a_slow_evaluation_does_not_hold_back_a_fast_backends_checkpoint_and_kil
     assert_eq!(h["evaluating"], running[0]["checkpoint"], "{h}");
     // The run API's live progress of the slow lane's run.
     let run_id = running[0]["run"].as_str().expect("its run has started");
-    let progress = get(port, &format!("/api/v1/runs/{run_id}/progress"))
+    let progress = api_get(port, &format!("/api/v1/runs/{run_id}/progress"))
         .await
         .unwrap();
     assert_eq!(progress["total"], PROMPTS, "{progress}");
@@ -283,7 +264,7 @@ async fn a_slow_evaluation_does_not_hold_back_a_fast_backends_checkpoint_and_kil
     let h = health(port).await.unwrap();
     assert_eq!(h["status"], "ok", "{h}");
     assert_eq!(h["queue"]["queued"], 0, "{h}");
-    let alerts = get(port, "/api/v1/alerts").await.unwrap();
+    let alerts = api_get(port, "/api/v1/alerts").await.unwrap();
     stop(&mut daemon).await;
 
     // One alert per drifted checkpoint (a delivery interrupted by the kill

@@ -900,9 +900,21 @@ async fn sequential_mode_stops_a_clear_drift_early_and_says_why() {
     // The first look with 16 harmful pairs decides: at most 24 prompts
     // (8 per look, about 1 in 6 benign), well under the 72 planned.
     assert!((16..=24).contains(&asked), "{seq:#}");
-    // The baseline answered all 72; the candidate only what was asked.
-    assert_eq!(server.request_count(), 72 + asked);
+    // The baseline was asked alongside, only what the candidate was: its
+    // run is left partial, the rest to be asked when a decision needs it.
+    assert_eq!(server.request_count(), 2 * asked);
+    assert_eq!(
+        run["baseline"]["status"], "partial",
+        "{:#}",
+        run["baseline"]
+    );
+    let harmful_asked = run["metrics"]["n"].as_u64().unwrap();
+    assert_eq!(run["baseline"]["metrics"]["n"], harmful_asked);
     assert_eq!(run["drift"]["detected"], true);
+    assert_eq!(
+        run["stopped"],
+        serde_json::json!({"reason": "drift", "after": asked})
+    );
     let check = seq["checks"]
         .as_array()
         .unwrap()
@@ -933,18 +945,36 @@ async fn sequential_mode_stops_a_clear_drift_early_and_says_why() {
     );
 
     // No drift: the same answers. Whether it stops for "no drift" or goes
-    // to the end, it never fires.
+    // to the end, it never fires. The baseline's partial run is resumed in
+    // the same order: asked only the prompts it has not answered yet.
+    let before = server.request_count();
     let out = eval("openai:same").await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let run = run_json(&out);
     let seq = &run["drift"]["sequential"];
     assert_eq!(run["drift"]["detected"], false, "{seq:#}");
     assert_ne!(seq["stopped"], "drift");
+    let asked_same = seq["asked"].as_u64().unwrap() as usize;
+    assert_eq!(
+        server.request_count() - before,
+        asked_same + asked_same.saturating_sub(asked),
+        "{seq:#}"
+    );
+    let harmful_same = run["metrics"]["n"].as_u64().unwrap();
+    assert_eq!(
+        run["baseline"]["metrics"]["n"],
+        harmful_asked.max(harmful_same)
+    );
     if seq["stopped"].is_null() {
         assert_eq!(
             seq["asked"], 72,
             "a run that did not stop went to the end: {seq:#}"
         );
+        assert_eq!(run["baseline"]["status"], "completed");
+        assert!(run["stopped"].is_null(), "{run:#}");
+    } else {
+        assert_eq!(run["stopped"]["reason"], "no_drift");
+        assert_eq!(run["stopped"]["after"], asked_same);
     }
 
     // per_category = "complete": every prompt is asked for the per-category
@@ -954,6 +984,7 @@ async fn sequential_mode_stops_a_clear_drift_early_and_says_why() {
     );
     let path = s.jsonl("bench.jsonl", &sequential_rows());
     let bench = format!("jsonl:{}", path.display());
+    let before = server.request_count();
     let out = s
         .run(&[
             "eval",
@@ -977,6 +1008,10 @@ async fn sequential_mode_stops_a_clear_drift_early_and_says_why() {
     assert_eq!(seq["asked"], 72, "{seq:#}");
     assert!(seq["stopped"].is_null(), "{seq:#}");
     assert_eq!(run["drift"]["detected"], true);
+    // A new store: the baseline was asked alongside, all of it, and is
+    // complete.
+    assert_eq!(server.request_count() - before, 2 * 72);
+    assert_eq!(run["baseline"]["status"], "completed");
 }
 
 /// The dashboard's run page for `id`, served from the store `s`'s last

@@ -219,7 +219,7 @@ impl Alerts {
                 }
                 None => Run::new(run, &results),
             };
-            doc.drift = run.drift.clone();
+            doc.set_drift(run.drift.clone());
             if audit {
                 info!(run = %run.id, "recording the judge audit alert of a run that completed before a restart");
                 if let Err(e) = self.ingest_audit(&doc).await {

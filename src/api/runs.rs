@@ -30,7 +30,8 @@ pub struct ModelInfo {
 #[derive(Serialize, ToSchema)]
 pub struct RunSummary {
     pub id: String,
-    /// `running`, `interrupted`, `failed` or `completed`.
+    /// `running`, `interrupted`, `partial` (a baseline asked only what a
+    /// sequential decision needed), `failed` or `completed`.
     pub status: String,
     pub model: ModelInfo,
     /// The daemon's checkpoint (`watcher/model@revision`), if any.
@@ -52,6 +53,7 @@ pub(crate) fn status_name(s: RunStatus) -> &'static str {
     match s {
         RunStatus::Running => "running",
         RunStatus::Interrupted => "interrupted",
+        RunStatus::Partial => "partial",
         RunStatus::Failed => "failed",
         RunStatus::Completed => "completed",
     }
@@ -95,7 +97,7 @@ pub struct RunsQuery {
     /// Only runs of checkpoints found by this watcher.
     pub watcher: Option<String>,
     /// Only runs in this state.
-    #[param(pattern = "^(running|interrupted|failed|completed)$")]
+    #[param(pattern = "^(running|interrupted|partial|failed|completed)$")]
     pub status: Option<String>,
     /// Only runs started at or after this time (RFC 3339 or YYYY-MM-DD).
     #[param(format = DateTime)]
@@ -127,11 +129,12 @@ fn parse_status(text: &str) -> Result<RunStatus, ApiError> {
     match text {
         "running" => Ok(RunStatus::Running),
         "interrupted" => Ok(RunStatus::Interrupted),
+        "partial" => Ok(RunStatus::Partial),
         "failed" => Ok(RunStatus::Failed),
         "completed" => Ok(RunStatus::Completed),
         _ => Err(ApiError::invalid(
             "status",
-            "expected running, interrupted, failed or completed",
+            "expected running, interrupted, partial, failed or completed",
         )),
     }
 }
@@ -244,7 +247,7 @@ fn render_run(
         (Some(base), Some(drift)) => {
             let mut doc = own.doc.clone();
             doc.baseline = Some(Box::new(own_document(api, base, since)?.doc.clone()));
-            doc.drift = Some(drift.clone());
+            doc.set_drift(Some(drift.clone()));
             doc
         }
         (Some(base), None) => {

@@ -7,7 +7,10 @@
 //! the names the user gave, and the models as [`Subject`]s. [`Evaluator`]
 //! then, in this order and nowhere else:
 //! 1. runs the baseline, reusing its completed run when one with the same
-//!    identity exists (a lineage's baseline is evaluated once per plan);
+//!    identity exists (a lineage's baseline is evaluated once per plan); in
+//!    the sequential mode a baseline with no completed run is instead asked
+//!    alongside the candidate, only as far as the decision needs
+//!    (`baseline.rs`);
 //! 2. runs the candidate (reusing a completed run only where the caller
 //!    allows: the daemon does, `eval` evaluates afresh);
 //! 3. audits both runs against the local judge's teacher when planned (a
@@ -18,6 +21,7 @@
 //! What happens next (printing a report, alerting) is the caller's, from
 //! the stored decision in [`Outcome`].
 
+mod baseline;
 pub mod locks;
 mod sequential;
 
@@ -229,25 +233,20 @@ impl Evaluator<'_> {
         checkpoint: Option<&str>,
         rules: &DriftConfig,
     ) -> Result<Outcome, Failure> {
-        let baseline = match baseline {
+        let sequential = rules.mode == DriftMode::Sequential;
+        // The baseline's lock is held while it is used: for the whole
+        // evaluation when it is asked alongside the candidate.
+        let (baseline, _base_lock) = match baseline {
             Some(b) => {
-                let job = plan.job(b);
-                let identity = pipeline::identity(&job);
-                let _one = self.lock(&identity).await?;
-                let (mut run, results) = self.run(&job, true, true, None).await?;
-                self.audit(plan, &mut run, &results).await;
-                Some((run, results))
+                let (base, lock) = self.baseline(plan, b, sequential).await?;
+                (Some(base), Some(lock))
             }
-            None => None,
+            None => (None, None),
         };
         let mut job = plan.job(candidate);
-        let mut looker = match &baseline {
-            Some((_, base_results)) if rules.mode == DriftMode::Sequential => {
-                job.sequential = Some(sequential::identity_part(rules));
-                Some(sequential::Looker::new(&job, base_results, rules))
-            }
-            _ => None,
-        };
+        if sequential && baseline.is_some() {
+            job.sequential = Some(sequential::identity_part(rules));
+        }
         let identity = pipeline::identity(&job);
         // Held until the run is stored with its decision: the same model
         // queued twice (two watchers' plans, the API) is evaluated once.
@@ -258,6 +257,10 @@ impl Evaluator<'_> {
                     info!(checkpoint = %cp, run = %run.id, "already evaluated before a restart");
                     let results = self.store.results(&run.id)?;
                     let report = Run::new(&run, &results);
+                    let baseline = match baseline {
+                        Some(b) => b.into_stored(self.store)?,
+                        None => None,
+                    };
                     return Ok(Outcome {
                         run,
                         results,
@@ -268,9 +271,10 @@ impl Evaluator<'_> {
                 }
             }
         }
-        let (mut run, results) = self
-            .run(&job, reuse_candidate, false, looker.as_mut())
+        let (run, results, baseline, mut looker) = self
+            .against(plan, &job, reuse_candidate, baseline, rules)
             .await?;
+        let mut run = run;
         self.audit(plan, &mut run, &results).await;
         if let Some(cp) = checkpoint {
             run.checkpoint = Some(cp.to_string());
@@ -303,36 +307,49 @@ impl Evaluator<'_> {
         })
     }
 
-    /// A model's completed run under this plan (when `reuse`), or a copy
-    /// of a completed run of a model with the same content (a local
-    /// checkpoint identical to its base), else a new or resumed run. The
-    /// caller holds the identity's lock.
+    /// The completed run of `job` under this plan, or a copy of a completed
+    /// run of a model with the same content (a local checkpoint identical to
+    /// its base), if there is one. The caller holds the identity's lock.
+    async fn reusable(
+        &self,
+        job: &Job,
+        baseline: bool,
+    ) -> Result<Option<(RunRecord, Vec<ResultRecord>)>, Failure> {
+        let identity = pipeline::identity(job);
+        if let Some(run) = self.store.completed_run(&identity)? {
+            if baseline {
+                info!(baseline = %run.model.spec, run = %run.id, "reusing the baseline's completed run");
+            } else {
+                info!(model = %run.model.spec, run = %run.id, "reusing the model's completed run");
+            }
+            let results = self.store.results(&run.id)?;
+            return Ok(Some((run, results)));
+        }
+        if let Some(content) = content_identity(job).await {
+            if let Some(source) = self.store.completed_run_by_content(&content)? {
+                return Ok(Some(self.copy(job, identity, &content, source).await?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A model's completed run under this plan (when `reuse`: see
+    /// [`Evaluator::reusable`]), else a new or resumed run, asked in
+    /// batches with looks when `looks` is given (and its partner alongside).
+    /// The caller holds the identity's lock.
     async fn run(
         &self,
         job: &Job,
         reuse: bool,
-        baseline: bool,
-        looker: Option<&mut sequential::Looker>,
+        looks: Option<(&mut sequential::Looker, Option<pipeline::Partner<'_>>)>,
     ) -> Result<(RunRecord, Vec<ResultRecord>), Failure> {
-        let identity = pipeline::identity(job);
-        let content = content_identity(job).await;
         if reuse {
-            if let Some(run) = self.store.completed_run(&identity)? {
-                if baseline {
-                    info!(baseline = %run.model.spec, run = %run.id, "reusing the baseline's completed run");
-                } else {
-                    info!(model = %run.model.spec, run = %run.id, "reusing the model's completed run");
-                }
-                let results = self.store.results(&run.id)?;
-                return Ok((run, results));
-            }
-            if let Some(content) = &content {
-                if let Some(source) = self.store.completed_run_by_content(content)? {
-                    return Ok(self.copy(job, identity, content, source).await?);
-                }
+            if let Some(found) = self.reusable(job, false).await? {
+                return Ok(found);
             }
         }
-        let (mut run, results) = match looker {
+        let content = content_identity(job).await;
+        let (mut run, results) = match looks {
             None => {
                 pipeline::evaluate(
                     self.store,
@@ -343,13 +360,20 @@ impl Evaluator<'_> {
                 )
                 .await?
             }
-            Some(looker) => {
+            Some((looker, partner)) => {
                 let (order, every) = (looker.order(), looker.every());
-                let mut decide = |results: &[ResultRecord]| looker.decide(results);
+                let alongside = partner.is_some();
+                let mut decide = |ours: &[ResultRecord], theirs: &[ResultRecord]| {
+                    if alongside {
+                        looker.set_base(theirs);
+                    }
+                    looker.decide(ours)
+                };
                 let looks = pipeline::Looks {
                     order,
                     every,
                     decide: &mut decide,
+                    partner,
                 };
                 pipeline::evaluate_looking(
                     self.store,

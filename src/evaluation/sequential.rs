@@ -1,8 +1,10 @@
 //! `[drift] mode = "sequential"`: the candidate's prompts are asked in a
 //! stratified order, `look_every` at a time, and after each batch the
 //! anytime-valid tests of [`crate::stats::sequential`] look at the pairs so
-//! far (the baseline's run is complete: it is shared by every checkpoint of
-//! its lineage). The run stops for drift when an overall finding's
+//! far. A baseline with no completed run is asked alongside, each batch
+//! just before the candidate, so it answers only what the decision needs
+//! (its run is left `partial`; the lineage's next checkpoint asks it for
+//! more, in the same order). The run stops for drift when an overall finding's
 //! e-process crosses 2/significance with its delta over the threshold, and
 //! for "no drift" when every overall finding's confidence sequence lies
 //! below its threshold; otherwise it goes to the end, where today's fixed
@@ -17,7 +19,7 @@ use rand::SeedableRng;
 use crate::config::{DriftConfig, PerCategory};
 use crate::pipeline::{self, Job};
 use crate::records::{ResultRecord, Sequential, SequentialCheck};
-use crate::report::Run;
+use crate::report::{EarlyStop, Run};
 use crate::stats::sequential::{ConfidenceSequence, SequentialSettings, SequentialTest, Stop};
 use crate::store::RunRecord;
 
@@ -138,6 +140,8 @@ pub(super) struct Looker {
     order: Vec<u32>,
     /// The baseline's scored answers by work-list index: (score, refused, benign).
     base: HashMap<u32, (u8, bool, bool)>,
+    /// The benchmarks hold benign prompts: the over-refusal rate is tested.
+    has_benign: bool,
     planned: usize,
     asked: usize,
     stopped: Option<Stop>,
@@ -152,18 +156,27 @@ fn scored(r: &ResultRecord) -> Option<(u8, bool)> {
 impl Looker {
     pub(super) fn new(job: &Job, base_results: &[ResultRecord], rules: &DriftConfig) -> Looker {
         let order = stratified_order(job);
-        Looker {
+        let mut looker = Looker {
             rules: rules.clone(),
             planned: order.len(),
             order,
-            base: base_results
-                .iter()
-                .filter_map(|r| scored(r).map(|(s, refused)| (r.index, (s, refused, r.benign))))
-                .collect(),
+            base: HashMap::new(),
+            has_benign: pipeline::work(job).iter().any(|(_, p)| p.benign),
             asked: 0,
             stopped: None,
             checks: Vec::new(),
-        }
+        };
+        looker.set_base(base_results);
+        looker
+    }
+
+    /// The baseline's answers so far (all of them, or as far as a baseline
+    /// asked alongside has got).
+    pub(super) fn set_base(&mut self, base_results: &[ResultRecord]) {
+        self.base = base_results
+            .iter()
+            .filter_map(|r| scored(r).map(|(s, refused)| (r.index, (s, refused, r.benign))))
+            .collect();
     }
 
     pub(super) fn order(&self) -> Vec<u32> {
@@ -201,9 +214,8 @@ impl Looker {
                 score.interval.observe(d);
             }
         }
-        let has_benign = self.base.values().any(|b| b.2);
         let mut checks = vec![harmful, score];
-        if has_benign {
+        if self.has_benign {
             checks.push(over);
         }
         let looks: Vec<Option<Stop>> = checks.iter().map(|c| c.test.look()).collect();
@@ -260,6 +272,7 @@ impl Looker {
                 checks: self.checks.clone(),
             });
         }
+        report.stopped = EarlyStop::of(report.drift.as_ref());
         report
     }
 }

@@ -21,6 +21,11 @@ pub enum RunStatus {
     Running,
     /// Stopped by the user (Ctrl-C, SIGTERM); resumable.
     Interrupted,
+    /// A baseline asked only the prompts a sequential decision needed
+    /// (`[drift] mode = "sequential"`): its answers so far are what the
+    /// candidates of its lineage were compared with; the next evaluation
+    /// against it asks what it needs, and a fixed-mode one completes it.
+    Partial,
     /// Stopped by a backend or judge failure; resumable.
     Failed,
     Completed,

@@ -261,6 +261,7 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
     let status = prop_oneof![
         Just(RunStatus::Running),
         Just(RunStatus::Interrupted),
+        Just(RunStatus::Partial),
         Just(RunStatus::Failed),
         Just(RunStatus::Completed),
     ];

@@ -309,3 +309,74 @@ fn decode_qp(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// `GET http://127.0.0.1:PORT/PATH` as JSON, without a token; `None` when
+/// the daemon does not answer (yet) or the body is not JSON.
+pub async fn api_get(port: u16, path: &str) -> Option<serde_json::Value> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    resp.json().await.ok()
+}
+
+/// The last user message of each chat completion the test server answered
+/// for `model` (status 200), in order.
+pub fn asked(server: &safedrift_testkit::TestServer, model: &str) -> Vec<String> {
+    server
+        .log()
+        .into_iter()
+        .filter(|r| r.model == model && r.status == 200)
+        .map(|r| r.last_user)
+        .collect()
+}
+
+/// A scratch directory for `safedrift run` watching the test server as an
+/// Ollama registry: the API on `port`, the watcher `ol` on `models`
+/// (polled every second, baseline `ol:base` served by the same server),
+/// the benchmark `bench` of `rows`, the keyword judge, and `extra` config
+/// text after it all.
+pub fn ollama_lineage(
+    server: &safedrift_testkit::TestServer,
+    port: u16,
+    models: &[&str],
+    rows: &[(String, String, String, bool)],
+    extra: &str,
+) -> Scratch {
+    let tk = server.addr;
+    let s = Scratch::with_config("");
+    let bench = s.jsonl("bench.jsonl", rows);
+    let config = format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[eval]
+concurrency = 2
+max_new_tokens = 64
+
+[benchmarks.bench]
+kind = "jsonl"
+path = {bench:?}
+
+[backends.ol]
+kind = "openai"
+base_url = "http://{tk}/v1"
+
+[watchers.ol]
+kind = "ollama"
+base_url = "http://{tk}"
+models = {models:?}
+schedule = "*/1 * * * * *"
+baseline = "ol:base"
+benchmarks = ["bench"]
+judge = "keyword"
+{extra}"#,
+        bench = bench.display().to_string(),
+    );
+    let base = std::fs::read_to_string(s.config()).unwrap();
+    std::fs::write(s.config(), base + &config).unwrap();
+    s
+}

@@ -31,6 +31,7 @@ fn doc(id: &str, model: &str, rate: f64) -> Run {
         drift: None,
         audit: None,
         copied_from: None,
+        stopped: None,
     };
     let mut d = mk(
         id,
