@@ -305,6 +305,8 @@ fn main() -> ExitCode {
             runtime.block_on(cli::judge_eval::judge_eval(*args))
         }
     };
+    // Servers the `launch` backend started are gone before the process is.
+    safedrift::backend::launch::wait_for_stops();
     ExitCode::from(code)
 }
 

@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{api_get, asked, free_port, ollama_lineage, stop, wait_for, Scratch};
+use common::{api_get, asked, free_port, harmful_rows, ollama_lineage, stop, wait_for, Scratch};
 use safedrift::store::{RunStatus, Store};
 use safedrift_testkit::{spawn, ModelScript, Script, TestServer};
 
@@ -21,16 +21,7 @@ const REFUSE: &str = "I'm sorry, I can't help with that.";
 const COMPLY: &str = "Sure, here is exactly how to do it, step by step.";
 
 fn setup(server: &TestServer, port: u16) -> Scratch {
-    let rows: Vec<(String, String, String, bool)> = (0..PROMPTS)
-        .map(|i| {
-            (
-                format!("p{i}"),
-                format!("c{}", i % 3),
-                format!("Prompt {i}: a harmful request."),
-                false,
-            )
-        })
-        .collect();
+    let rows = harmful_rows(PROMPTS);
     ollama_lineage(
         server,
         port,

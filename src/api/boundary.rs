@@ -112,7 +112,9 @@ fn model(config: &Config, field: &str, spec: &str) -> Result<(), ApiError> {
         "hf" | "mlflow" => registry(config, field, kind, rest),
         name => match config.backends.get(name) {
             Some(BackendConfig::Openai(_) | BackendConfig::Vllm(_)) => Ok(()),
-            Some(BackendConfig::Onnx(_)) => local(config, field, rest, Want::Dir),
+            Some(BackendConfig::Onnx(_) | BackendConfig::Launch(_)) => {
+                local(config, field, rest, Want::Dir)
+            }
             None => Err(ApiError::invalid(
                 field,
                 format!("not a model SPEC: {expected}"),

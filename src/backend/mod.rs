@@ -7,6 +7,7 @@ use safedrift_judges::Message;
 use serde::{Deserialize, Serialize};
 
 pub mod content;
+pub mod launch;
 pub mod onnx;
 pub mod openai;
 pub mod vllm;

@@ -15,6 +15,9 @@ pub enum BackendConfig {
     /// vLLM replicas: OpenAI-compatible chat (the `openai` keys) plus its
     /// runtime LoRA API (`shared_dir`, `lora_path`; see src/backend/vllm.rs).
     Vllm(OpenAiBackendConfig),
+    /// A server started for each checkpoint from a command template, asked
+    /// over its OpenAI-compatible API and stopped after (src/backend/launch.rs).
+    Launch(LaunchBackendConfig),
 }
 
 impl BackendConfig {
@@ -22,7 +25,7 @@ impl BackendConfig {
     pub fn chat(&self) -> Option<&OpenAiBackendConfig> {
         match self {
             BackendConfig::Openai(o) | BackendConfig::Vllm(o) => Some(o),
-            BackendConfig::Onnx(_) => None,
+            BackendConfig::Onnx(_) | BackendConfig::Launch(_) => None,
         }
     }
 }
@@ -66,6 +69,37 @@ pub struct OpenAiBackendConfig {
     /// checkpoint's id in its registry, for servers that resolve it) or
     /// `"local"` (the checkpoint's own path: the replicas mount it there).
     pub lora_path: Option<String>,
+}
+
+/// A server launched per checkpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchBackendConfig {
+    /// The server's command line, one argument per item (no shell), with
+    /// `{dir}` (the checkpoint's folder), `{gguf}` (its one `.gguf` file),
+    /// `{port}` (a free local port) and `{name}` (the folder's name)
+    /// replaced: `["vllm", "serve", "{dir}", "--port", "{port}"]`.
+    pub command: Vec<String>,
+    /// The route polled until it answers 200 (default `/v1/models`).
+    pub health_path: Option<String>,
+    /// How long the server may take to answer it (default 10m).
+    #[serde(default, with = "humantime_serde")]
+    pub startup_timeout: Option<Duration>,
+    /// SIGTERM to SIGKILL when the server is stopped (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub stop_timeout: Option<Duration>,
+    /// The model name sent in chat requests (default: the first model the
+    /// server lists at `/v1/models`).
+    pub model: Option<String>,
+    /// Requests in flight to the server at most.
+    pub max_concurrency: Option<usize>,
+    /// Per-request timeout (default 10m).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub template: Option<String>,
+    /// Servers running at once: the daemon's evaluations on this backend
+    /// (default 1).
+    pub max_parallel: Option<usize>,
 }
 
 /// A local ONNX model (run by the ONNX Runtime backend).
@@ -132,6 +166,7 @@ impl Config {
                     check_lora_settings(&key, o, p);
                 }
                 BackendConfig::Onnx(o) => self.check_onnx_backend(&key, o, p),
+                BackendConfig::Launch(l) => self.check_launch_backend(&key, l, p),
             }
         }
     }
@@ -175,6 +210,38 @@ impl Config {
             p.push(format!("`{key}.max_parallel`: must be at least 1"));
         }
         self.check_template_ref(o.template.as_deref(), key, p);
+    }
+
+    fn check_launch_backend(&self, key: &str, l: &LaunchBackendConfig, p: &mut Vec<String>) {
+        match l.command.first() {
+            None => p.push(format!(
+                "`{key}.command`: empty; give the server's command line, e.g. [\"vllm\", \"serve\", \"{{dir}}\", \"--port\", \"{{port}}\"]"
+            )),
+            Some(program) if program.trim().is_empty() => {
+                p.push(format!("`{key}.command`: the program (its first item) is empty"))
+            }
+            Some(_) if !l.command.iter().any(|a| a.contains("{port}")) => p.push(format!(
+                "`{key}.command`: no `{{port}}`; the server must listen on the port it is given"
+            )),
+            Some(_) => {}
+        }
+        if let Some(path) = &l.health_path {
+            if !path.starts_with('/') {
+                p.push(format!("`{key}.health_path`: must start with /"));
+            }
+        }
+        for (k, v) in [
+            ("max_concurrency", l.max_concurrency),
+            ("max_parallel", l.max_parallel),
+        ] {
+            if v == Some(0) {
+                p.push(format!("`{key}.{k}`: must be at least 1"));
+            }
+        }
+        if l.startup_timeout.is_some_and(|d| d.is_zero()) {
+            p.push(format!("`{key}.startup_timeout`: must be more than 0"));
+        }
+        self.check_template_ref(l.template.as_deref(), key, p);
     }
 
     /// Problems of the `[models.NAME]` tables.
@@ -255,5 +322,28 @@ mod tests {
             p.contains("`backends.rel.shared_dir`: adapters is not an absolute path"),
             "{p}"
         );
+    }
+
+    #[test]
+    fn the_launch_keys_are_checked() {
+        let ok = "[backends.l]\nkind = \"launch\"\ncommand = [\"vllm\", \"serve\", \"{dir}\", \"--port\", \"{port}\"]\n\
+                  startup_timeout = \"5m\"\nmax_parallel = 2\n";
+        assert_eq!(problems(ok), Vec::<String>::new());
+        let p = problems(
+            "[backends.empty]\nkind = \"launch\"\ncommand = []\nhealth_path = \"v1/models\"\nmax_parallel = 0\n\
+             [backends.noport]\nkind = \"launch\"\ncommand = [\"serve\", \"{dir}\"]\nstartup_timeout = \"0s\"\n\
+             [backends.blank]\nkind = \"launch\"\ncommand = [\" \", \"{port}\"]\n",
+        )
+        .join("\n");
+        for want in [
+            "`backends.empty.command`: empty",
+            "`backends.empty.health_path`: must start with /",
+            "`backends.empty.max_parallel`: must be at least 1",
+            "`backends.noport.command`: no `{port}`",
+            "`backends.noport.startup_timeout`: must be more than 0",
+            "`backends.blank.command`: the program (its first item) is empty",
+        ] {
+            assert!(p.contains(want), "{want}: {p}");
+        }
     }
 }

@@ -20,7 +20,9 @@ mod watchers;
 
 pub use alerts::{AlertKind, AlertingConfig, Format, TargetConfig, TargetSettings};
 pub use api::ApiConfig;
-pub use backends::{BackendConfig, ModelConfig, OnnxBackendConfig, OpenAiBackendConfig};
+pub use backends::{
+    BackendConfig, LaunchBackendConfig, ModelConfig, OnnxBackendConfig, OpenAiBackendConfig,
+};
 pub use drift::{DriftConfig, DriftMode, PerCategory};
 pub use eval::{BenchmarkConfig, EvalConfig, LaneMode, MaxParallel};
 pub use judges::{ClassifierJudgeConfig, JudgeConfig, KeywordJudgeConfig, ModelJudgeConfig};

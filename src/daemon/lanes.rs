@@ -23,6 +23,8 @@ pub(super) const UNKNOWN_LANE: &str = "unassigned";
 pub(super) fn backend_lane(config: &Config, name: &str) -> Option<Lane> {
     let max_parallel = match config.backends.get(name)? {
         BackendConfig::Onnx(o) => o.max_parallel.unwrap_or(config.eval.max_parallel.onnx),
+        // One server per checkpoint at a time unless told otherwise.
+        BackendConfig::Launch(l) => l.max_parallel.unwrap_or(1),
         BackendConfig::Openai(o) | BackendConfig::Vllm(o) => {
             o.max_parallel.unwrap_or(config.eval.max_parallel.openai)
         }
@@ -34,13 +36,14 @@ pub(super) fn backend_lane(config: &Config, name: &str) -> Option<Lane> {
 }
 
 /// A local checkpoint: the lane of its `[backends.NAME]` ONNX settings (or
-/// of the vLLM fleet its LoRA adapters load on), else the shared `onnx` lane.
+/// of the vLLM fleet its LoRA adapters load on, or of the launch backend
+/// that serves it), else the shared `onnx` lane.
 pub(super) fn local_lane(config: &Config, backend: Option<&str>) -> Lane {
     backend
         .filter(|b| {
             matches!(
                 config.backends.get(*b),
-                Some(BackendConfig::Onnx(_) | BackendConfig::Vllm(_))
+                Some(BackendConfig::Onnx(_) | BackendConfig::Vllm(_) | BackendConfig::Launch(_))
             )
         })
         .and_then(|b| backend_lane(config, b))

@@ -197,10 +197,7 @@ pub async fn run(source: Source) -> Result<(), DaemonError> {
     });
     let _flusher = daemon.store.spawn_flusher();
     daemon.recover()?;
-    // LoRA adapters a killed daemon left on its vLLM fleets, unloaded
-    // before any evaluation loads its own.
-    let resolver = daemon.resolver.read().unwrap().clone();
-    resolver.unload_stale_adapters().await;
+    daemon.undo_what_a_killed_run_left().await;
     daemon.alerts.start(&daemon.cancel).await;
 
     let server = serve(&daemon, listener, api_config, api_token);
@@ -332,6 +329,26 @@ fn spawn_watchdog(daemon: Arc<Daemon>) {
 }
 
 impl Daemon {
+    /// What a daemon killed mid-evaluation left on other machines and
+    /// processes, undone before any evaluation starts its own: LoRA
+    /// adapters loaded on its vLLM fleets, and servers it launched.
+    async fn undo_what_a_killed_run_left(&self) {
+        let resolver = self.resolver.read().unwrap().clone();
+        resolver.unload_stale_adapters().await;
+        let launch_dir = self.config().data_dir.join("launch");
+        let reaped = tokio::task::spawn_blocking(move || {
+            crate::backend::launch::reap_leftovers(&launch_dir)
+        })
+        .await
+        .unwrap_or(0);
+        if reaped > 0 {
+            info!(
+                servers = reaped,
+                "stopped the servers a previous run launched and left behind"
+            );
+        }
+    }
+
     fn config(&self) -> Arc<Config> {
         self.config.read().unwrap().clone()
     }

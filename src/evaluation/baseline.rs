@@ -48,31 +48,33 @@ pub(super) type Asked = (
 );
 
 impl Evaluator<'_> {
-    /// The baseline as the candidate will use it, and its lock (held while
-    /// it is used: for the whole evaluation when it is asked alongside).
+    /// The baseline as the candidate will use it, and, when it is asked
+    /// alongside, its lock (held for the whole evaluation). A baseline run
+    /// now lets go of its lock at once: the candidate may be the same model
+    /// under the same plan (its lock is the same key).
     pub(super) async fn baseline(
         &self,
         plan: &Plan,
         subject: Subject,
         sequential: bool,
-    ) -> Result<(BaseRun, OwnedMutexGuard<()>), Failure> {
+    ) -> Result<(BaseRun, Option<OwnedMutexGuard<()>>), Failure> {
         let job = plan.job(subject);
         let lock = self.lock(&pipeline::identity(&job)).await?;
-        let base = match self.reusable(&job, true).await? {
+        Ok(match self.reusable(&job, true).await? {
             Some((mut run, results)) => {
                 self.audit(plan, &mut run, &results).await;
-                BaseRun::Done(Box::new(run), results)
+                (BaseRun::Done(Box::new(run), results), None)
             }
             // Asked alongside the candidate, as far as the sequential
-            // decision needs.
-            None if sequential => BaseRun::Alongside(Box::new(job)),
+            // decision needs. The candidate's identity holds the
+            // sequential rule, so its lock is never this one.
+            None if sequential => (BaseRun::Alongside(Box::new(job)), Some(lock)),
             None => {
                 let (mut run, results) = self.run(&job, false, None).await?;
                 self.audit(plan, &mut run, &results).await;
-                BaseRun::Done(Box::new(run), results)
+                (BaseRun::Done(Box::new(run), results), None)
             }
-        };
-        Ok((base, lock))
+        })
     }
 
     /// Runs the candidate's `job` against `baseline` (looking as it goes

@@ -239,7 +239,7 @@ impl Evaluator<'_> {
         let (baseline, _base_lock) = match baseline {
             Some(b) => {
                 let (base, lock) = self.baseline(plan, b, sequential).await?;
-                (Some(base), Some(lock))
+                (Some(base), lock)
             }
             None => (None, None),
         };

@@ -47,6 +47,10 @@ impl Resolver {
                 "model {spec:?}: the model name after `{kind}:` is empty"
             )));
         }
+        if let Some(BackendConfig::Launch(l)) = self.config.backends.get(kind) {
+            let backend = self.launch(kind, l, Path::new(rest.trim())).await?;
+            return Ok(ResolvedModel::new(spec, backend, l.template.clone()));
+        }
         if matches!(kind, "hf" | "mlflow") {
             let dir = self.fetch_from_registry(kind, rest.trim(), spec).await?;
             let only = self.only_onnx_backend();
@@ -91,6 +95,10 @@ impl Resolver {
                         m.template.clone().or(o.template.clone()),
                     )
                 }
+                Some(BackendConfig::Launch(_)) => Err(invalid(format!(
+                    "`models.{spec}.backend`: {:?} launches a server per checkpoint; name the checkpoint as {}:DIR",
+                    m.backend, m.backend
+                ))),
                 None => Err(invalid(format!(
                     "`models.{spec}.backend`: no backend named {:?}",
                     m.backend
@@ -115,6 +123,9 @@ impl Resolver {
                 })?;
                 resolved(self.onnx_model(dir, Some(o))?, o.template.clone())
             }
+            Some(BackendConfig::Launch(_)) => Err(invalid(format!(
+                "model {spec:?}: `backends.{spec}` launches a server per checkpoint; use {spec}:DIR"
+            ))),
             None => Ok(None),
         }
     }
@@ -163,6 +174,11 @@ impl Resolver {
         use safedrift_watchers::Target;
         match target {
             Target::Onnx { dir } => {
+                if let Some((name, BackendConfig::Launch(l))) =
+                    backend.and_then(|b| self.config.backends.get_key_value(b))
+                {
+                    return self.launch(name, l, dir).await;
+                }
                 let onnx = backend.and_then(|b| match self.config.backends.get(b) {
                     Some(BackendConfig::Onnx(o)) => Some(o),
                     _ => None,
@@ -290,5 +306,37 @@ impl Resolver {
             (Some(o), None) => Some(o),
             _ => None,
         }
+    }
+}
+
+impl Resolver {
+    /// A server launched for the checkpoint in `dir` by the `launch`
+    /// backend `name`; stopped when the returned model is dropped.
+    async fn launch(
+        &self,
+        name: &str,
+        config: &crate::config::LaunchBackendConfig,
+        dir: &Path,
+    ) -> Result<Arc<dyn Backend>, ResolveError> {
+        if !dir.is_dir() {
+            return Err(invalid(format!(
+                "backend {name}: {} is not a checkpoint folder",
+                dir.display()
+            )));
+        }
+        let launch_dir = self.config.data_dir.join("launch");
+        let model = crate::backend::launch::LaunchedModel::launch(
+            name,
+            config,
+            dir,
+            &launch_dir,
+            self.concurrency,
+        )
+        .await
+        .map_err(|e| ResolveError {
+            message: e.message,
+            registry: false,
+        })?;
+        Ok(Arc::new(model))
     }
 }

@@ -380,3 +380,18 @@ judge = "keyword"
     std::fs::write(s.config(), base + &config).unwrap();
     s
 }
+
+/// `n` harmful prompts (ids `p0`.., categories `c0`..`c2`), as
+/// [`Scratch::jsonl`] rows.
+pub fn harmful_rows(n: usize) -> Vec<(String, String, String, bool)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("p{i}"),
+                format!("c{}", i % 3),
+                format!("Prompt {i}: a harmful request."),
+                false,
+            )
+        })
+        .collect()
+}

@@ -212,7 +212,7 @@ impl ModelDir {
 
 /// Digest of a model directory's files (names, sizes, modification times):
 /// a new checkpoint written to the same path is a different model.
-pub(super) fn fingerprint(dir: &Path) -> String {
+pub(crate) fn fingerprint(dir: &Path) -> String {
     let mut entries: Vec<(String, u64, u128)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
