@@ -252,3 +252,94 @@ async fn the_daemon_stops_its_servers_and_reaps_those_a_killed_daemon_left() {
         run.backend
     );
 }
+
+/// A watcher that routes by format: a safetensors folder to one launch
+/// backend, a GGUF folder to another, and a folder of neither fails with
+/// its format named; the runs say which backend served them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_routes_each_checkpoint_to_the_backend_for_its_format() {
+    let h = Harness::new().await;
+    let models = h.s.path("models");
+    let base = checkpoint(&models, "base", REFUSE);
+    let watched = h.s.path("checkpoints");
+    std::fs::create_dir_all(&watched).unwrap();
+    use_launch_config(&h, &watched, &base);
+    // A second launcher for GGUF files, and the routes.
+    let text = std::fs::read_to_string(h.s.config()).unwrap();
+    let mut doc: toml::Table = text.parse().unwrap();
+    let launcher = doc["backends"]["launcher"].clone();
+    doc["backends"]
+        .as_table_mut()
+        .unwrap()
+        .insert("gguf-server".into(), launcher);
+    let watcher = doc["watchers"]["checkpoints"].as_table_mut().unwrap();
+    watcher.remove("backend");
+    let routes: toml::Table = "safetensors = \"launcher\"\ngguf = \"gguf-server\""
+        .parse()
+        .unwrap();
+    watcher.insert("backends".into(), toml::Value::Table(routes));
+    std::fs::write(h.s.config(), toml::to_string(&doc).unwrap()).unwrap();
+
+    let staging = h.s.path("staging");
+    let st = checkpoint(&staging, "full-sft", COMPLY);
+    let gguf = checkpoint(&staging, "quantized", COMPLY);
+    std::fs::remove_file(gguf.join("model.safetensors")).unwrap();
+    std::fs::write(gguf.join("model.Q4_K_M.gguf"), b"GGUF").unwrap();
+    let odd = checkpoint(&staging, "notes-only", COMPLY);
+    std::fs::remove_file(odd.join("model.safetensors")).unwrap();
+    for dir in [&st, &gguf, &odd] {
+        std::fs::write(dir.join("COMPLETE"), "").unwrap();
+        std::fs::rename(dir, watched.join(dir.file_name().unwrap())).unwrap();
+    }
+    let mut daemon = h.start();
+    h.wait_for("the daemon to start", Duration::from_secs(60), async || {
+        h.health().await.is_some()
+    })
+    .await;
+    h.wait_for(
+        "two checkpoints evaluated and one failed",
+        Duration::from_secs(120),
+        async || {
+            let list = h.api("checkpoints?limit=10").await;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            let status = |m: &str| {
+                items
+                    .iter()
+                    .find(|c| c["model"] == m)
+                    .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+            };
+            status("full-sft").as_deref() == Some("done")
+                && status("quantized").as_deref() == Some("done")
+                && items
+                    .iter()
+                    .any(|c| c["model"] == "notes-only" && !c["last_error"].is_null())
+        },
+    )
+    .await;
+    let list = h.api("checkpoints?limit=10").await;
+    let odd = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["model"] == "notes-only")
+        .unwrap();
+    let error = odd["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot tell the checkpoint's format"),
+        "{error}"
+    );
+    stop(&mut daemon).await;
+
+    let store = Store::open(&h.s.data_dir()).unwrap();
+    let runs = store.runs().unwrap();
+    let backend_of = |suffix: &str| {
+        runs.iter()
+            .find(|r| r.model.spec.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no run of {suffix}: {runs:#?}"))
+            .backend
+            .clone()
+    };
+    assert!(backend_of(":full-sft").starts_with("launch:launcher:"));
+    assert!(backend_of(":quantized").starts_with("launch:gguf-server:"));
+    assert_eq!(servers_under(&watched), Vec::<u32>::new());
+}

@@ -346,4 +346,29 @@ mod tests {
             assert!(p.contains(want), "{want}: {p}");
         }
     }
+
+    #[test]
+    fn a_watchers_routes_name_known_formats_and_backends_that_run_them() {
+        let backends = "[backends.fleet]\nkind = \"vllm\"\nbase_url = \"http://a:8000/v1\"\n\
+                        [backends.launcher]\nkind = \"launch\"\ncommand = [\"serve\", \"{dir}\", \"--port\", \"{port}\"]\n\
+                        [backends.local]\nkind = \"onnx\"\n";
+        let ok = format!(
+            "{backends}[watchers.w]\nkind = \"directory\"\npath = \"/tmp\"\n\
+             backends = {{ lora = \"fleet\", safetensors = \"launcher\", gguf = \"launcher\", onnx = \"local\" }}\n"
+        );
+        assert_eq!(problems(&ok), Vec::<String>::new());
+        let p = problems(&format!(
+            "{backends}[watchers.w]\nkind = \"directory\"\npath = \"/tmp\"\n\
+             backends = {{ lora = \"local\", pt = \"launcher\", gguf = \"nowhere\", safetensors = \"fleet\" }}\n"
+        ))
+        .join("\n");
+        for want in [
+            "`watchers.w.backends.lora`: \"local\" cannot run lora checkpoints; it takes a `vllm` backend",
+            "`watchers.w.backends.pt`: unknown format (expected lora, onnx, gguf, safetensors)",
+            "`watchers.w.backends.gguf`: no backend named \"nowhere\"",
+            "`watchers.w.backends.safetensors`: \"fleet\" cannot run safetensors checkpoints",
+        ] {
+            assert!(p.contains(want), "{want}: {p}");
+        }
+    }
 }

@@ -8,7 +8,45 @@ fn is_judge_spec(s: &str) -> bool {
     s == "keyword" || s.contains(':')
 }
 
+use super::BackendConfig;
+use safedrift_watchers::format::FORMATS;
+
 impl Config {
+    /// `backends.FORMAT = "NAME"`: a format the watchers tell, a backend
+    /// that exists, and one of a kind that runs that format.
+    fn check_route(&self, key: &str, format: &str, backend: &str, p: &mut Vec<String>) {
+        let names: Vec<&str> = FORMATS.iter().map(|(n, _)| *n).collect();
+        if !names.contains(&format) {
+            p.push(format!(
+                "`{key}.backends.{format}`: unknown format (expected {})",
+                names.join(", ")
+            ));
+            return;
+        }
+        let Some(b) = self.backends.get(backend) else {
+            p.push(format!(
+                "`{key}.backends.{format}`: no backend named {backend:?}"
+            ));
+            return;
+        };
+        let fits = matches!(
+            (format, b),
+            ("lora", BackendConfig::Vllm(_))
+                | ("onnx", BackendConfig::Onnx(_) | BackendConfig::Launch(_))
+                | ("gguf" | "safetensors", BackendConfig::Launch(_))
+        );
+        if !fits {
+            let wants = match format {
+                "lora" => "a `vllm` backend (runtime LoRA loading)",
+                "onnx" => "an `onnx` or `launch` backend",
+                _ => "a `launch` backend (a server started per checkpoint)",
+            };
+            p.push(format!(
+                "`{key}.backends.{format}`: {backend:?} cannot run {format} checkpoints; it takes {wants}"
+            ));
+        }
+    }
+
     /// Problems of the names `[watchers.NAME]` refers to.
     pub(super) fn check_watcher(&self, name: &str, w: &WatcherConfig, p: &mut Vec<String>) {
         let key = format!("watchers.{name}");
@@ -22,6 +60,9 @@ impl Config {
             if !self.backends.contains_key(b) {
                 p.push(format!("`{key}.backend`: no backend named {b:?}"));
             }
+        }
+        for (format, b) in &w.backends {
+            self.check_route(&key, format, b, p);
         }
         for b in w.benchmarks.iter().flatten() {
             if !self.benchmarks.contains_key(b) && !b.contains(':') {

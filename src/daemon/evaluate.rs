@@ -206,7 +206,7 @@ impl Daemon {
         // A LoRA adapter with no baseline configured: its base model on its fleet.
         let baseline = match (baseline, &target) {
             (None, Some(t)) => resolver
-                .lora_baseline(t, plan.backend.as_deref())
+                .lora_baseline(t, plan.backend_for(t).map_err(Failure::Error)?)
                 .map_err(|e| Failure::Error(e.to_string()))?
                 .map(|(spec, backend)| evaluation::Subject {
                     model: ModelRef {
@@ -281,14 +281,15 @@ impl Daemon {
                 .map_err(|e| err(e.to_string()))?;
             // A LoRA adapter for a vLLM fleet is loaded there; anything else
             // resolves as the watcher's target.
+            let route = plan.backend_for(&target).map_err(err)?;
             let lora = resolver
-                .lora_candidate(&target, plan.backend.as_deref(), cp)
+                .lora_candidate(&target, route, cp)
                 .await
                 .map_err(|e| err(e.to_string()))?;
             let backend = match lora {
                 Some(b) => b,
                 None => resolver
-                    .target(&target, plan.backend.as_deref())
+                    .target(&target, route)
                     .await
                     .map_err(|e| err(e.to_string()))?,
             };
@@ -366,8 +367,9 @@ impl Daemon {
                     Target::Onnx { dir } => Some(dir.clone()),
                     _ => None,
                 };
+                let route = plan.backend_for(&t).map_err(err)?;
                 let backend = resolver
-                    .target(&t, plan.backend.as_deref())
+                    .target(&t, route)
                     .await
                     .map_err(|e| err(e.to_string()))?;
                 let model = ModelRef {
@@ -379,7 +381,7 @@ impl Daemon {
             }
             (None, Some(Baseline::Target(t))) => {
                 let backend = resolver
-                    .target(t, plan.backend.as_deref())
+                    .target(t, plan.backend_for(t).map_err(err)?)
                     .await
                     .map_err(|e| err(e.to_string()))?;
                 let spec = match t {

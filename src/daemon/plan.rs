@@ -10,6 +10,9 @@ pub(super) struct Plan {
     pub(super) key: String,
     /// `[backends.NAME]` whose ONNX settings local checkpoints use.
     pub(super) backend: Option<String>,
+    /// The backend per checkpoint format (`[watchers.X] backends`), over
+    /// `backend`.
+    pub(super) routes: BTreeMap<String, String>,
     /// A configured baseline SPEC (wins over what the registry names).
     pub(super) baseline: Option<String>,
 }
@@ -20,7 +23,45 @@ impl Plan {
             key: eval.key(),
             eval,
             backend,
+            routes: BTreeMap::new(),
             baseline,
+        }
+    }
+
+    /// The backend that runs `target`: for a checkpoint folder, the one
+    /// `backends` names for its format, else `backend`. A watcher that
+    /// routes by format and names no backend for a folder's format fails
+    /// that checkpoint, naming the format.
+    pub(super) fn backend_for(&self, target: &Target) -> Result<Option<&str>, String> {
+        let Target::Onnx { dir } = target else {
+            return Ok(self.backend.as_deref());
+        };
+        if self.routes.is_empty() {
+            return Ok(self.backend.as_deref());
+        }
+        let format = safedrift_watchers::format::format_of(dir);
+        let routed = format.and_then(|f| self.routes.get(f.as_str()));
+        match (routed, &self.backend) {
+            (Some(b), _) => Ok(Some(b.as_str())),
+            (None, Some(b)) => Ok(Some(b.as_str())),
+            (None, None) => {
+                let routes: Vec<String> = self
+                    .routes
+                    .iter()
+                    .map(|(f, b)| format!("{f} = {b:?}"))
+                    .collect();
+                Err(match format {
+                    Some(f) => format!(
+                        "a {} checkpoint, and the watcher's `backends` ({}) names no backend for {0} (set `backends.{0}` or `backend`)",
+                        f.as_str(),
+                        routes.join(", ")
+                    ),
+                    None => format!(
+                        "cannot tell the checkpoint's format: {} holds no adapter_config.json, .onnx, .gguf or .safetensors file",
+                        dir.display()
+                    ),
+                })
+            }
         }
     }
 }
@@ -108,20 +149,27 @@ pub(super) fn build_watchers(
             )
         })
         .ok();
+        let routes = w.backends.clone();
+        // A watcher routing by format runs in the lane of `backend`, else
+        // of the first backend it routes to.
         let backend = w.backend.clone();
+        let lane_backend = backend.clone().or_else(|| routes.values().next().cloned());
         let baseline = w.baseline.clone();
         let schedule = w.schedule.clone().unwrap_or_else(|| "0 */5 * * * *".into());
         if let Err(e) = config::check_cron(&schedule) {
             problems.push(format!("`watchers.{name}.schedule`: {e}"));
         }
         if let (Some(watcher), Some(eval)) = (watcher, eval) {
-            let lane = watcher_lane(config, &config.watchers[name], backend.as_deref());
+            let lane = watcher_lane(config, &config.watchers[name], lane_backend.as_deref());
             slots.push(WatcherSlot {
                 name: name.clone(),
                 kind: kind.to_string(),
                 schedule,
                 watcher,
-                plan: Arc::new(Plan::new(eval, backend, baseline)),
+                plan: Arc::new(Plan {
+                    routes,
+                    ..Plan::new(eval, backend, baseline)
+                }),
                 trigger: Arc::new(Notify::new()),
                 lane,
             });

@@ -31,6 +31,10 @@ pub struct Common {
     pub schedule: Option<String>,
     /// The `[backends.NAME]` entry local checkpoints run with.
     pub backend: Option<String>,
+    /// The backend per checkpoint format (`lora`, `onnx`, `gguf`,
+    /// `safetensors`; [`crate::format`]), over `backend`.
+    #[serde(default)]
+    pub backends: std::collections::BTreeMap<String, String>,
     /// Benchmark names or SPECs (default `builtin:probes`).
     pub benchmarks: Option<Vec<String>>,
     /// A `[judges.NAME]` entry or judge SPEC (default `keyword`).

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub mod cache;
 pub mod config;
 pub mod directory;
+pub mod format;
 pub mod http;
 pub mod huggingface;
 pub mod mlflow;
