@@ -9,7 +9,8 @@
 //! naming that replica, and the other replica's load is undone; an adapter
 //! left loaded by a killed daemon is unloaded when it starts again (or, on
 //! a replica that failed then, reloaded when it is evaluated again); with
-//! `lora_path = "local"` the replicas load the checkpoint folder itself.
+//! `lora_path = "local"` the replicas load the checkpoint folder itself; an
+//! adapter version registered in a real MLflow server goes the same way.
 //!
 //! vLLM needs a GPU, so `safedrift_testkit::vllm` stands in for its
 //! replicas: it speaks vLLM's LoRA routes and errors and its
@@ -367,4 +368,75 @@ async fn killed_mid_evaluation(second_fails_at_start: bool) {
         assert_eq!(r.loaded()[0].0, "other-team-adapter");
     }
     stop(&mut daemon).await;
+}
+
+/// An adapter version registered in a real MLflow tracking server: the
+/// mlflow watcher (on the fleet, next to the file's directory watcher)
+/// downloads it, the daemon loads it on the fleet, evaluates it against its
+/// base model there, unloads it, and alerts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_adapter_version_registered_in_mlflow_is_evaluated_on_the_fleet() {
+    let server = safedrift_testkit::mlflow::MlflowServer::start().await;
+    let h = Harness::new().await;
+    let a = VllmReplica::spawn(fleet_script()).await;
+    use_config(&h, &[&a]);
+    let trained = h.s.path("trained").join(ADAPTER);
+    write_adapter(&trained, BASE);
+    let version = tokio::task::block_in_place(|| server.register(ADAPTER, &trained, None, &[]));
+    let text = std::fs::read_to_string(h.s.config()).unwrap();
+    let mut doc: toml::Table = text.parse().unwrap();
+    let registry: toml::Table = format!(
+        "kind = \"mlflow\"\ntracking_uri = {:?}\nmodels = [{ADAPTER:?}]\n\
+         schedule = \"*/1 * * * * *\"\nbackend = \"fleet\"\n\
+         benchmarks = [\"builtin:probes\"]\njudge = \"keyword\"\n",
+        server.uri
+    )
+    .parse()
+    .unwrap();
+    doc["watchers"]
+        .as_table_mut()
+        .unwrap()
+        .insert("registry".into(), toml::Value::Table(registry));
+    std::fs::write(h.s.config(), toml::to_string(&doc).unwrap()).unwrap();
+
+    let mut daemon = h.start();
+    h.wait_for("the daemon to start", Duration::from_secs(60), async || {
+        h.health().await.is_some()
+    })
+    .await;
+    h.wait_for(
+        "the adapter version to be evaluated and alerted on",
+        Duration::from_secs(120),
+        async || {
+            h.health().await.is_some_and(|v| v["queue"]["done"] == 1) && !h.deliveries().is_empty()
+        },
+    )
+    .await;
+    stop(&mut daemon).await;
+
+    assert_eq!(actions(&a), [("load", 200), ("unload", 200)]);
+    assert!(a.loaded().is_empty(), "{:?}", a.loaded());
+    let name = &a.lora_requests()[0].lora_name;
+    assert!(
+        name.contains(&format!("-registry-{ADAPTER}-{version}")),
+        "{name}"
+    );
+    let chats = a.chats();
+    assert!(chats.iter().any(|m| m == name), "{chats:?}");
+    assert!(chats.iter().any(|m| m == BASE), "{chats:?}");
+    assert_eq!(h.deliveries().len(), 1);
+
+    let store = safedrift::store::Store::open(&h.s.data_dir()).unwrap();
+    let runs = store.runs().unwrap();
+    let run = runs
+        .iter()
+        .find(|r| r.model.spec == format!("mlflow:{ADAPTER}"))
+        .unwrap_or_else(|| panic!("no run of the adapter: {runs:#?}"));
+    assert_eq!(run.model.revision.as_deref(), Some(version.as_str()));
+    assert!(run.drift.as_ref().is_some_and(|d| d.detected), "{run:#?}");
+    let base = runs
+        .iter()
+        .find(|r| Some(&r.id) == run.baseline_run.as_ref())
+        .expect("its baseline's run");
+    assert_eq!(base.model.spec, format!("fleet:{BASE}"));
 }
