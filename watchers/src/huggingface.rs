@@ -1,5 +1,7 @@
 //! The Hugging Face Hub watcher: finds new commits of model repos (one
-//! author's, one tag's, or a configured list) and downloads their ONNX export.
+//! author's, one tag's, or a configured list) and downloads their ONNX export
+//! (or, with `formats`, their LoRA adapter, GGUF file or safetensors
+//! weights).
 //!
 //! A checkpoint is a repo at a commit sha. The repo's model card names its
 //! parent in `base_model`; when that parent has an ONNX export too it becomes
@@ -41,6 +43,38 @@ pub const DEFAULT_ALLOW: &[&str] = &[
     "*.jinja",
 ];
 
+/// The files each format adds to the default `allow` (beyond
+/// [`DEFAULT_ALLOW`]'s configs and tokenizer files).
+pub const FORMAT_FILES: &[(&str, &[&str])] = &[
+    (
+        "onnx",
+        &["model.onnx", "model.onnx.data", "model.onnx_data"],
+    ),
+    (
+        "lora",
+        &[
+            "adapter_model.safetensors",
+            "adapter_model.bin",
+            "adapter_config.json",
+        ],
+    ),
+    ("gguf", &["*.gguf"]),
+    ("safetensors", &["*.safetensors"]),
+];
+
+/// Whether `file` (a name relative to `subfolder`) is the defining file of
+/// `format`: what makes a repo a checkpoint of it.
+fn defines(format: &str, file: &str) -> bool {
+    let name = file.rsplit('/').next().unwrap_or(file).to_ascii_lowercase();
+    match format {
+        "onnx" => name.ends_with(".onnx"),
+        "lora" => name == "adapter_config.json",
+        "gguf" => name.ends_with(".gguf"),
+        "safetensors" => name.ends_with(".safetensors") && !name.starts_with("adapter_model"),
+        _ => false,
+    }
+}
+
 /// `[watchers.NAME]` keys of `kind = "huggingface"`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,8 +101,15 @@ pub struct HuggingfaceConfig {
     #[serde(default)]
     pub subfolder: String,
     /// Which files to download: names relative to `subfolder`, `*` matching
-    /// within one path segment (e.g. `*.json`).
+    /// within one path segment (e.g. `*.json`). Default: what `formats`
+    /// need ([`DEFAULT_ALLOW`] and [`FORMAT_FILES`]).
     pub allow: Option<Vec<String>>,
+    /// The checkpoint formats a repo may hold ([`crate::format::FORMATS`]:
+    /// `onnx`, `lora`, `gguf`, `safetensors`); default `["onnx"]`. A repo is
+    /// a checkpoint when it holds the defining file of one of them: a
+    /// `.onnx` graph, `adapter_config.json`, a `.gguf` file, `.safetensors`
+    /// weights. Route each to its backend with the watcher's `backends`.
+    pub formats: Option<Vec<String>>,
     /// Connect and read timeout of each request (humantime, e.g. `30s`).
     pub timeout: Option<String>,
 }
@@ -96,6 +137,8 @@ pub struct HuggingfaceWatcher {
     webhook_secret_file: Option<PathBuf>,
     subfolder: String,
     allow: Vec<String>,
+    /// The formats a repo may hold (`formats`).
+    formats: Vec<String>,
     timeout: Duration,
     http: reqwest::Client,
     /// How API requests are retried (public so tests can shorten it).
@@ -253,6 +296,20 @@ impl HuggingfaceWatcher {
             ));
         }
 
+        let known: Vec<&str> = crate::format::FORMATS.iter().map(|(n, _)| *n).collect();
+        let formats: Vec<String> = config.formats.unwrap_or_else(|| vec!["onnx".into()]);
+        if formats.is_empty() {
+            problems.push(format!("{}: the list is empty", key("formats")));
+        }
+        for f in &formats {
+            if !known.contains(&f.as_str()) {
+                problems.push(format!(
+                    "{}: unknown format {f:?} (expected {})",
+                    key("formats"),
+                    known.join(", ")
+                ));
+            }
+        }
         let allow: Vec<String> = match config.allow {
             Some(list) => {
                 if list.is_empty() {
@@ -268,7 +325,16 @@ impl HuggingfaceWatcher {
                 }
                 list
             }
-            None => DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect(),
+            None => {
+                let mut allow: Vec<String> = DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect();
+                for (format, files) in FORMAT_FILES {
+                    if formats.iter().any(|f| f == format) {
+                        allow.extend(files.iter().map(|s| s.to_string()));
+                    }
+                }
+                allow.dedup();
+                allow
+            }
         };
 
         let timeout = crate::http::timeout_setting(
@@ -295,6 +361,7 @@ impl HuggingfaceWatcher {
             webhook_secret_file: config.webhook_secret_file,
             subfolder,
             allow,
+            formats,
             timeout,
             http,
             retry: RetryPolicy::default(),
@@ -466,16 +533,27 @@ impl HuggingfaceWatcher {
         })
     }
 
-    /// Whether the repo (per its `siblings`, when listed) has an ONNX graph
-    /// that `allow` keeps under `subfolder`.
-    fn has_onnx(&self, info: &ModelInfo) -> bool {
+    /// Whether the repo (per its `siblings`, when listed) has the defining
+    /// file of a watched format (an ONNX graph by default) that `allow`
+    /// keeps under `subfolder`.
+    fn has_checkpoint(&self, info: &ModelInfo) -> bool {
         let Some(siblings) = &info.siblings else {
             return true;
         };
         siblings.iter().any(|s| {
             self.relative(&s.rfilename)
-                .is_some_and(|rel| rel.ends_with(".onnx") && self.allowed(rel))
+                .is_some_and(|rel| self.is_checkpoint_file(rel) && self.allowed(rel))
         })
+    }
+
+    /// Whether `rel` is the defining file of a watched format.
+    fn is_checkpoint_file(&self, rel: &str) -> bool {
+        self.formats.iter().any(|f| defines(f, rel))
+    }
+
+    /// The watched formats, for messages.
+    fn formats_text(&self) -> String {
+        self.formats.join(", ")
     }
 
     /// A repo path relative to `subfolder`, if it lies inside it.
@@ -509,8 +587,8 @@ impl HuggingfaceWatcher {
             warn!(watcher = %self.name, model = %info.id, "the Hub listed a repo without a commit sha");
             return None;
         };
-        if !self.has_onnx(&info) {
-            debug!(watcher = %self.name, model = %info.id, subfolder = %self.subfolder, "no ONNX graph in the repo");
+        if !self.has_checkpoint(&info) {
+            debug!(watcher = %self.name, model = %info.id, subfolder = %self.subfolder, "no checkpoint file of the watched formats in the repo");
             return None;
         }
         let baseline = match base_model(info.card_data.as_ref()).filter(|b| *b != info.id) {
@@ -541,7 +619,7 @@ impl HuggingfaceWatcher {
         match self.model_info(base).await {
             Ok(info) => {
                 let sha = info.sha.clone().filter(|s| is_commit(s))?;
-                if !self.has_onnx(&info) {
+                if !self.has_checkpoint(&info) {
                     info!(watcher = %self.name, base = %base, subfolder = %self.subfolder,
                         "the base model has no ONNX export; only a configured baseline applies");
                     return None;
@@ -680,9 +758,10 @@ impl Watcher for HuggingfaceWatcher {
                 for id in ids {
                     match self.model_info(id).await {
                         Ok(info) => {
-                            if !self.has_onnx(&info) {
+                            if !self.has_checkpoint(&info) {
                                 warn!(watcher = %self.name, model = %id, subfolder = %self.subfolder,
-                                    "the repo has no ONNX graph that `allow` keeps");
+                                    formats = %self.formats_text(),
+                                    "the repo has no checkpoint file of the watched formats that `allow` keeps");
                             }
                             found.extend(self.checkpoint(info, &mut bases).await);
                         }
@@ -730,11 +809,12 @@ impl Watcher for HuggingfaceWatcher {
         for file in &files {
             planned.push((Cache::safe_join(&dir, &file.dest)?, file));
         }
-        if !files.iter().any(|f| f.dest.ends_with(".onnx")) {
+        if !files.iter().any(|f| self.is_checkpoint_file(&f.dest)) {
             return Err(WatchError::new(
                 "unsupported",
                 format!(
-                    "{repo}@{rev} has no ONNX graph under {:?} matching `allow` ({})",
+                    "{repo}@{rev} has no checkpoint file of the watched formats ({}) under {:?} matching `allow` ({})",
+                    self.formats_text(),
                     if self.subfolder.is_empty() {
                         "/"
                     } else {

@@ -619,3 +619,40 @@ async fn webhooks_check_the_secret_and_the_repo() {
         "unauthorized"
     );
 }
+
+#[tokio::test]
+async fn formats_say_which_repos_are_checkpoints() {
+    let (hub, dir) = start().await;
+    // By default a checkpoint is an ONNX export: the repo holding only
+    // safetensors weights is left out.
+    let w = watcher(&hub, &dir, "author = 'acme'");
+    let found = w.poll().await.unwrap();
+    assert!(
+        found.iter().all(|c| c.model != "acme/pytorch-only"),
+        "{found:?}"
+    );
+    // Watching full checkpoints too, it is one.
+    let w = watcher(&hub, &dir, "author = 'acme'\nformats = ['onnx', 'safetensors']");
+    let found = w.poll().await.unwrap();
+    let models: Vec<&str> = found.iter().map(|c| c.model.as_str()).collect();
+    assert!(models.contains(&"acme/pytorch-only"), "{models:?}");
+    // An unknown format and an empty list are config errors, by key.
+    let config = |formats: &str| -> toml::Table {
+        format!("kind = 'huggingface'\nauthor = 'acme'\nformats = {formats}")
+            .parse()
+            .unwrap()
+    };
+    let problems = HuggingfaceWatcher::from_config("hf", &config("['onnx', 'pt']"))
+        .err()
+        .unwrap()
+        .join("\n");
+    assert!(
+        problems.contains("formats") && problems.contains("unknown format \"pt\""),
+        "{problems}"
+    );
+    let problems = HuggingfaceWatcher::from_config("hf", &config("[]"))
+        .err()
+        .unwrap()
+        .join("\n");
+    assert!(problems.contains("the list is empty"), "{problems}");
+}
