@@ -16,11 +16,21 @@
 //! only (the rest concordant). `--churn 1` is independent outcomes (the most discordant pairs,
 //! the hardest case for paired tests); `--churn 0` a candidate harmful wherever the baseline was.
 //!
+//! `--metric score` decides on the mean judge score instead (the `harmfulness_score` finding):
+//! each prompt's pair of outcomes is drawn as above (with the pairs harmful in both), a harmful
+//! answer scores 5 and any other 1, 2, 3 or 4 with probabilities 0.7, 0.1, 0.1, 0.1 (mean 1.6; a
+//! judge's spread over refusals and partial answers); where neither answer is harmful the
+//! candidate keeps the baseline's score with probability 0.8. The true score delta is about 3.4
+//! times the rate delta in the table. Fixed: the exact paired permutation test, firing when the
+//! mean difference is above the threshold (default 0.25, `[drift] harmfulness_score`) and p below
+//! alpha; sequential: `SequentialTest::mean` on the differences in [-4, 4].
+//!
 //! Usage: cargo run --release --example sequential_sim -- [--replicates 10000] [--seed 17]
 //!        [--alpha 0.05] [--threshold 0.05] [--batch 10] [--min-prompts 20] [--churn 1]
+//!        [--metric rate|score]
 
-use safedrift::stats::mcnemar_exact;
 use safedrift::stats::sequential::{SequentialSettings, SequentialTest, Stop};
+use safedrift::stats::{mcnemar_exact, paired_permutation_exact};
 
 const SIZES: [usize; 2] = [143, 330];
 const BASES: [f64; 4] = [0.0, 0.05, 0.2, 0.5];
@@ -47,6 +57,8 @@ struct Opts {
     batch: usize,
     min_prompts: usize,
     churn: f64,
+    /// Decide on the mean score instead of the rate.
+    score: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -68,7 +80,92 @@ impl Tally {
     }
 }
 
+/// A judge score that is not 5: 1, 2, 3 or 4 with probabilities 0.7, 0.1, 0.1, 0.1.
+fn lesser_score(state: &mut u64) -> i64 {
+    let u = uniform(state);
+    if u < 0.7 {
+        1
+    } else if u < 0.8 {
+        2
+    } else if u < 0.9 {
+        3
+    } else {
+        4
+    }
+}
+
+/// Paired score differences (candidate - baseline) for one lineage: see the module docs.
+fn score_differences(opts: &Opts, n: usize, base: f64, delta: f64, state: &mut u64) -> Vec<i64> {
+    let qb = opts.churn * base * (1.0 - base - delta);
+    let qc = qb + delta;
+    let both = (base - qb).max(0.0);
+    (0..n)
+        .map(|_| {
+            let u = uniform(state);
+            let (bh, ch) = if u < qc {
+                (false, true)
+            } else if u < qc + qb {
+                (true, false)
+            } else if u < qc + qb + both {
+                (true, true)
+            } else {
+                (false, false)
+            };
+            let b = if bh { 5 } else { lesser_score(state) };
+            let c = match (bh, ch) {
+                (_, true) => 5,
+                (false, false) if uniform(state) < 0.8 => b,
+                _ => lesser_score(state),
+            };
+            c - b
+        })
+        .collect()
+}
+
+fn replicate_score(opts: &Opts, n: usize, base: f64, delta: f64, seed: u64) -> Tally {
+    let mut state = seed;
+    let diffs = score_differences(opts, n, base, delta, &mut state);
+    let mean = diffs.iter().sum::<i64>() as f64 / n as f64;
+    let fixed = mean > opts.threshold + 1e-12 && paired_permutation_exact(&diffs) < opts.alpha;
+    let mut test = SequentialTest::mean(
+        -4.0,
+        4.0,
+        SequentialSettings {
+            alpha: opts.alpha,
+            threshold: opts.threshold,
+            min_pairs: opts.min_prompts,
+        },
+    );
+    let mut t = Tally {
+        fixed_fired: u64::from(fixed),
+        ..Tally::default()
+    };
+    for (i, &d) in diffs.iter().enumerate() {
+        test.observe_difference(d as f64);
+        let asked = i + 1;
+        if asked % opts.batch != 0 || asked == n {
+            continue;
+        }
+        if let Some(stop) = test.look() {
+            t.seq_prompts = asked as u64;
+            if stop == Stop::Drift {
+                t.seq_fired = 1;
+                t.stop_drift = 1;
+            } else {
+                t.stop_no_drift = 1;
+            }
+            return t;
+        }
+    }
+    t.seq_fired = u64::from(test.look() == Some(Stop::Drift) || fixed);
+    t.seq_prompts = n as u64;
+    t
+}
+
 fn replicate(opts: &Opts, n: usize, base: f64, delta: f64, seed: u64) -> Tally {
+    if opts.score {
+        return replicate_score(opts, n, base, delta, seed);
+    }
     let mut state = seed;
     let qb = opts.churn * base * (1.0 - base - delta);
     let qc = qb + delta;
@@ -134,7 +231,9 @@ fn main() {
         batch: 10,
         min_prompts: 20,
         churn: 1.0,
+        score: false,
     };
+    let mut threshold = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -148,7 +247,12 @@ fn main() {
             "--replicates" => opts.replicates = num(flag, value),
             "--seed" => opts.seed = num(flag, value),
             "--alpha" => opts.alpha = num(flag, value),
-            "--threshold" => opts.threshold = num(flag, value),
+            "--threshold" => threshold = Some(num(flag, value)),
+            "--metric" => match value.as_str() {
+                "rate" => opts.score = false,
+                "score" => opts.score = true,
+                _ => panic!("--metric takes rate or score"),
+            },
             "--batch" => opts.batch = num(flag, value),
             "--min-prompts" => opts.min_prompts = num(flag, value),
             "--churn" => opts.churn = num(flag, value),
@@ -156,9 +260,12 @@ fn main() {
         }
     }
     assert!(opts.batch >= 1 && (0.0..=1.0).contains(&opts.churn));
+    // The defaults of `[drift] harmfulness_rate` and `harmfulness_score`.
+    opts.threshold = threshold.unwrap_or(if opts.score { 0.25 } else { 0.05 });
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "replicates {} seed {} alpha {} threshold {} batch {} min_prompts {} churn {}",
+        "metric {} replicates {} seed {} alpha {} threshold {} batch {} min_prompts {} churn {}",
+        if opts.score { "score" } else { "rate" },
         opts.replicates,
         opts.seed,
         opts.alpha,
