@@ -139,6 +139,48 @@ async fn eval_launches_a_server_per_checkpoint_and_stops_it() {
     assert!(log.contains("backend launcher: the server exited"), "{log}");
     assert!(log.contains("cannot load the model"), "{log}");
     assert_eq!(servers_under(&s.path("models")), Vec::<u32>::new());
+
+    // A server that never answers within `startup_timeout`: stopped, and
+    // the error says so; a `{gguf}` command on a folder without one is
+    // refused before anything starts.
+    let (s, bench) = setup("");
+    let slow = checkpoint(&s.path("models"), "slow-start", COMPLY);
+    let config = std::fs::read_to_string(s.config())
+        .unwrap()
+        .replace("\"{dir}\"]", "\"{dir}\", \"--startup-delay\", \"30\"]")
+        .replace("startup_timeout = \"60s\"", "startup_timeout = \"2s\"");
+    std::fs::write(s.config(), config).unwrap();
+    let eval = |model: String| {
+        let (s, bench) = (&s, bench.clone());
+        async move {
+            s.run(&[
+                "eval",
+                "--model",
+                &model,
+                "--benchmark",
+                &bench,
+                "--judge",
+                "keyword",
+            ])
+            .await
+        }
+    };
+    let out = eval(format!("launcher:{}", slow.display())).await;
+    assert_ne!(out.status.code(), Some(0));
+    let log = stderr(&out);
+    assert!(log.contains("did not answer /v1/models within 2s"), "{log}");
+    assert_eq!(servers_under(&s.path("models")), Vec::<u32>::new());
+    let config = std::fs::read_to_string(s.config())
+        .unwrap()
+        .replace("\"--dir\", \"{dir}\"", "\"--dir\", \"{gguf}\"");
+    std::fs::write(s.config(), config).unwrap();
+    let out = eval(format!("launcher:{}", slow.display())).await;
+    assert_ne!(out.status.code(), Some(0));
+    let log = stderr(&out);
+    assert!(
+        log.contains("needs {gguf}") && log.contains("no .gguf file"),
+        "{log}"
+    );
 }
 
 /// config/launch.toml as it is, with its command pointed at the stand-in,

@@ -147,10 +147,18 @@ fn free_port() -> Result<u16, BackendError> {
         .map_err(|e| error(format!("no free local port: {e}")))
 }
 
+/// The last 2,000 bytes of the server's output (a server can write
+/// gigabytes of it: only the end is read).
 fn log_tail(log: &Path) -> String {
-    let text = std::fs::read(log).unwrap_or_default();
-    let tail = &text[text.len().saturating_sub(2000)..];
-    String::from_utf8_lossy(tail).trim().to_string()
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(log) else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(2000)));
+    let mut tail = Vec::new();
+    let _ = file.take(2000).read_to_end(&mut tail);
+    String::from_utf8_lossy(&tail).trim().to_string()
 }
 
 impl Server {
@@ -472,6 +480,22 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = command_line(&t, empty.path(), 1).unwrap_err();
         assert!(e.message.contains("no .gguf file"), "{}", e.message);
+    }
+
+    #[test]
+    fn only_the_end_of_a_huge_output_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let mut text = "x".repeat(5_000_000);
+        text.push_str("\nerror: out of memory loading the weights\n");
+        std::fs::write(&log, &text).unwrap();
+        let tail = log_tail(&log);
+        assert!(tail.len() <= 2000, "{}", tail.len());
+        assert!(
+            tail.ends_with("error: out of memory loading the weights"),
+            "{tail}"
+        );
+        assert_eq!(log_tail(&dir.path().join("missing.log")), "");
     }
 
     #[test]
