@@ -61,13 +61,15 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_PROMPT_CHARS: usize = 32 * 1024;
 
 /// Names of the embedded benchmarks usable as `builtin:NAME`.
-pub const BUILTINS: &[&str] = &["probes"];
+pub const BUILTINS: &[&str] = &["probes", "utility"];
 
 /// Category given to prompts that have none.
 pub const UNCATEGORIZED: &str = "uncategorized";
 
 const BUILTIN_PROBES_FILE: &str = "builtin/probes.jsonl";
 const BUILTIN_PROBES: &str = include_str!("builtin/probes.jsonl");
+const BUILTIN_UTILITY_FILE: &str = "builtin/utility.jsonl";
+const BUILTIN_UTILITY: &str = include_str!("builtin/utility.jsonl");
 
 /// One benchmark prompt, normalized (see [`normalize_text`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +82,11 @@ pub struct Prompt {
     pub text: String,
     /// A benign prompt: the model is expected to comply, not refuse.
     pub benign: bool,
+    /// A question with a checkable answer (`builtin:utility`, or `expected`
+    /// in a `jsonl` row): an answer is correct when it holds one of these
+    /// ([`is_correct`]). Such a prompt is benign.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected: Vec<String>,
 }
 
 /// A loaded benchmark.
@@ -365,7 +372,7 @@ fn normalize_newlines(s: &str) -> String {
 
 /// The benchmark content hash: lowercase hex SHA-256 over the prompts sorted
 /// by id, each encoded as
-/// `id \0 category \0 text \0 ("1" if benign else "0") \n`.
+/// `id \0 category \0 text \0 ("1" if benign else "0") [\0 expected]... \n`.
 ///
 /// Prompts are normalized before hashing (see [`normalize_text`]) and can
 /// hold no NUL, so the encoding is unambiguous; file order, line endings, a
@@ -384,6 +391,12 @@ pub fn prompts_sha256(prompts: &[Prompt]) -> String {
         h.update(p.text.as_bytes());
         h.update([0]);
         h.update(if p.benign { b"1" } else { b"0" });
+        // Only prompts with expected answers add them, so every hash from
+        // before they existed is unchanged.
+        for e in &p.expected {
+            h.update([0]);
+            h.update(e.as_bytes());
+        }
         h.update(b"\n");
     }
     hex::encode(h.finalize())
@@ -468,7 +481,7 @@ fn load_kind(spec: &str, kind: &str, path: &Path, benign: bool) -> Result<Benchm
         }
         "builtin" => {
             let which = path.to_string_lossy();
-            if which != "probes" {
+            if which != "probes" && which != "utility" {
                 return Err(BenchmarkError::BadSpec {
                     spec: spec.to_owned(),
                     reason: format!(
@@ -477,7 +490,11 @@ fn load_kind(spec: &str, kind: &str, path: &Path, benign: bool) -> Result<Benchm
                     ),
                 });
             }
-            let mut b = builtin_probes();
+            let mut b = if which == "utility" {
+                builtin_utility()
+            } else {
+                builtin_probes()
+            };
             if benign {
                 b.mark_benign();
             }
@@ -512,6 +529,7 @@ pub fn builtin_probes() -> Benchmark {
 mod collect;
 mod csv_table;
 mod formats;
+mod utility;
 
 use collect::{read_text, show, Collector, Entry};
 use csv_table::{csv_rows, Table};
@@ -519,6 +537,7 @@ use formats::{
     load_advbench, load_harmbench, load_hex_phi, load_jbb, load_strongreject, load_xstest,
     parse_jsonl,
 };
+pub use utility::{builtin_utility, is_correct};
 
 #[cfg(test)]
 mod tests;

@@ -355,6 +355,8 @@ async fn process(
                 Err(e) if e.kind == "cancelled" => return Err(EvalError::Interrupted),
                 other => other?,
             };
+            let correct = (!prompt.expected.is_empty())
+                .then(|| crate::benchmark::is_correct(&generation.text, &prompt.expected));
             let record = ResultRecord {
                 index,
                 benchmark,
@@ -362,6 +364,7 @@ async fn process(
                 category: prompt.category,
                 benign: prompt.benign,
                 prompt: prompt.text,
+                correct,
                 response: generation.text,
                 finish_reason: generation.finish_reason,
                 latency_ms: generation.latency_ms,

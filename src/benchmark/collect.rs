@@ -71,6 +71,7 @@ impl Collector {
             category,
             text,
             benign: e.benign,
+            expected: Vec::new(),
         });
         Ok(())
     }

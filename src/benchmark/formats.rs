@@ -186,6 +186,9 @@ pub(super) struct JsonlRecord {
     pub(super) category: Option<String>,
     #[serde(default)]
     pub(super) benign: Option<bool>,
+    /// Accepted answers of a checkable question: a string or a list.
+    #[serde(default)]
+    pub(super) expected: Option<serde_json::Value>,
 }
 
 pub(super) fn parse_jsonl(file: &str, text: &str, benign: bool, out: &mut Collector) -> Result<()> {
@@ -221,14 +224,41 @@ pub(super) fn parse_jsonl(file: &str, text: &str, benign: bool, out: &mut Collec
                 })
             }
         };
+        let bad_expected = |value: &serde_json::Value| BenchmarkError::InvalidValue {
+            file: file.to_owned(),
+            line,
+            field: "expected",
+            value: value.to_string().chars().take(80).collect(),
+            expected: "a non-empty string or a list of them",
+        };
+        let expected: Vec<String> = match &rec.expected {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                vec![s.trim().to_string()]
+            }
+            Some(serde_json::Value::Array(items)) if !items.is_empty() => items
+                .iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) if !s.trim().is_empty() => {
+                        Ok(s.trim().to_string())
+                    }
+                    other => Err(bad_expected(other)),
+                })
+                .collect::<Result<_>>()?,
+            Some(other) => return Err(bad_expected(other)),
+        };
         out.push(Entry {
             file,
             line,
             id: &id,
             category: rec.category.as_deref().unwrap_or(UNCATEGORIZED),
             text: &rec.prompt,
-            benign: benign || rec.benign.unwrap_or(false),
+            // A question with a checkable answer is a harmless one.
+            benign: benign || rec.benign.unwrap_or(false) || !expected.is_empty(),
         })?;
+        if let Some(p) = out.prompts.last_mut() {
+            p.expected = expected;
+        }
     }
     Ok(())
 }

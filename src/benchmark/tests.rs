@@ -148,6 +148,7 @@ fn advbench() {
             category: "advbench".into(),
             text: "Write a script, please".into(),
             benign: false,
+            expected: Vec::new(),
         }
     );
     assert_eq!(b.prompts[1].id, "advbench-2");

@@ -6,6 +6,7 @@ fn p(id: &str, cat: &str) -> Prompt {
         category: cat.into(),
         text: id.into(),
         benign: false,
+        expected: Vec::new(),
     }
 }
 

@@ -217,6 +217,11 @@ pub struct ResultRecord {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub verdict: Option<Verdict>,
+    /// For a question with expected answers (`builtin:utility`): whether
+    /// the answer holds one ([`crate::benchmark::is_correct`]). Absent for
+    /// every other prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correct: Option<bool>,
 }
 
 /// A record moved out of its tree because it could not be decoded.

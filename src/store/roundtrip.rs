@@ -19,8 +19,7 @@ use crate::alerts::record::{
     AlertKind, AlertRecord, AlertRun, CategoryRow, Delivery, DeliveryStatus, MetricRow,
 };
 use crate::backend::Decoding;
-use crate::safety_metrics::Totals;
-use crate::safety_metrics::{Drift, Finding};
+use crate::safety_metrics::{Drift, Finding, Totals};
 
 mod parts;
 use parts::{audit, decoding, template};
@@ -215,6 +214,7 @@ fn result(index: u32) -> impl Strategy<Value = ResultRecord> {
                 prompt_tokens,
                 completion_tokens,
                 verdict,
+                correct: benign.then_some(index % 2 == 0),
             },
         )
 }

@@ -49,6 +49,7 @@ pub(crate) fn result(index: u32) -> ResultRecord {
         prompt_tokens: None,
         completion_tokens: None,
         verdict: None,
+        correct: None,
     }
 }
 
