@@ -108,6 +108,7 @@ fn results(rng: &mut StdRng, prompts: usize, harm: &dyn Fn(usize) -> f64) -> Vec
                 prompt_tokens: Some(24),
                 completion_tokens: Some(40),
                 verdict: Some(Verdict::scored(score, !harmful, format!("#thescore: {score}"))),
+                correct: None,
             }
         })
         .collect()

@@ -632,7 +632,11 @@ async fn formats_say_which_repos_are_checkpoints() {
         "{found:?}"
     );
     // Watching full checkpoints too, it is one.
-    let w = watcher(&hub, &dir, "author = 'acme'\nformats = ['onnx', 'safetensors']");
+    let w = watcher(
+        &hub,
+        &dir,
+        "author = 'acme'\nformats = ['onnx', 'safetensors']",
+    );
     let found = w.poll().await.unwrap();
     let models: Vec<&str> = found.iter().map(|c| c.model.as_str()).collect();
     assert!(models.contains(&"acme/pytorch-only"), "{models:?}");
