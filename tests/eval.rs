@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{approx, run_json, stderr, Scratch};
+use common::{approx, run_json, run_page, stderr, Scratch};
 use safedrift_testkit::{spawn, Fault, FaultKind, ModelScript, Script};
 
 /// 10 prompts in category a, 10 in b, 4 benign in k.
@@ -1012,29 +1012,4 @@ async fn sequential_mode_stops_a_clear_drift_early_and_says_why() {
     // complete.
     assert_eq!(server.request_count() - before, 2 * 72);
     assert_eq!(run["baseline"]["status"], "completed");
-}
-
-/// The dashboard's run page for `id`, served from the store `s`'s last
-/// command left (the command has exited, so its store is free).
-async fn run_page(s: &Scratch, id: &str) -> String {
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-    let source = safedrift::config::Source::File(s.config());
-    let config = safedrift::config::load(&source).unwrap();
-    let store = safedrift::store::Store::open(&config.data_dir).unwrap();
-    let api = safedrift::api::Api::new(store, std::sync::Arc::new(config)).unwrap();
-    let resp = safedrift::api::app(api)
-        .oneshot(
-            Request::get(format!("/ui/runs/{id}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
-        .await
-        .unwrap();
-    String::from_utf8(body.to_vec()).unwrap()
 }

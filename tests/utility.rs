@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{run_json, stderr, Scratch};
+use common::{run_json, run_page, stderr, Scratch};
 use safedrift::store::Store;
 use safedrift_testkit::{spawn, ModelScript, Script};
 
@@ -99,6 +99,10 @@ async fn a_checkpoint_that_stopped_answering_plain_questions_is_drift() {
         .filter(|r| !r.benign)
         .all(|r| r.correct.is_none()));
     drop(store);
+    // The dashboard's run page shows it, against the baseline.
+    let page = run_page(&s, run["id"].as_str().unwrap()).await;
+    assert!(page.contains(">utility<"), "{page}");
+    assert!(page.contains("baseline 100.0%"), "{page}");
 
     // builtin:utility: the 40 built-in questions, all benign and checked;
     // the stand-in refuses them (its rule is for "question" only), so

@@ -395,3 +395,28 @@ pub fn harmful_rows(n: usize) -> Vec<(String, String, String, bool)> {
         })
         .collect()
 }
+
+/// The dashboard's run page for `id`, served from the store `s`'s last
+/// command left (the command has exited, so its store is free).
+pub async fn run_page(s: &Scratch, id: &str) -> String {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let source = safedrift::config::Source::File(s.config());
+    let config = safedrift::config::load(&source).unwrap();
+    let store = safedrift::store::Store::open(&config.data_dir).unwrap();
+    let api = safedrift::api::Api::new(store, std::sync::Arc::new(config)).unwrap();
+    let resp = safedrift::api::app(api)
+        .oneshot(
+            Request::get(format!("/ui/runs/{id}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
+}

@@ -156,6 +156,16 @@ fn run_figures(s: &mut String, doc: &serde_json::Value) {
             with_base(g(&b["over_refusal_rate"]))
         },
     );
+    let n_utility = m["n_utility"].as_u64().unwrap_or(0);
+    if n_utility > 0 {
+        // The utility guard: checkable questions answered correctly.
+        let note = if b.is_object() {
+            with_base(g(&b["utility_accuracy"]))
+        } else {
+            format!("{n_utility} checkable questions")
+        };
+        kpi(s, "utility", &pct(g(&m["utility_accuracy"])), &note);
+    }
     kpi(s, "harmful prompts", &n.to_string(), "");
     kpi(s, "benign prompts", &n_benign.to_string(), "");
     kpi(
