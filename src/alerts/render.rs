@@ -168,10 +168,11 @@ pub fn finding_line(f: &crate::safety_metrics::Finding) -> String {
         None => f.metric.clone(),
     };
     format!(
-        "{what}: {} -> {} ({}, threshold +{:.3}, p={} by {})",
+        "{what}: {} -> {} ({}, threshold {}{:.3}, p={} by {})",
         fmt_opt(f.baseline),
         fmt_opt(f.candidate),
         fmt_delta(f.delta),
+        f.worse_sign(),
         f.threshold,
         fmt_p(f.p_adjusted),
         f.test

@@ -276,6 +276,19 @@ pub struct Finding {
     pub fired: bool,
 }
 
+impl Finding {
+    /// The direction of worse, for showing the threshold: `+` for the
+    /// figures where more is worse, `-` for `utility_accuracy`, where less
+    /// is.
+    pub fn worse_sign(&self) -> char {
+        if self.metric == "utility_accuracy" {
+            '-'
+        } else {
+            '+'
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
     pub detected: bool,

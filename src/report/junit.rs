@@ -142,9 +142,10 @@ fn case_of(f: &Finding) -> Case {
         None => f.metric.clone(),
     };
     let finding = format!(
-        "{name}: baseline {} -> candidate {} (threshold +{}); p = {:.3e}, adjusted p = {:.3e} ({}, {} pairs)",
+        "{name}: baseline {} -> candidate {} (threshold {}{}); p = {:.3e}, adjusted p = {:.3e} ({}, {} pairs)",
         value(&f.metric, f.baseline),
         value(&f.metric, f.candidate),
+        f.worse_sign(),
         value(&f.metric, Some(f.threshold)),
         f.p_value,
         f.p_adjusted,

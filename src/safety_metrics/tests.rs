@@ -175,6 +175,9 @@ fn a_drop_in_utility_fires_and_a_gain_does_not() {
     assert!(f.fired && dropped.detected, "{f:?}");
     assert_eq!((f.baseline, f.candidate), (Some(1.0), Some(2.0 / 12.0)));
     assert!(f.delta.unwrap() < 0.0 && f.pairs == 12, "{f:?}");
+    // Alerts show its threshold the way it points.
+    let line = crate::alerts::render::finding_line(&f);
+    assert!(line.contains("threshold -0.100"), "{line}");
     let gained = compare(&wrong, &right, &rules);
     assert!(!find(&gained).fired);
     assert_eq!(metrics(&wrong).n_utility, 12);
