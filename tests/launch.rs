@@ -56,21 +56,7 @@ fn checkpoint(parent: &Path, name: &str, answer: &str) -> PathBuf {
 
 /// The pids of the stand-in servers running for folders under `root`.
 fn servers_under(root: &Path) -> Vec<u32> {
-    let marker = root.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'))
-            });
-            cmd.contains("chat_server.py") && cmd.contains(&marker) && !zombie
-        })
-        .collect()
+    common::processes_with(&["chat_server.py", &root.display().to_string()])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -218,14 +204,21 @@ fn use_launch_config(h: &Harness, watched: &Path, base: &Path) {
     std::fs::write(h.s.config(), toml::to_string(&doc).unwrap()).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_daemon_stops_its_servers_and_reaps_those_a_killed_daemon_left() {
+/// A harness with config/launch.toml pointed at a baseline folder under
+/// `models` (returned) and a watched folder (returned).
+async fn launch_daemon_setup() -> (Harness, PathBuf, PathBuf) {
     let h = Harness::new().await;
     let models = h.s.path("models");
     let base = checkpoint(&models, "base", REFUSE);
     let watched = h.s.path("checkpoints");
     std::fs::create_dir_all(&watched).unwrap();
     use_launch_config(&h, &watched, &base);
+    (h, models, watched)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_stops_its_servers_and_reaps_those_a_killed_daemon_left() {
+    let (h, models, watched) = launch_daemon_setup().await;
 
     // A slow checkpoint: the daemon is killed while its server answers.
     let slow = checkpoint(&h.s.path("staging"), "slow", COMPLY);
@@ -300,12 +293,7 @@ async fn the_daemon_stops_its_servers_and_reaps_those_a_killed_daemon_left() {
 /// its format named; the runs say which backend served them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watcher_routes_each_checkpoint_to_the_backend_for_its_format() {
-    let h = Harness::new().await;
-    let models = h.s.path("models");
-    let base = checkpoint(&models, "base", REFUSE);
-    let watched = h.s.path("checkpoints");
-    std::fs::create_dir_all(&watched).unwrap();
-    use_launch_config(&h, &watched, &base);
+    let (h, _, watched) = launch_daemon_setup().await;
     // A second launcher for GGUF files, and the routes.
     let text = std::fs::read_to_string(h.s.config()).unwrap();
     let mut doc: toml::Table = text.parse().unwrap();

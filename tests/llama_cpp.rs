@@ -61,20 +61,7 @@ fn gguf_checkpoint(parent: &Path, name: &str) -> PathBuf {
 
 /// llama.cpp's server processes whose command line names `marker`.
 fn llama_servers(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'))
-            });
-            cmd.contains("llama_cpp.server") && cmd.contains(marker) && !zombie
-        })
-        .count()
+    common::processes_with(&["llama_cpp.server", marker]).len()
 }
 
 #[tokio::test(flavor = "multi_thread")]

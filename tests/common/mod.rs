@@ -420,3 +420,22 @@ pub async fn run_page(s: &Scratch, id: &str) -> String {
         .unwrap();
     String::from_utf8(body.to_vec()).unwrap()
 }
+
+/// The pids of running (not zombie) processes whose command line holds
+/// every one of `parts`.
+pub fn processes_with(parts: &[&str]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            });
+            parts.iter().all(|p| cmd.contains(p)) && !zombie
+        })
+        .collect()
+}
