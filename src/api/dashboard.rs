@@ -49,6 +49,12 @@ pub fn pages() -> Router<Shared> {
             "/assets/app.css",
             get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
         )
+        // No icon: a browser showing an API answer (JSON) asks for one on
+        // its own, and a 404 there would be an error in its console.
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
 }
 
 /// Fragments (the token is checked by the caller's layer).
