@@ -37,35 +37,51 @@ impl Format {
     }
 }
 
-fn has_file(dir: &Path, wanted: impl Fn(&str) -> bool) -> bool {
+/// The format a file (a name or a path; its last segment counts) is the
+/// defining file of: `adapter_config.json`, a `.onnx` graph, a `.gguf`
+/// file, full weights (`.safetensors` other than an adapter's, PyTorch
+/// `pytorch_model*.bin`). The Hugging Face watcher tells listed repos by it.
+pub fn format_of_file(path: &str) -> Option<Format> {
+    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    if name.starts_with('.') {
+        None
+    } else if name == "adapter_config.json" {
+        Some(Format::Lora)
+    } else if name.ends_with(".onnx") {
+        Some(Format::Onnx)
+    } else if name.ends_with(".gguf") {
+        Some(Format::Gguf)
+    } else if (name.ends_with(".safetensors") && !name.starts_with("adapter_model"))
+        || (name.starts_with("pytorch_model") && name.ends_with(".bin"))
+    {
+        Some(Format::Safetensors)
+    } else {
+        None
+    }
+}
+
+/// The formats of the files directly in `dir`.
+fn formats_in(dir: &Path) -> Vec<Format> {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy().to_ascii_lowercase();
-            !name.starts_with('.') && wanted(&name) && e.path().is_file()
-        })
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| format_of_file(&e.file_name().to_string_lossy()))
+        .collect()
 }
 
-/// The format of the checkpoint in `dir`, or `None` when it holds none of
-/// them.
+/// The format of the checkpoint in `dir` (an ONNX export may sit in its
+/// `onnx/` folder): the first of [`FORMATS`] it holds, `None` when it holds
+/// none of them.
 pub fn format_of(dir: &Path) -> Option<Format> {
-    if dir.join("adapter_config.json").is_file() {
-        return Some(Format::Lora);
-    }
-    let onnx = |name: &str| name.ends_with(".onnx");
-    if has_file(dir, onnx) || has_file(&dir.join("onnx"), onnx) {
-        return Some(Format::Onnx);
-    }
-    if has_file(dir, |n| n.ends_with(".gguf")) {
-        return Some(Format::Gguf);
-    }
-    let weights = |n: &str| {
-        n.ends_with(".safetensors") || (n.starts_with("pytorch_model") && n.ends_with(".bin"))
-    };
-    has_file(dir, weights).then_some(Format::Safetensors)
+    let mut found = formats_in(dir);
+    found.extend(
+        formats_in(&dir.join("onnx"))
+            .into_iter()
+            .filter(|f| *f == Format::Onnx),
+    );
+    FORMATS.iter().map(|(_, f)| *f).find(|f| found.contains(f))
 }
 
 #[cfg(test)]

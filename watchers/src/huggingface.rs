@@ -62,19 +62,6 @@ pub const FORMAT_FILES: &[(&str, &[&str])] = &[
     ("safetensors", &["*.safetensors"]),
 ];
 
-/// Whether `file` (a name relative to `subfolder`) is the defining file of
-/// `format`: what makes a repo a checkpoint of it.
-fn defines(format: &str, file: &str) -> bool {
-    let name = file.rsplit('/').next().unwrap_or(file).to_ascii_lowercase();
-    match format {
-        "onnx" => name.ends_with(".onnx"),
-        "lora" => name == "adapter_config.json",
-        "gguf" => name.ends_with(".gguf"),
-        "safetensors" => name.ends_with(".safetensors") && !name.starts_with("adapter_model"),
-        _ => false,
-    }
-}
-
 /// `[watchers.NAME]` keys of `kind = "huggingface"`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -548,7 +535,8 @@ impl HuggingfaceWatcher {
 
     /// Whether `rel` is the defining file of a watched format.
     fn is_checkpoint_file(&self, rel: &str) -> bool {
-        self.formats.iter().any(|f| defines(f, rel))
+        crate::format::format_of_file(rel)
+            .is_some_and(|f| self.formats.iter().any(|w| w == f.as_str()))
     }
 
     /// The watched formats, for messages.
