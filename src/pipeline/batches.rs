@@ -44,24 +44,29 @@ impl RunBatches<'_> {
         pending.sort_by_key(|p| rank.get(&p.0).copied().unwrap_or(usize::MAX));
         let mut finished = 0;
         let mut pending = pending.into_iter().peekable();
+        // A resumed run: the partner first answers what this run already
+        // has; after that each batch is asked of it just before this run.
+        let mut theirs = match &partner {
+            Some(p) => {
+                let answered: Vec<u32> = match self.store.results(self.run_id) {
+                    Ok(r) => r
+                        .iter()
+                        .filter(|r| r.verdict.is_some())
+                        .map(|r| r.index)
+                        .collect(),
+                    Err(e) => return (finished, Some(e.into())),
+                };
+                match self.ask_partner(p, &answered).await {
+                    Ok(r) => r,
+                    Err(e) => return (finished, Some(e)),
+                }
+            }
+            None => Vec::new(),
+        };
         loop {
             let so_far = match self.store.results(self.run_id) {
                 Ok(r) => r,
                 Err(e) => return (finished, Some(e.into())),
-            };
-            let theirs = match &partner {
-                Some(p) => {
-                    let answered: Vec<u32> = so_far
-                        .iter()
-                        .filter(|r| r.verdict.is_some())
-                        .map(|r| r.index)
-                        .collect();
-                    match self.ask_partner(p, &answered).await {
-                        Ok(r) => r,
-                        Err(e) => return (finished, Some(e)),
-                    }
-                }
-                None => Vec::new(),
             };
             if decide(&so_far, &theirs) {
                 return (finished, None);
@@ -72,8 +77,9 @@ impl RunBatches<'_> {
             let batch: Pending = pending.by_ref().take(every.max(1)).collect();
             if let Some(p) = &partner {
                 let indices: Vec<u32> = batch.iter().map(|b| b.0).collect();
-                if let Err(e) = self.ask_partner(p, &indices).await {
-                    return (finished, Some(e));
+                match self.ask_partner(p, &indices).await {
+                    Ok(r) => theirs = r,
+                    Err(e) => return (finished, Some(e)),
                 }
             }
             let (n, error) = run_prompts(
