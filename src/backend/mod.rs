@@ -49,6 +49,17 @@ pub struct Generation {
     pub latency_ms: u64,
 }
 
+/// A model's next-token distributions along a given answer: what the
+/// refusal-depth probe compares between two models.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnswerLogProbs {
+    /// The answer's first tokens, as this model's tokenizer reads them.
+    pub ids: Vec<u32>,
+    /// At each of those tokens, the log-softmax over the whole vocabulary
+    /// of the distribution that predicts it.
+    pub log_probs: Vec<Vec<f32>>,
+}
+
 /// Why a backend gave up.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -90,4 +101,17 @@ pub trait Backend: Send + Sync {
 
     /// Fails the requests that have not started (after a cancel).
     fn cancel_pending(&self) {}
+
+    /// The model's next-token distributions over the first `max_tokens`
+    /// tokens of `answer`, teacher-forced after `messages` (one forward
+    /// pass, no generation). `Ok(None)`: this backend cannot give full
+    /// distributions (models served through an API).
+    async fn answer_log_probs(
+        &self,
+        _messages: &[Message],
+        _answer: &str,
+        _max_tokens: usize,
+    ) -> Result<Option<AnswerLogProbs>, BackendError> {
+        Ok(None)
+    }
 }

@@ -593,8 +593,8 @@ fn next_step(rows: Vec<Row>, next: Vec<u32>, keep: Vec<bool>) -> (Vec<Row>, Vec<
     (kept_rows, ids, positions)
 }
 
+mod forced;
 mod pick;
 use pick::{pick_all, read_next};
-
 #[cfg(test)]
 mod tests;

@@ -12,10 +12,14 @@
 //! prompt run once, no decoding, and the next token's logits read at the
 //! tokens the judge asks about. Those requests are batched the same way
 //! (sorted by length, left-padded, one prefill per batch, sized to the
-//! memory budget).
+//! memory budget). Teacher-forced runs ([`OnnxBackend::forced_log_probs`]:
+//! a prompt and a given answer, the answer's distributions over the whole
+//! vocabulary) are served and batched the same way.
 
+mod blocking;
 pub mod chat_template;
 pub mod decode;
+mod forced;
 pub mod model;
 pub mod runtime;
 
@@ -31,6 +35,8 @@ use tracing::{debug, info};
 use super::{Backend, BackendError, Decoding, Generation};
 use chat_template::ChatMessage;
 use decode::{Decoder, RepetitionGuard, Sampling, SeqRequest};
+pub use forced::kl_per_position;
+use forced::Forced;
 use model::ModelDir;
 pub use runtime::Device;
 
@@ -90,6 +96,7 @@ struct Prefill {
 enum Msg {
     Job(Job),
     Prefill(Prefill),
+    Forced(Forced),
     Cancel,
 }
 
@@ -200,85 +207,6 @@ impl OnnxBackend {
             .await
             .unwrap_or_else(|_| Err(model_error("the inference thread has stopped")))
     }
-
-    /// Generates token ids for prompts given as ids (for tests and
-    /// benchmarks that compare with other runtimes token for token).
-    pub fn generate_ids(
-        dir: &Path,
-        options: OnnxOptions,
-        prompts: &[Vec<u32>],
-        max_new_tokens: usize,
-        max_batch: usize,
-    ) -> Result<Vec<Vec<u32>>, BackendError> {
-        let mut decoder = open_decoder(dir, &options)?;
-        let requests: Vec<SeqRequest> = prompts
-            .iter()
-            .map(|ids| SeqRequest {
-                ids: ids.clone(),
-                max_new_tokens,
-                sampling: Sampling::default(),
-                guard: RepetitionGuard {
-                    window: 0,
-                    max_period: 0,
-                },
-            })
-            .collect();
-        let mut out = vec![Vec::new(); prompts.len()];
-        for (chunk_index, chunk) in requests.chunks(max_batch.max(1)).enumerate() {
-            let base = chunk_index * max_batch.max(1);
-            decoder
-                .generate(chunk, |i, o| out[base + i] = o.tokens)
-                .map_err(|e| model_error(e.0))?;
-        }
-        Ok(out)
-    }
-
-    /// The next token's logits at `candidates` after each of `prompts`, in
-    /// batches of `max_batch` in the order given (for tests and benchmarks
-    /// that compare batch sizes or runtimes).
-    pub fn next_token_ids(
-        dir: &Path,
-        options: OnnxOptions,
-        prompts: &[Vec<u32>],
-        candidates: &[u32],
-        max_batch: usize,
-    ) -> Result<Vec<NextToken>, BackendError> {
-        let mut decoder = open_decoder(dir, &options)?;
-        let mut out = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(max_batch.max(1)) {
-            let rows: Vec<(&[u32], &[u32])> = chunk.iter().map(|p| (&p[..], candidates)).collect();
-            out.extend(
-                decoder
-                    .next_token_logits(&rows)
-                    .map_err(|e| model_error(e.0))?,
-            );
-        }
-        Ok(out)
-    }
-}
-
-/// A decoder for `dir`, opened on the calling thread.
-fn open_decoder(dir: &Path, options: &OnnxOptions) -> Result<Decoder, BackendError> {
-    let model = ModelDir::open(dir).map_err(|e| model_error(e.0))?;
-    let env = runtime::environment(options.ort_dylib.as_deref()).map_err(|e| model_error(e.0))?;
-    let (session, _) = runtime::open_session(
-        &env,
-        &model.onnx,
-        options.device,
-        options.cpu_fallback,
-        options.threads,
-    )
-    .map_err(|e| model_error(e.0))?;
-    let c = &model.config;
-    Decoder::new(
-        session,
-        c.layers,
-        c.kv_heads,
-        c.head_dim,
-        c.eos.clone(),
-        c.pad,
-    )
-    .map_err(|e| model_error(e.0))
 }
 
 /// The prompt token ids of a chat, as the backend decodes them: the model's
@@ -329,20 +257,21 @@ impl Worker {
     fn serve(mut self, rx: mpsc::Receiver<Msg>) {
         let mut pending: Vec<Ready> = Vec::new();
         let mut prefills: Vec<Prefill> = Vec::new();
+        let mut forced: Vec<Forced> = Vec::new();
         loop {
-            if pending.is_empty() && prefills.is_empty() {
+            if pending.is_empty() && prefills.is_empty() && forced.is_empty() {
                 match rx.recv() {
-                    Ok(msg) => self.accept(msg, &mut pending, &mut prefills),
+                    Ok(msg) => self.accept(msg, &mut pending, &mut prefills, &mut forced),
                     Err(_) => return,
                 }
             }
             // Gather what is queued, so batches can be formed by length.
             loop {
                 match rx.recv_timeout(Duration::from_millis(2)) {
-                    Ok(msg) => self.accept(msg, &mut pending, &mut prefills),
+                    Ok(msg) => self.accept(msg, &mut pending, &mut prefills, &mut forced),
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        if pending.is_empty() && prefills.is_empty() {
+                        if pending.is_empty() && prefills.is_empty() && forced.is_empty() {
                             return;
                         }
                         break;
@@ -355,6 +284,7 @@ impl Worker {
                 let batch = self.next_batch(&mut prefills, |p| (p.ids.len(), 0));
                 self.run_prefill(batch);
             }
+            self.serve_forced(&mut forced);
             pending.retain(|r| !r.reply.is_closed());
             if !pending.is_empty() {
                 pending.sort_by_key(|r| std::cmp::Reverse(r.ids.len()));
@@ -387,8 +317,15 @@ impl Worker {
         batch
     }
 
-    fn accept(&self, msg: Msg, pending: &mut Vec<Ready>, prefills: &mut Vec<Prefill>) {
+    fn accept(
+        &self,
+        msg: Msg,
+        pending: &mut Vec<Ready>,
+        prefills: &mut Vec<Prefill>,
+        forced: &mut Vec<Forced>,
+    ) {
         match msg {
+            Msg::Forced(f) => self.accept_forced(f, forced),
             Msg::Prefill(p) => match self.check_prompt(&p.ids) {
                 Ok(()) => prefills.push(p),
                 Err(e) => {
@@ -555,6 +492,25 @@ impl Backend for OnnxBackend {
 
     fn cancel_pending(&self) {
         let _ = self.tx.send(Msg::Cancel);
+    }
+
+    async fn answer_log_probs(
+        &self,
+        messages: &[Message],
+        answer: &str,
+        max_tokens: usize,
+    ) -> Result<Option<crate::backend::AnswerLogProbs>, BackendError> {
+        let prompt = prompt_ids(&self.model, messages)?;
+        let mut ids = tokenize(&self.model, answer)?;
+        ids.truncate(max_tokens);
+        if ids.is_empty() {
+            return Ok(Some(crate::backend::AnswerLogProbs {
+                ids,
+                log_probs: Vec::new(),
+            }));
+        }
+        let log_probs = self.forced_log_probs(prompt, ids.clone()).await?;
+        Ok(Some(crate::backend::AnswerLogProbs { ids, log_probs }))
     }
 }
 
