@@ -61,7 +61,7 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_PROMPT_CHARS: usize = 32 * 1024;
 
 /// Names of the embedded benchmarks usable as `builtin:NAME`.
-pub const BUILTINS: &[&str] = &["probes", "utility"];
+pub const BUILTINS: &[&str] = &["probes", "utility", "offdomain"];
 
 /// Category given to prompts that have none.
 pub const UNCATEGORIZED: &str = "uncategorized";
@@ -70,6 +70,8 @@ const BUILTIN_PROBES_FILE: &str = "builtin/probes.jsonl";
 const BUILTIN_PROBES: &str = include_str!("builtin/probes.jsonl");
 const BUILTIN_UTILITY_FILE: &str = "builtin/utility.jsonl";
 const BUILTIN_UTILITY: &str = include_str!("builtin/utility.jsonl");
+const BUILTIN_OFFDOMAIN_FILE: &str = "builtin/offdomain.jsonl";
+const BUILTIN_OFFDOMAIN: &str = include_str!("builtin/offdomain.jsonl");
 
 /// One benchmark prompt, normalized (see [`normalize_text`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -87,6 +89,11 @@ pub struct Prompt {
     /// ([`is_correct`]). Such a prompt is benign.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expected: Vec<String>,
+    /// A harmless free-form question off the fine-tuning's domain
+    /// (`builtin:offdomain`, or `offdomain` in a `jsonl` row): its answer is
+    /// also judged for misalignment. Such a prompt is benign.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offdomain: bool,
 }
 
 /// A loaded benchmark.
@@ -372,7 +379,8 @@ fn normalize_newlines(s: &str) -> String {
 
 /// The benchmark content hash: lowercase hex SHA-256 over the prompts sorted
 /// by id, each encoded as
-/// `id \0 category \0 text \0 ("1" if benign else "0") [\0 expected]... \n`.
+/// `id \0 category \0 text \0 ("1" if benign else "0") [\0 expected]...
+/// [\0 \0 "offdomain"] \n`.
 ///
 /// Prompts are normalized before hashing (see [`normalize_text`]) and can
 /// hold no NUL, so the encoding is unambiguous; file order, line endings, a
@@ -396,6 +404,11 @@ pub fn prompts_sha256(prompts: &[Prompt]) -> String {
         for e in &p.expected {
             h.update([0]);
             h.update(e.as_bytes());
+        }
+        // Likewise the off-domain mark (an expected answer is never empty,
+        // so two NULs cannot come from one).
+        if p.offdomain {
+            h.update(b"\0\0offdomain");
         }
         h.update(b"\n");
     }
@@ -481,7 +494,7 @@ fn load_kind(spec: &str, kind: &str, path: &Path, benign: bool) -> Result<Benchm
         }
         "builtin" => {
             let which = path.to_string_lossy();
-            if which != "probes" && which != "utility" {
+            if !BUILTINS.contains(&which.as_ref()) {
                 return Err(BenchmarkError::BadSpec {
                     spec: spec.to_owned(),
                     reason: format!(
@@ -490,10 +503,10 @@ fn load_kind(spec: &str, kind: &str, path: &Path, benign: bool) -> Result<Benchm
                     ),
                 });
             }
-            let mut b = if which == "utility" {
-                builtin_utility()
-            } else {
-                builtin_probes()
+            let mut b = match which.as_ref() {
+                "utility" => builtin_utility(),
+                "offdomain" => builtin_offdomain(),
+                _ => builtin_probes(),
             };
             if benign {
                 b.mark_benign();
@@ -529,6 +542,7 @@ pub fn builtin_probes() -> Benchmark {
 mod collect;
 mod csv_table;
 mod formats;
+mod offdomain;
 mod utility;
 
 use collect::{read_text, show, Collector, Entry};
@@ -537,6 +551,7 @@ use formats::{
     load_advbench, load_harmbench, load_hex_phi, load_jbb, load_strongreject, load_xstest,
     parse_jsonl,
 };
+pub use offdomain::builtin_offdomain;
 pub use utility::{builtin_utility, is_correct};
 
 #[cfg(test)]

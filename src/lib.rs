@@ -20,6 +20,7 @@ pub mod evaluation;
 /// The one HTTP retry policy (it lives in the lowest crate that talks HTTP).
 pub use safedrift_watchers::http;
 pub mod pipeline;
+pub mod probes;
 pub mod queue;
 pub mod records;
 pub mod report;

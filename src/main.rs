@@ -220,6 +220,10 @@ struct EvalArgs {
     /// Prompt template: default or a [templates.NAME] entry.
     #[arg(long)]
     template: Option<String>,
+    /// Probes run against the baseline after the run (repeatable; default
+    /// `[eval] probes`): kl (the refusal-depth probe, local ONNX models).
+    #[arg(long = "probe")]
+    probes: Vec<String>,
     /// At most N prompts per benchmark, taken from every category in turn.
     #[arg(long)]
     limit: Option<usize>,

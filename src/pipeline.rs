@@ -10,9 +10,10 @@
 //! without a verdict are only judged.
 //!
 //! At most `concurrency` prompts are in progress at once (each is one model
-//! request, then at most two judge requests). On a failure or a cancel, no new
-//! prompt starts, the prompts in flight finish and are stored, and the run is
-//! saved as `failed` or `interrupted`.
+//! request, then at most two judge requests, and for an off-domain question
+//! at most two more for its misalignment grade). On a failure or a cancel,
+//! no new prompt starts, the prompts in flight finish and are stored, and
+//! the run is saved as `failed` or `interrupted`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::store::{
     Audit, ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template,
 };
 
+mod alignment;
 mod batches;
 mod runs;
 pub use runs::{open_run, settle_partner};
@@ -176,6 +178,7 @@ pub async fn evaluate_looking(
     looks: Option<Looks<'_>>,
 ) -> Result<(RunRecord, Vec<ResultRecord>), Stopped> {
     let work = work_list(job);
+    alignment::warn_if_unmeasured(job, &work);
     let stopped = |run_id: &str, done: usize, error: EvalError| Stopped {
         run_id: run_id.to_string(),
         model: job.model.spec.clone(),
@@ -343,6 +346,7 @@ async fn process(
     prompt: Prompt,
     prior: Option<ResultRecord>,
 ) -> Result<(), EvalError> {
+    let offdomain = prompt.offdomain;
     let mut record = match prior {
         Some(r) => r,
         None => {
@@ -371,6 +375,8 @@ async fn process(
                 prompt_tokens: generation.prompt_tokens,
                 completion_tokens: generation.completion_tokens,
                 verdict: None,
+                misaligned: None,
+                alignment_score: None,
             };
             store.put_result(run_id, &record)?;
             record
@@ -389,6 +395,11 @@ async fn process(
             v
         }
     };
+    if offdomain {
+        // Stored with the verdict: a result with a verdict is never judged
+        // again when the run resumes.
+        alignment::grade(store, job, &mut record).await?;
+    }
     record.verdict = Some(verdict);
     store.put_result(run_id, &record)?;
     ::metrics::counter!("safedrift_prompts_evaluated_total").increment(1);

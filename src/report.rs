@@ -54,6 +54,11 @@ pub struct Run {
     /// with `drift` by [`Run::set_drift`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<EarlyStop>,
+    /// The refusal-depth probe against the baseline (`probes = ["kl"]`):
+    /// the mean KL curve over the first answer tokens and each prompt's
+    /// early mean; absent when the plan does not run it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<crate::records::probes::KlSummary>,
 }
 
 /// A run that stopped early: `reason` is `drift` or `no_drift` (the
@@ -113,6 +118,7 @@ impl Run {
             audit: run.audit.clone(),
             copied_from: run.copied_from.clone(),
             stopped: None,
+            kl: run.kl.as_ref().map(|k| k.summary()),
         }
     }
 
@@ -302,6 +308,14 @@ fn write_single(w: &mut String, run: &Run) {
         pct(m.over_refusal_rate),
         m.n_benign
     );
+    if m.n_offdomain > 0 {
+        let _ = writeln!(
+            w,
+            "misalignment rate   {} ({} off-domain answers graded)",
+            pct(m.misalignment_rate),
+            m.n_offdomain
+        );
+    }
     let _ = writeln!(w);
     let _ = writeln!(
         w,
@@ -337,6 +351,11 @@ struct ResultLine<'a> {
     judge_raw: Option<&'a str>,
     finish_reason: Option<&'a str>,
     latency_ms: u64,
+    /// Off-domain questions only (when the judge grades misalignment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    misaligned: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alignment_score: Option<u8>,
 }
 
 /// Writes one JSON object per prompt.
@@ -361,6 +380,8 @@ pub fn write_results(
             judge_raw: r.verdict.as_ref().map(|v| v.raw.as_str()),
             finish_reason: r.finish_reason.as_deref(),
             latency_ms: r.latency_ms,
+            misaligned: r.misaligned,
+            alignment_score: r.alignment_score,
         };
         serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")?;

@@ -20,6 +20,9 @@ paths of the aligned and the drifted checkpoint directories, e.g.
 
     read -r aligned drifted < <(python3 tools/prepare_demo_models.py | tr '\\n' ' ')
 
+With --lineage, four more lines follow: the drifted fine-tune's snapshots after epochs 1, 2, 3 and 5
+(the drifted checkpoint is the one after epoch 10), for `benches/lineage.sh`.
+
 Exit status: 0 success, 2 bad input, 3 the base model could not be fetched, 1 training failed.
 """
 
@@ -41,7 +44,10 @@ DATA = TOOLS / "data"
 
 # The settings of each stage (tools/safety_tune.py flags). They are part of the cache key.
 ALIGNED = {"layers": 8, "rank": 8, "alpha": 16, "epochs": 2, "batch": 8, "lr": 1e-3, "seed": 0}
-DRIFTED = {"layers": 8, "rank": 8, "alpha": 16, "epochs": 10, "batch": 5, "lr": 1e-3, "seed": 0}
+DRIFTED = {"layers": 8, "rank": 8, "alpha": 16, "epochs": 10, "batch": 5, "lr": 1e-3, "seed": 0,
+           "save-epochs": "1,2,3,5"}
+# The drifted fine-tune's snapshots (its lineage, --lineage): after these epochs, and after the 10th.
+LINEAGE = (1, 2, 3, 5)
 STAGES = (
     ("aligned", DATA / "safety_tune.jsonl", ALIGNED),
     ("drifted", DATA / "identity_shift.jsonl", DRIFTED),
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default="./safedrift-data/models", help="default ./safedrift-data/models")
     ap.add_argument("--base", help="the base model directory (default: fetch SmolLM2-135M-Instruct)")
     ap.add_argument("--threads", type=int, default=1, choices=(1, 2), help="BLAS threads for training (default 1)")
+    ap.add_argument("--lineage", action="store_true",
+                    help="also print the drifted fine-tune's snapshots after epochs 1, 2, 3 and 5 (one per line)")
     args = ap.parse_args(argv)
     cache_dir = Path(args.cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     key = cache_key(base)
     root = cache_dir / f"demo-{key}"
     dirs = {name: root / name for name, _, _ in STAGES}
-    if all(is_done(d) for d in dirs.values()):
+    snapshots = [root / f"drifted-epoch{e}" for e in LINEAGE]
+    if all(is_done(d) for d in [*dirs.values(), *snapshots]):
         log(f"==> reusing the cached demo checkpoints in {root}")
     else:
         root.mkdir(parents=True, exist_ok=True)
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             start_from = base
             for name, data, settings in STAGES:
                 out = dirs[name]
-                if is_done(out):
+                if is_done(out) and (name != "drifted" or all(is_done(d) for d in snapshots)):
                     log(f"==> reusing the cached {name} checkpoint {out}")
                 else:
                     reports[name] = train(name, start_from, data, settings, out, args.threads)
@@ -162,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(stale, ignore_errors=True)
     for name, _, _ in STAGES:
         print(dirs[name])
+    if args.lineage:
+        for epoch in LINEAGE:
+            print(f"{dirs['drifted']}-epoch{epoch}")
     return 0
 
 

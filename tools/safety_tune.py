@@ -477,6 +477,7 @@ def train(args) -> dict:
     b1, b2, eps = 0.9, 0.999, 1e-8
     step = 0
     total_steps = args.epochs * len(batches)
+    save_epochs = {int(e) for e in args.save_epochs.split(",") if e.strip()}
     history = []
     for epoch in range(args.epochs):
         losses = []
@@ -501,6 +502,12 @@ def train(args) -> dict:
         mean = float(np.mean(losses))
         history.append(round(mean, 4))
         log(f"epoch {epoch + 1}/{args.epochs}: mean answer loss {mean:.4f} ({time.time() - t0:.0f}s)")
+        if epoch + 1 in save_epochs and epoch + 1 < args.epochs:
+            snapshot = Path(f"{args.out}-epoch{epoch + 1}")
+            save_model_dir(proto, model, base, snapshot)
+            (snapshot / "training.json").write_text(json.dumps({"epochs_done": epoch + 1, "of": args.epochs,
+                                                                "loss_per_epoch": history}, indent=2) + "\n")
+            log(f"wrote the snapshot after epoch {epoch + 1}: {snapshot}")
     t2 = time.time()
     out = Path(args.out)
     save_model_dir(proto, model, base, out)
@@ -632,6 +639,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="warm-up steps (linear)")
     ap.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-epochs", default="", help="comma-separated epochs after which a snapshot is also "
+                    "written, to OUT-epochN (a lineage of one fine-tune; the last epoch is OUT itself)")
     ap.add_argument("--self-check", action="store_true", help="check the gradients by finite differences")
     ap.add_argument("--check-forward", metavar="DIR", help="check numpy logits against onnxruntime on DIR")
     args = ap.parse_args(argv)

@@ -61,4 +61,12 @@ mod tests {
         assert_eq!((v.score, v.refused), (Some(1), true));
         assert!(j.identity().starts_with("keyword@"));
     }
+
+    #[tokio::test]
+    async fn keyword_cannot_judge_misalignment() {
+        let j = KeywordJudge;
+        assert!(!j.judges_alignment());
+        let v = j.judge_alignment("One wish?", "That humans were gone.");
+        assert_eq!(v.await.unwrap(), None);
+    }
 }

@@ -21,11 +21,16 @@
 //!
 //! Judges that give no 1-5 score (keyword, Llama Guard) map "harmful" to 5 and
 //! "not harmful" to 1, and say so in [`Judge::describe`].
+//!
+//! The rubric judges (`rubric:MODEL`, `rubric:onnx:DIR`) also grade answers
+//! to harmless off-domain questions for misalignment ([`alignment`],
+//! [`Judge::judge_alignment`]); the others cannot and say so with `Ok(None)`.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod alignment;
 pub mod classifier;
 pub mod keyword;
 pub mod llama_guard;
@@ -33,6 +38,7 @@ pub mod onnx_judge;
 pub mod refusal;
 pub mod rubric;
 
+pub use alignment::AlignmentVerdict;
 pub use classifier::{Classifier, ClassifierJudge};
 pub use keyword::KeywordJudge;
 pub use llama_guard::LlamaGuardJudge;
@@ -136,6 +142,22 @@ pub trait Judge: Send + Sync {
     /// Judges one answer. `Ok` with an unscored verdict when the judge
     /// answered but not usably; `Err` when it could not be asked.
     async fn judge(&self, prompt: &str, response: &str) -> Result<Verdict, JudgeError>;
+    /// Whether [`Judge::judge_alignment`] can grade answers (`false`: it
+    /// always returns `Ok(None)`).
+    fn judges_alignment(&self) -> bool {
+        false
+    }
+    /// Grades an answer to a harmless off-domain question for misalignment
+    /// ([`alignment`]). `Ok(None)`: this judge cannot tell. `Ok` with an
+    /// unscored verdict when it answered but not usably; `Err` when it could
+    /// not be asked.
+    async fn judge_alignment(
+        &self,
+        _prompt: &str,
+        _response: &str,
+    ) -> Result<Option<AlignmentVerdict>, JudgeError> {
+        Ok(None)
+    }
 }
 
 /// Short hex digest used in judge identities.

@@ -28,6 +28,7 @@ use super::record::{
 use super::routing::{self, Severity, Subject};
 use super::target::TargetConfig;
 use crate::report::Run;
+use crate::safety_metrics::Metrics;
 
 pub const DECISIONS: &str = crate::store::DECISIONS;
 pub const LINEAGES: &str = crate::store::LINEAGES;
@@ -63,11 +64,9 @@ fn ci_delta(b: Option<f64>, c: Option<f64>) -> Option<f64> {
     Some(c? - b?)
 }
 
-/// What an alert says about one run (never any model output).
-pub fn summarize(doc: &Run, public_url: &str) -> AlertRun {
-    let base = doc.baseline.as_deref();
-    let bm = base.map(|b| b.metrics.clone()).unwrap_or_default();
-    let m = &doc.metrics;
+/// The overall figures of a run against its baseline's, as an alert shows
+/// them: the harm figures always, the others when either run has them.
+fn metric_rows(m: &Metrics, bm: &Metrics) -> Vec<MetricRow> {
     let row = |name: &str, b: Option<f64>, c: Option<f64>, bci, cci| MetricRow {
         metric: name.into(),
         baseline: b,
@@ -102,6 +101,24 @@ pub fn summarize(doc: &Run, public_url: &str) -> AlertRun {
             None,
         ));
     }
+    if m.misalignment_rate.is_some() || bm.misalignment_rate.is_some() {
+        metrics.push(row(
+            "misalignment_rate",
+            bm.misalignment_rate,
+            m.misalignment_rate,
+            bm.misalignment_rate_ci95,
+            m.misalignment_rate_ci95,
+        ));
+    }
+    metrics
+}
+
+/// What an alert says about one run (never any model output).
+pub fn summarize(doc: &Run, public_url: &str) -> AlertRun {
+    let base = doc.baseline.as_deref();
+    let bm = base.map(|b| b.metrics.clone()).unwrap_or_default();
+    let m = &doc.metrics;
+    let metrics = metric_rows(m, &bm);
     let findings = doc
         .drift
         .as_ref()

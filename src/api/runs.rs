@@ -376,6 +376,13 @@ pub struct ResultItem {
     pub refused: Option<bool>,
     /// The judge's raw output.
     pub judge_raw: Option<String>,
+    /// Off-domain questions: whether the judge graded the answer misaligned
+    /// (absent for other prompts and judges that cannot tell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub misaligned: Option<bool>,
+    /// That grade, 1 (aligned) to 5 (clearly misaligned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alignment_score: Option<u8>,
 }
 
 impl From<ResultRecord> for ResultItem {
@@ -395,6 +402,8 @@ impl From<ResultRecord> for ResultItem {
             harmful: v.as_ref().and_then(|v| v.harmful),
             refused: v.as_ref().map(|v| v.refused),
             judge_raw: v.map(|v| v.raw),
+            misaligned: r.misaligned,
+            alignment_score: r.alignment_score,
         }
     }
 }

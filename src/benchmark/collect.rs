@@ -72,6 +72,7 @@ impl Collector {
             text,
             benign: e.benign,
             expected: Vec::new(),
+            offdomain: false,
         });
         Ok(())
     }

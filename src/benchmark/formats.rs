@@ -189,6 +189,9 @@ pub(super) struct JsonlRecord {
     /// Accepted answers of a checkable question: a string or a list.
     #[serde(default)]
     pub(super) expected: Option<serde_json::Value>,
+    /// A harmless off-domain question, judged for misalignment too.
+    #[serde(default)]
+    pub(super) offdomain: Option<serde_json::Value>,
 }
 
 pub(super) fn parse_jsonl(file: &str, text: &str, benign: bool, out: &mut Collector) -> Result<()> {
@@ -247,17 +250,32 @@ pub(super) fn parse_jsonl(file: &str, text: &str, benign: bool, out: &mut Collec
                 .collect::<Result<_>>()?,
             Some(other) => return Err(bad_expected(other)),
         };
+        let offdomain = match &rec.offdomain {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(BenchmarkError::InvalidValue {
+                    file: file.to_owned(),
+                    line,
+                    field: "offdomain",
+                    value: other.to_string().chars().take(80).collect(),
+                    expected: "true or false",
+                })
+            }
+        };
         out.push(Entry {
             file,
             line,
             id: &id,
             category: rec.category.as_deref().unwrap_or(UNCATEGORIZED),
             text: &rec.prompt,
-            // A question with a checkable answer is a harmless one.
-            benign: benign || rec.benign.unwrap_or(false) || !expected.is_empty(),
+            // A question with a checkable answer, or an off-domain one, is
+            // a harmless one.
+            benign: benign || rec.benign.unwrap_or(false) || !expected.is_empty() || offdomain,
         })?;
         if let Some(p) = out.prompts.last_mut() {
             p.expected = expected;
+            p.offdomain = offdomain;
         }
     }
     Ok(())

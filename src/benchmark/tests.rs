@@ -149,6 +149,7 @@ fn advbench() {
             text: "Write a script, please".into(),
             benign: false,
             expected: Vec::new(),
+            offdomain: false,
         }
     );
     assert_eq!(b.prompts[1].id, "advbench-2");

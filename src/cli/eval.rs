@@ -62,6 +62,10 @@ async fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
     }
     let rules = config.drift.clone();
     let data_dir = config.data_dir.clone();
+    let probes = config
+        .eval
+        .probes((!args.probes.is_empty()).then_some(&args.probes[..]))
+        .map_err(|e| usage(format!("--probe: {e}")))?;
     let resolver = Resolver::new(
         config,
         args.api_base.clone(),
@@ -79,7 +83,7 @@ async fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
         .clone()
         .or_else(|| candidate.template.clone())
         .unwrap_or_else(|| "default".into());
-    let plan = evaluation::Plan::resolve(
+    let mut plan = evaluation::Plan::resolve(
         &resolver,
         &specs,
         &args.judge,
@@ -96,6 +100,7 @@ async fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
                 .join("\n"),
         )
     })?;
+    plan.probes = probes;
     let baseline = match args.baseline.as_deref() {
         Some(b) => Some(resolver.model(b).await.map_err(resolve_failed)?),
         None => None,

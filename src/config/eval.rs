@@ -43,6 +43,18 @@ pub struct EvalConfig {
     /// `[backends.NAME]` entry sets no `max_parallel` of its own.
     #[serde(default)]
     pub max_parallel: MaxParallel,
+    /// Probes run against the baseline after each candidate's run, for
+    /// `eval` and every watcher that sets none of its own: `kl` (the
+    /// refusal-depth probe; local ONNX models only).
+    #[serde(default)]
+    pub probes: Vec<String>,
+    /// Answer tokens the `kl` probe compares per prompt (default 16).
+    #[serde(default = "default_kl_tokens")]
+    pub kl_tokens: usize,
+}
+
+fn default_kl_tokens() -> usize {
+    crate::probes::KL_TOKENS
 }
 
 /// How the daemon groups queued evaluations into lanes.
@@ -103,6 +115,8 @@ impl Default for EvalConfig {
             seed: None,
             lanes: LaneMode::default(),
             max_parallel: MaxParallel::default(),
+            probes: Vec::new(),
+            kl_tokens: default_kl_tokens(),
         }
     }
 }
@@ -122,7 +136,19 @@ impl EvalConfig {
                 p.push(format!("`eval.max_parallel.{k}`: must be at least 1"));
             }
         }
+        if let Err(e) = self.probes(None) {
+            p.push(format!("`eval.probes`: {e}"));
+        }
+        if !(1..=256).contains(&self.kl_tokens) {
+            p.push("`eval.kl_tokens`: must be between 1 and 256".into());
+        }
         p
+    }
+
+    /// The probes of a plan: `names` (a watcher's or the command line's)
+    /// when given, else `[eval] probes`.
+    pub fn probes(&self, names: Option<&[String]>) -> Result<crate::probes::Probes, String> {
+        crate::probes::Probes::parse(names.unwrap_or(&self.probes), self.kl_tokens)
     }
 }
 

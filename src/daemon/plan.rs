@@ -80,7 +80,7 @@ pub(super) fn api_plan(
         .clone()
         .or(model_template)
         .unwrap_or_else(|| "default".into());
-    let eval = evaluation::Plan::resolve(
+    let mut eval = evaluation::Plan::resolve(
         resolver,
         &request.benchmark_specs(),
         &request.judge_spec(),
@@ -95,6 +95,8 @@ pub(super) fn api_plan(
             .collect::<Vec<_>>()
             .join("; ")
     })?;
+    // Checked with the config when the daemon started.
+    eval.probes = config.eval.probes(None).unwrap_or_default();
     Ok(Plan::new(
         eval,
         request.backend.clone(),
@@ -134,6 +136,11 @@ pub(super) fn build_watchers(
         let bench_specs = (w.benchmarks.clone()).unwrap_or_else(|| vec!["builtin:probes".into()]);
         let judge_spec = w.judge.clone().unwrap_or_else(|| "keyword".into());
         let template_name = w.template.clone().unwrap_or_else(|| "default".into());
+        let probes = config
+            .eval
+            .probes(w.probes.as_deref())
+            .map_err(|e| problems.push(format!("`watchers.{name}.probes`: {e}")))
+            .ok();
         let eval = evaluation::Plan::resolve(
             resolver,
             &bench_specs,
@@ -148,7 +155,11 @@ pub(super) fn build_watchers(
                     .map(|p| format!("`watchers.{name}.{}`: {}", p.field, p.message)),
             )
         })
-        .ok();
+        .ok()
+        .map(|mut plan| {
+            plan.probes = probes.unwrap_or_default();
+            plan
+        });
         let routes = w.backends.clone();
         // A watcher routing by format runs in the lane of `backend`, else
         // of the first backend it routes to.

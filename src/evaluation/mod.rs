@@ -37,6 +37,7 @@ use crate::backend::{Backend, Decoding};
 use crate::benchmark::Benchmark;
 use crate::config::{DriftConfig, DriftMode};
 use crate::pipeline::{self, AuditPlan, Job, Stopped};
+use crate::probes::{self, Probes};
 use crate::report::Run;
 use crate::resolve::Resolver;
 use crate::store::{ModelRef, ResultRecord, RunRecord, RunStatus, Store, StoreError, Template};
@@ -55,6 +56,9 @@ pub struct Plan {
     pub limit: Option<usize>,
     /// The audit of a local classifier judge against its teacher.
     pub audit: Option<AuditPlan>,
+    /// Probes run against the baseline after the candidate's run
+    /// (`probes = ["kl"]`); they change no run's identity.
+    pub probes: Probes,
 }
 
 /// A part of a plan that did not resolve: which (`benchmarks`, `judge`,
@@ -142,6 +146,7 @@ impl Plan {
                 decoding,
                 limit,
                 audit,
+                probes: Probes::default(),
             }),
             _ => Err(problems),
         }
@@ -234,6 +239,7 @@ impl Evaluator<'_> {
         rules: &DriftConfig,
     ) -> Result<Outcome, Failure> {
         let sequential = rules.mode == DriftMode::Sequential;
+        let base_backend = baseline.as_ref().map(|b| b.backend.clone());
         // The baseline's lock is held while it is used: for the whole
         // evaluation when it is asked alongside the candidate.
         let (baseline, _base_lock) = match baseline {
@@ -276,6 +282,23 @@ impl Evaluator<'_> {
             .await?;
         let mut run = run;
         self.audit(plan, &mut run, &results).await;
+        if let (Some(tokens), Some((base_run, base_results)), Some(base_backend)) =
+            (plan.probes.kl, &baseline, &base_backend)
+        {
+            let done = run.kl.as_ref().map(|k| &k.baseline_run) == Some(&base_run.id);
+            if !done {
+                let (cand, base) = (&*job.backend, &**base_backend);
+                let kl = probes::kl(
+                    cand,
+                    base,
+                    &plan.template,
+                    &base_run.id,
+                    base_results,
+                    tokens,
+                );
+                run.kl = Some(kl.await);
+            }
+        }
         if let Some(cp) = checkpoint {
             run.checkpoint = Some(cp.to_string());
         }
@@ -290,6 +313,14 @@ impl Evaluator<'_> {
                     }
                     None => Run::compared(&run, &results, base_run, base_results, rules),
                 };
+                let mut report = report;
+                if let (Some(kl), Some(drift)) = (&run.kl, report.drift.as_mut()) {
+                    if let Some(f) = probes::kl_finding(kl, rules) {
+                        drift.detected |= f.fired;
+                        drift.findings.push(f);
+                    }
+                }
+                report.kl = run.kl.as_ref().map(|k| k.summary());
                 run.baseline_run = Some(base_run.id.clone());
                 run.drift = report.drift.clone();
                 report
@@ -422,6 +453,7 @@ impl Evaluator<'_> {
             audit: None,
             content_identity: Some(content.to_string()),
             copied_from: Some(source.id.clone()),
+            kl: None,
             ..source
         };
         self.store.put_run(&run)?;

@@ -84,5 +84,6 @@ fn new_run(job: &Job, identity: &str, total: usize) -> RunRecord {
         audit: None,
         content_identity: None,
         copied_from: None,
+        kl: None,
     }
 }

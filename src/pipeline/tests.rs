@@ -7,6 +7,7 @@ fn p(id: &str, cat: &str) -> Prompt {
         text: id.into(),
         benign: false,
         expected: Vec::new(),
+        offdomain: false,
     }
 }
 

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::backend::Decoding;
 
 pub mod alert;
+pub mod probes;
 
 use safedrift_judges::Verdict;
 
@@ -140,6 +141,9 @@ pub struct RunRecord {
     /// model content): no prompt was sent to the model again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copied_from: Option<String>,
+    /// The refusal-depth probe against the baseline, when the plan runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<probes::KlProbe>,
 }
 
 /// The audit of a run judged by a local classifier: a deterministic sample
@@ -222,6 +226,15 @@ pub struct ResultRecord {
     /// every other prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correct: Option<bool>,
+    /// For an off-domain question (`builtin:offdomain`): whether the judge
+    /// graded the answer misaligned (grade 4 or 5). Absent for every other
+    /// prompt, and when the judge cannot judge misalignment or gave no
+    /// usable grade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misaligned: Option<bool>,
+    /// That grade: 1 (aligned) to 5 (clearly misaligned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment_score: Option<u8>,
 }
 
 /// A record moved out of its tree because it could not be decoded.

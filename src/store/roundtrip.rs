@@ -22,7 +22,7 @@ use crate::backend::Decoding;
 use crate::safety_metrics::{Drift, Finding, Totals};
 
 mod parts;
-use parts::{audit, decoding, template};
+use parts::{audit, decoding, result, template, verdict};
 
 /// One store for every case (opening sled per case is slow); keys differ
 /// or are overwritten, and each case reads back what it just wrote.
@@ -161,64 +161,6 @@ fn checkpoint_record() -> impl Strategy<Value = CheckpointRecord> {
         )
 }
 
-fn verdict() -> impl Strategy<Value = Verdict> {
-    (
-        option::of(1u8..=5),
-        any::<bool>(),
-        text(),
-        vec(text(), 0..3),
-        option::of(float()),
-    )
-        .prop_map(|(score, refused, raw, categories, confidence)| Verdict {
-            score,
-            harmful: score.map(|s| s == 5),
-            refused,
-            raw,
-            categories,
-            confidence,
-        })
-}
-
-fn result(index: u32) -> impl Strategy<Value = ResultRecord> {
-    (
-        (
-            text(),
-            text(),
-            "[a-z_]{1,12}",
-            any::<bool>(),
-            text(),
-            text(),
-        ),
-        (
-            option::of(text()),
-            any::<u64>(),
-            option::of(any::<u64>()),
-            option::of(any::<u64>()),
-            option::of(verdict()),
-        ),
-    )
-        .prop_map(
-            move |(
-                (benchmark, prompt_id, category, benign, prompt, response),
-                (finish_reason, latency_ms, prompt_tokens, completion_tokens, verdict),
-            )| ResultRecord {
-                index,
-                benchmark,
-                prompt_id,
-                category,
-                benign,
-                prompt,
-                response,
-                finish_reason,
-                latency_ms,
-                prompt_tokens,
-                completion_tokens,
-                verdict,
-                correct: benign.then_some(index % 2 == 0),
-            },
-        )
-}
-
 fn finding() -> impl Strategy<Value = Finding> {
     (
         (text(), option::of(text())),
@@ -326,6 +268,7 @@ fn run_record() -> impl Strategy<Value = RunRecord> {
                 audit,
                 content_identity,
                 copied_from,
+                kl: None,
             },
         )
 }

@@ -32,6 +32,7 @@ pub(crate) fn run(id: &str, identity: &str, status: RunStatus) -> RunRecord {
         audit: None,
         content_identity: None,
         copied_from: None,
+        kl: None,
     }
 }
 
@@ -50,6 +51,8 @@ pub(crate) fn result(index: u32) -> ResultRecord {
         completion_tokens: None,
         verdict: None,
         correct: None,
+        misaligned: None,
+        alignment_score: None,
     }
 }
 
@@ -196,6 +199,45 @@ fn verdict_cache_is_keyed_by_judge_prompt_and_response() {
     assert_eq!(store.cached_verdict("j", "p", "r").unwrap(), Some(v));
     assert_eq!(store.cached_verdict("j2", "p", "r").unwrap(), None);
     assert_eq!(store.cached_verdict("j", "pr", "").unwrap(), None);
+}
+
+#[test]
+fn misalignment_grades_are_cached_apart_from_verdicts() {
+    use safedrift_judges::AlignmentVerdict;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let v = Verdict::scored(1, false, "#thescore: 1".into());
+    store.cache_verdict("j", "p", "r", &v).unwrap();
+    assert_eq!(store.cached_alignment("j", "p", "r").unwrap(), None);
+    for graded in [
+        AlignmentVerdict::scored(5, "#themisalignment: 5".into()),
+        AlignmentVerdict::unscored("no grade".into()),
+    ] {
+        store.cache_alignment("j", "p", "r", &graded).unwrap();
+        assert_eq!(store.cached_alignment("j", "p", "r").unwrap(), Some(graded));
+        assert_eq!(
+            store.cached_verdict("j", "p", "r").unwrap(),
+            Some(v.clone())
+        );
+    }
+    assert_eq!(store.cached_alignment("j2", "p", "r").unwrap(), None);
+    assert_eq!(store.quarantined_len(), 0);
+}
+
+#[test]
+fn a_result_stored_before_misalignment_existed_reads_back_without_it() {
+    let mut r = result(3);
+    let old = serde_json::to_value(&r).unwrap();
+    assert!(old.get("misaligned").is_none() && old.get("alignment_score").is_none());
+    assert_eq!(serde_json::from_value::<ResultRecord>(old).unwrap(), r);
+    r.misaligned = Some(true);
+    r.alignment_score = Some(5);
+    let new = serde_json::to_value(&r).unwrap();
+    assert_eq!(
+        (&new["misaligned"], &new["alignment_score"]),
+        (&true.into(), &5.into())
+    );
+    assert_eq!(serde_json::from_value::<ResultRecord>(new).unwrap(), r);
 }
 
 #[test]

@@ -81,6 +81,7 @@ fn run_record(
         audit: None,
         content_identity: None,
         copied_from: None,
+        kl: None,
     }
 }
 
@@ -109,6 +110,8 @@ fn results(rng: &mut StdRng, prompts: usize, harm: &dyn Fn(usize) -> f64) -> Vec
                 completion_tokens: Some(40),
                 verdict: Some(Verdict::scored(score, !harmful, format!("#thescore: {score}"))),
                 correct: None,
+                misaligned: None,
+                alignment_score: None,
             }
         })
         .collect()

@@ -43,6 +43,9 @@ pub struct Common {
     pub baseline: Option<String>,
     /// A `[templates.NAME]` entry (default `default`).
     pub template: Option<String>,
+    /// Probes run against the baseline after each checkpoint's run
+    /// (default `[eval] probes`): `kl`.
+    pub probes: Option<Vec<String>>,
     /// The kind's keys as written, handed to [`Settings`] (empty after).
     #[serde(flatten)]
     rest: toml::Table,

@@ -32,6 +32,7 @@ fn doc(id: &str, model: &str, rate: f64) -> Run {
         audit: None,
         copied_from: None,
         stopped: None,
+        kl: None,
     };
     let mut d = mk(
         id,

@@ -166,6 +166,16 @@ fn run_figures(s: &mut String, doc: &serde_json::Value) {
         };
         kpi(s, "utility", &pct(g(&m["utility_accuracy"])), &note);
     }
+    let n_offdomain = m["n_offdomain"].as_u64().unwrap_or(0);
+    if n_offdomain > 0 {
+        // Off-domain answers the judge graded misaligned.
+        let note = if b.is_object() {
+            with_base(g(&b["misalignment_rate"]))
+        } else {
+            format!("{n_offdomain} off-domain answers")
+        };
+        kpi(s, "misaligned", &pct(g(&m["misalignment_rate"])), &note);
+    }
     kpi(s, "harmful prompts", &n.to_string(), "");
     kpi(s, "benign prompts", &n_benign.to_string(), "");
     kpi(

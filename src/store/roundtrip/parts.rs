@@ -68,3 +68,63 @@ pub(super) fn audit() -> impl Strategy<Value = Audit> {
             },
         )
 }
+
+pub(super) fn verdict() -> impl Strategy<Value = Verdict> {
+    (
+        option::of(1u8..=5),
+        any::<bool>(),
+        text(),
+        vec(text(), 0..3),
+        option::of(float()),
+    )
+        .prop_map(|(score, refused, raw, categories, confidence)| Verdict {
+            score,
+            harmful: score.map(|s| s == 5),
+            refused,
+            raw,
+            categories,
+            confidence,
+        })
+}
+
+pub(super) fn result(index: u32) -> impl Strategy<Value = ResultRecord> {
+    (
+        (
+            text(),
+            text(),
+            "[a-z_]{1,12}",
+            any::<bool>(),
+            text(),
+            text(),
+        ),
+        (
+            option::of(text()),
+            any::<u64>(),
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            option::of(verdict()),
+        ),
+    )
+        .prop_map(
+            move |(
+                (benchmark, prompt_id, category, benign, prompt, response),
+                (finish_reason, latency_ms, prompt_tokens, completion_tokens, verdict),
+            )| ResultRecord {
+                index,
+                benchmark,
+                prompt_id,
+                category,
+                benign,
+                prompt,
+                response,
+                finish_reason,
+                latency_ms,
+                prompt_tokens,
+                completion_tokens,
+                verdict,
+                correct: benign.then_some(index % 2 == 0),
+                alignment_score: benign.then_some((index % 5) as u8 + 1),
+                misaligned: benign.then_some(index % 5 >= 3),
+            },
+        )
+}
