@@ -397,7 +397,7 @@ pub fn distill(
     };
     let (train_x, train_y) = pick(&train_idx);
     let (test_x, test_y) = pick(&test_idx);
-    let emphasized = if options.features == Features::Combined {
+    let emphasized = if matches!(options.features, Features::Combined | Features::Segments) {
         safedrift_judges::refusal::SIGNAL_FEATURES
     } else {
         0

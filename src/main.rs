@@ -175,11 +175,12 @@ struct DistillArgs {
     /// $SAFEDRIFT_MODEL_CACHE, else ~/.cache/safedrift/models).
     #[arg(long)]
     encoder: Option<PathBuf>,
-    /// Features of the heads: combined (the response's, the prompt's and
-    /// the opening's embeddings and the refusal rule's signals), response
-    /// (the response's embedding) or response_prompt_product (response,
-    /// prompt and their product).
-    #[arg(long, default_value = "combined")]
+    /// Features of the heads: segments (the response's, the prompt's, the
+    /// opening's and the body's embeddings and the refusal rule's
+    /// signals), combined (the same without the body), response (the
+    /// response's embedding) or response_prompt_product (response, prompt
+    /// and their product).
+    #[arg(long, default_value = "segments")]
     features: String,
     /// Share of the prompts held out.
     #[arg(long, default_value_t = 0.2)]

@@ -91,11 +91,11 @@ fn distill_seed(name: &str, features: &str) -> PathBuf {
 }
 
 /// A judge distilled from the seed set once for all tests of this file
-/// (default features: response, prompt and opening embeddings and the
-/// refusal rule's signals).
+/// (default features: response, prompt, opening and body embeddings and
+/// the refusal rule's signals).
 fn judge_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| distill_seed("judge", "combined"))
+    DIR.get_or_init(|| distill_seed("judge", "segments"))
 }
 
 /// The same with the response's embedding alone.
@@ -749,7 +749,7 @@ async fn distill_learns_from_the_teachers_stored_verdicts() {
 }
 
 /// `distill` with no data named learns from the built-in corpus, with the
-/// combined features and cross-fitted calibration (few steps here: the
+/// segments features and cross-fitted calibration (few steps here: the
 /// default training's figures are in the README).
 #[test]
 fn distill_defaults_to_the_corpus() {
@@ -772,7 +772,7 @@ fn distill_defaults_to_the_corpus() {
     let head = Head::load(&dir.join("head.json")).unwrap();
     assert_eq!(head.training_data.source, "builtin:corpus");
     assert_eq!(head.teacher, safedrift::distill::CORPUS_TEACHER);
-    assert_eq!(head.features.name(), "combined");
+    assert_eq!(head.features.name(), "segments");
     assert_eq!(head.calibration.folds, 2);
     assert_eq!(
         head.calibration.records, head.training_data.train_records,

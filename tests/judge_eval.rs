@@ -727,7 +727,11 @@ async fn a_classifier_judge_reports_calibration_from_its_own_confidences() {
 // The held-out set
 
 fn heldout() -> Vec<Value> {
-    std::fs::read_to_string(repo().join("data/judge-eval/heldout.jsonl"))
+    eval_set("heldout.jsonl")
+}
+
+fn eval_set(name: &str) -> Vec<Value> {
+    std::fs::read_to_string(repo().join("data/judge-eval").join(name))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -809,8 +813,12 @@ fn the_heldout_set_covers_every_category_and_shares_no_prompt_with_training_data
         }
     }
 
-    // No prompt of the set is in a training set: the built-in sets and any
-    // judge corpus.
+    assert_no_training_prompt(&rows, "heldout.jsonl");
+}
+
+/// No prompt of an evaluation set is in a training set: the built-in sets
+/// and any judge corpus.
+fn assert_no_training_prompt(rows: &[Value], set: &str) {
     let mut training = Vec::new();
     training_prompts(&repo().join("src/builtin"), "", &mut training);
     for dir in ["data", "tools/data"] {
@@ -826,9 +834,35 @@ fn the_heldout_set_covers_every_category_and_shares_no_prompt_with_training_data
     for (file, p) in &training {
         assert!(
             !ours.contains(p),
-            "{} holds a held-out prompt: {p}",
+            "{} holds a prompt of {set}: {p}",
             file.display()
         );
+    }
+}
+
+/// The second evaluation set, written apart from the training corpus and
+/// from the first set, by another writer, with prompts of its own.
+#[test]
+fn the_fresh_set_covers_every_category_and_shares_no_prompt_with_training_data_or_heldout() {
+    let rows = eval_set("fresh.jsonl");
+    assert!(rows.len() >= 180, "{} records", rows.len());
+    for category in safedrift::benchmark::HEX_PHI_CATEGORIES {
+        let n = rows.iter().filter(|r| r["category"] == category).count();
+        assert!(n >= 10, "{category}: {n} answers");
+    }
+    let benign: Vec<&Value> = rows.iter().filter(|r| r["category"] == "benign").collect();
+    assert!(benign.len() >= 30);
+    assert!(benign
+        .iter()
+        .all(|r| r["benign"] == true && r["score"] == 1));
+    assert_no_training_prompt(&rows, "fresh.jsonl");
+    let first: std::collections::HashSet<String> = heldout()
+        .iter()
+        .map(|r| normalized(r["prompt"].as_str().unwrap()))
+        .collect();
+    for r in &rows {
+        let p = normalized(r["prompt"].as_str().unwrap());
+        assert!(!first.contains(&p), "fresh.jsonl repeats a heldout.jsonl prompt: {p}");
     }
 }
 

@@ -3,6 +3,7 @@
 
     python3 tools/judge_corpus.py review ANSWERS.jsonl LABELS.tsv [--start N --count N]
     python3 tools/judge_corpus.py merge ANSWERS.jsonl LABELS.tsv HAND.txt... --out CORPUS.jsonl
+    python3 tools/judge_corpus.py add HAND.txt... [--corpus CORPUS.jsonl]
     python3 tools/judge_corpus.py readme [CORPUS.jsonl] [--out README.md]
 
 How the corpus was made (docs/labelling-guide.md has the labelling rules):
@@ -23,6 +24,8 @@ How the corpus was made (docs/labelling-guide.md has the labelling rules):
    `source` (the model, or `hand-written`), `style`, `system`, `decoding`. Every answer without a
    label stops the merge. Model answers that went along with a child-abuse request are left out
    whatever their label (and so are those labelled `drop`).
+   `add` adds hand-written answer files to the corpus as it stands (the second round of
+   hand-written answers, tools/data/judge_hand/*.txt, was added this way).
 5. `readme` writes the corpus's make-up (counts by source, style, category and label) into
    src/builtin/judge_corpus.md, between the markers.
 """
@@ -41,6 +44,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPT_FILES = [ROOT / "tools/data/judge_corpus_prompts.jsonl", ROOT / "src/builtin/probes.jsonl"]
 CORPUS = ROOT / "src/builtin/judge_corpus.jsonl"
 README = ROOT / "src/builtin/judge_corpus.md"
+# Styles of hand-written answers (docs/labelling-guide.md describes the labels; tools/data/judge_hand/README.md the styles).
+STYLES = (
+    "benign_helpful", "benign_caveat", "direct_comply", "full_compliance", "disclaimer_comply",
+    "disclaimer_then_comply", "engage_nothing", "general_info", "firm_refusal", "apology_refusal",
+    "hedged_general", "warning_only", "over_caution_short", "over_refusal", "partial", "partial_compliance",
+    "refusal_redirect", "refusal_then_comply",
+)
 CATEGORIES = [
     "illegal_activity", "child_abuse_content", "hate_harass_violence", "malware", "physical_harm",
     "economic_harm", "fraud_deception", "adult_content", "political_campaigning", "privacy_violation",
@@ -137,10 +147,7 @@ def style_of(a: dict, score: int, refused: bool) -> str:
 
 
 def merge(args) -> int:
-    prompts = {}
-    for path in PROMPT_FILES:
-        for r in read_jsonl(path):
-            prompts[r["id"]] = r
+    prompts = read_prompts()
     labels = read_labels(args.labels)
     out, missing = [], []
     for a in read_jsonl(args.answers):
@@ -163,11 +170,29 @@ def merge(args) -> int:
         })
     if missing:
         sys.exit(f"{len(missing)} answers have no label, e.g. {missing[:5]}: review them first")
-    for path in args.hand:
-        for i, h in enumerate(parse_hand(path)):
+    out += hand_records(args.hand, prompts)
+    write_corpus(out, args.out)
+    return 0
+
+
+def read_prompts() -> dict[str, dict]:
+    prompts = {}
+    for path in PROMPT_FILES:
+        for r in read_jsonl(path):
+            prompts[r["id"]] = r
+    return prompts
+
+
+def hand_records(paths: list[Path], prompts: dict[str, dict]) -> list[dict]:
+    """The corpus records of hand-written answer files."""
+    out = []
+    for path in paths:
+        for h in parse_hand(path):
             p = prompts.get(h["prompt_id"])
             if p is None:
                 sys.exit(f"{h['where']}: unknown prompt id {h['prompt_id']!r}")
+            if h["style"] not in STYLES:
+                sys.exit(f"{h['where']}: unknown style {h['style']!r} (expected one of {', '.join(STYLES)})")
             digest = hashlib.sha256(h["response"].encode()).hexdigest()[:12]
             out.append({
                 "id": f"{p['id']}:hand-{digest}", "category": p["category"], "benign": bool(p.get("benign")),
@@ -175,6 +200,11 @@ def merge(args) -> int:
                 "refused": h["refused"], "harmful": h["score"] == 5, "source": "hand-written",
                 "style": h["style"], "system": "", "decoding": "",
             })
+    return out
+
+
+def write_corpus(out: list[dict], path: Path) -> None:
+    """Checks the records (unique ids, benign answers score 1) and writes them sorted."""
     ids = collections.Counter(r["id"] for r in out)
     dup = [i for i, c in ids.items() if c > 1]
     if dup:
@@ -183,10 +213,19 @@ def merge(args) -> int:
         if r["benign"] and r["score"] != 1:
             sys.exit(f"{r['id']}: a benign prompt's answer scores 1 (docs/labelling-guide.md)")
     out.sort(key=lambda r: (CATEGORIES.index(r["category"]), r["id"]))
-    with args.out.open("w", encoding="utf-8") as f:
+    with path.open("w", encoding="utf-8") as f:
         for r in out:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"wrote {len(out)} records to {args.out}", file=sys.stderr)
+    print(f"wrote {len(out)} records to {path}", file=sys.stderr)
+
+
+def add(args) -> int:
+    """Adds hand-written answer files to the corpus as it is; an answer already in it is kept once."""
+    out = read_jsonl(args.corpus)
+    have = {r["id"] for r in out}
+    new = [r for r in hand_records(args.hand, read_prompts()) if r["id"] not in have]
+    write_corpus(out + new, args.corpus)
+    print(f"added {len(new)} hand-written answers", file=sys.stderr)
     return 0
 
 
@@ -253,11 +292,14 @@ def main() -> int:
     m.add_argument("labels", type=Path)
     m.add_argument("hand", type=Path, nargs="*")
     m.add_argument("--out", type=Path, default=CORPUS)
+    a = sub.add_parser("add")
+    a.add_argument("hand", type=Path, nargs="+")
+    a.add_argument("--corpus", type=Path, default=CORPUS)
     d = sub.add_parser("readme")
     d.add_argument("corpus", type=Path, nargs="?", default=CORPUS)
     d.add_argument("--out", type=Path, default=README)
     args = ap.parse_args()
-    return {"review": review, "merge": merge, "readme": readme}[args.cmd](args)
+    return {"review": review, "merge": merge, "add": add, "readme": readme}[args.cmd](args)
 
 
 if __name__ == "__main__":

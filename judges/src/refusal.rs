@@ -375,6 +375,13 @@ pub fn opening(response: &str) -> &str {
     &text[..sentences_len(text, 1, OPENING_MIN_CHARS, OPENING_MAX_CHARS)]
 }
 
+/// What follows the [`opening`]: the answer's body (empty when the
+/// answer is its opening).
+pub fn body(response: &str) -> &str {
+    let text = strip_lead(response);
+    text[opening(response).len()..].trim_start()
+}
+
 fn list_items(text: &str) -> usize {
     text.split('\n')
         .filter(|line| {

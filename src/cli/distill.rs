@@ -13,7 +13,7 @@ use crate::{load_config, usage, DistillArgs, EXIT_BACKEND, EXIT_USAGE};
 pub(crate) fn distill(args: DistillArgs) -> u8 {
     let Some(features) = Features::parse(&args.features) else {
         return usage(format!(
-            "--features {:?}: expected combined, response_prompt_product or response",
+            "--features {:?}: expected combined, segments, response_prompt_product or response",
             args.features
         ));
     };
