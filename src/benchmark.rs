@@ -94,6 +94,16 @@ pub struct Prompt {
     /// also judged for misalignment. Such a prompt is benign.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub offdomain: bool,
+    /// The source's compliant opening of an answer (AdvBench's and
+    /// JailbreakBench's `target`, a `jsonl` row's `target`): what a
+    /// `prefill:K` attack opens the answer with. Not part of the plain
+    /// benchmark's content hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// How an attacked variant asks this prompt ([`attacks`]); absent on a
+    /// plain benchmark's prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<Attack>,
 }
 
 /// A loaded benchmark.
@@ -539,12 +549,14 @@ pub fn builtin_probes() -> Benchmark {
     out.finish("probes".to_owned(), "builtin:probes".to_owned(), false)
 }
 
+pub mod attacks;
 mod collect;
 mod csv_table;
 mod formats;
 mod offdomain;
 mod utility;
 
+pub use attacks::{Attack, Modifier};
 use collect::{read_text, show, Collector, Entry};
 use csv_table::{csv_rows, Table};
 use formats::{

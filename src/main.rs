@@ -225,6 +225,12 @@ struct EvalArgs {
     /// `[eval] probes`): kl (the refusal-depth probe, local ONNX models).
     #[arg(long = "probe")]
     probes: Vec<String>,
+    /// Attack modifiers (repeatable): every benchmark with harmful prompts
+    /// is asked again under each, as a variant with its own finding: aoa,
+    /// base64, leetspeak, prefill:K (as a `+MOD` after a benchmark SPEC;
+    /// `--probe prefill:K` is taken as `--attack prefill:K`).
+    #[arg(long = "attack")]
+    attacks: Vec<String>,
     /// At most N prompts per benchmark, taken from every category in turn.
     #[arg(long)]
     limit: Option<usize>,

@@ -32,6 +32,8 @@ use crate::store::{
 };
 
 mod alignment;
+mod attack;
+pub use attack::check_prefill;
 mod batches;
 mod runs;
 pub use runs::{open_run, settle_partner};
@@ -347,10 +349,12 @@ async fn process(
     prior: Option<ResultRecord>,
 ) -> Result<(), EvalError> {
     let offdomain = prompt.offdomain;
+    // An attacked prompt's answer is judged against its plain request.
+    let request = prompt.attack.as_ref().map(|a| a.request.clone());
     let mut record = match prior {
         Some(r) => r,
         None => {
-            let messages = job.template.messages(&prompt.text);
+            let (messages, prefill) = attack::chat(job, &prompt)?;
             let started = std::time::Instant::now();
             let generation = job.backend.generate(&messages, &job.decoding).await;
             ::metrics::histogram!("safedrift_backend_latency_seconds", "result" => if generation.is_ok() { "ok" } else { "error" })
@@ -377,21 +381,24 @@ async fn process(
                 verdict: None,
                 misaligned: None,
                 alignment_score: None,
+                attack: prompt.attack.map(|a| a.modifier),
+                prefill,
             };
             store.put_result(run_id, &record)?;
             record
         }
     };
     let judge_id = job.judge.identity();
-    let verdict = match store.cached_verdict(&judge_id, &record.prompt, &record.response)? {
+    let asked = request.as_deref().unwrap_or(&record.prompt);
+    let verdict = match store.cached_verdict(&judge_id, asked, &record.response)? {
         Some(v) => v,
         None => {
             let started = std::time::Instant::now();
-            let v = job.judge.judge(&record.prompt, &record.response).await;
+            let v = job.judge.judge(asked, &record.response).await;
             ::metrics::histogram!("safedrift_judge_latency_seconds", "result" => if v.is_ok() { "ok" } else { "error" })
                 .record(started.elapsed().as_secs_f64());
             let v = v?;
-            store.cache_verdict(&judge_id, &record.prompt, &record.response, &v)?;
+            store.cache_verdict(&judge_id, asked, &record.response, &v)?;
             v
         }
     };
@@ -443,8 +450,11 @@ pub async fn audit(
 ) -> Result<Audit, EvalError> {
     let mut sampled = 0;
     let mut unsure = 0;
+    // Plain prompts only: an attacked answer was judged against its plain
+    // request, which its result does not keep.
     let picked: Vec<(String, String, u8)> = results
         .iter()
+        .filter(|r| r.attack.is_none())
         .filter_map(|r| {
             let v = r.verdict.as_ref()?;
             let score = v.score?;

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::backend::onnx::kl_per_position;
 use crate::backend::{AnswerLogProbs, Backend};
+use crate::benchmark::attacks::Modifier;
 use crate::config::DriftConfig;
 use crate::records::probes::{KlProbe, KlPrompt};
 use crate::records::{Finding, ResultRecord, Template};
@@ -29,24 +30,42 @@ pub const KL_EARLY: usize = 5;
 /// distributions).
 const IN_FLIGHT: usize = 8;
 
-/// Which probes a plan runs.
+/// Which probes and attacks a plan runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Probes {
     /// The refusal-depth probe, over this many answer tokens.
     pub kl: Option<usize>,
+    /// Attack modifiers, each asked as a variant of every benchmark with
+    /// harmful prompts (`prefill:K` named as a probe is one of them).
+    pub attacks: Vec<Modifier>,
 }
 
 impl Probes {
-    /// Parses probe names (`kl`); `tokens` is the KL probe's length.
-    pub fn parse(names: &[String], tokens: usize) -> Result<Probes, String> {
-        let mut probes = Probes::default();
-        for name in names {
-            match name.as_str() {
-                "kl" => probes.kl = Some(tokens),
-                other => return Err(format!("unknown probe {other:?} (expected kl)")),
+    /// Parses probe names (`kl`, `prefill:K`) and attack modifiers (`aoa`,
+    /// `base64`, `leetspeak`, `prefill:K`); `tokens` is the KL probe's
+    /// length. The error names the entry.
+    pub fn parse(probes: &[String], attacks: &[String], tokens: usize) -> Result<Probes, String> {
+        let mut out = Probes::default();
+        let mut add = |m: Modifier| {
+            if !out.attacks.contains(&m) {
+                out.attacks.push(m);
+            }
+        };
+        for name in probes {
+            match name.trim() {
+                "kl" => out.kl = Some(tokens),
+                p if p.starts_with("prefill") => add(Modifier::parse(p)?),
+                other => {
+                    return Err(format!(
+                        "unknown probe {other:?} (expected kl or prefill:K)"
+                    ))
+                }
             }
         }
-        Ok(probes)
+        for name in attacks {
+            add(Modifier::parse(name)?);
+        }
+        Ok(out)
     }
 }
 
@@ -147,6 +166,11 @@ pub async fn kl(
 
 /// Units the early KL is rounded to for the exact permutation test.
 const KL_UNIT: f64 = 1e-3;
+/// The most units the prompts' differences from the threshold add up to:
+/// beyond it (many prompts far from the threshold) they are rounded more
+/// coarsely, so that the exact test's table stays small enough to compute
+/// (past `stats::PERMUTATION_MAX_SUM` it cannot be).
+const KL_MAX_UNITS: f64 = (1u64 << 20) as f64;
 
 /// The `kl_early` finding: fires when the prompts' mean early-token KL
 /// exceeds `[drift] kl_early` and an exact sign-flip permutation test of
@@ -155,11 +179,11 @@ const KL_UNIT: f64 = 1e-3;
 /// figure is 0: a model compared with itself.
 pub fn kl_finding(probe: &KlProbe, rules: &DriftConfig) -> Option<Finding> {
     let mean = probe.early_mean?;
-    let diffs: Vec<i64> = probe
-        .prompts
-        .iter()
-        .map(|p| ((p.early(probe.early_tokens) - rules.kl_early) / KL_UNIT).round() as i64)
+    let raw: Vec<f64> = (probe.prompts.iter())
+        .map(|p| p.early(probe.early_tokens) - rules.kl_early)
         .collect();
+    let unit = KL_UNIT.max(raw.iter().map(|d| d.abs()).sum::<f64>() / KL_MAX_UNITS);
+    let diffs: Vec<i64> = raw.iter().map(|d| (d / unit).round() as i64).collect();
     let p = crate::stats::paired_permutation_exact(&diffs);
     Some(Finding {
         metric: "kl_early".into(),
@@ -173,6 +197,7 @@ pub fn kl_finding(probe: &KlProbe, rules: &DriftConfig) -> Option<Finding> {
         test: "sign_flip_permutation_exact".into(),
         pairs: diffs.len(),
         fired: mean > rules.kl_early && p < rules.significance,
+        attack: None,
     })
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::config::DriftConfig;
 
 mod junit;
-use crate::safety_metrics::{self, CategoryMetrics, Drift, Metrics, Totals};
+use crate::safety_metrics::{self, AttackMetrics, CategoryMetrics, Drift, Metrics, Totals};
 use crate::store::{Audit, ModelRef, ResultRecord, RunRecord, RunStatus};
 pub use junit::junit;
 
@@ -54,11 +54,30 @@ pub struct Run {
     /// with `drift` by [`Run::set_drift`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<EarlyStop>,
-    /// The refusal-depth probe against the baseline (`probes = ["kl"]`):
-    /// the mean KL curve over the first answer tokens and each prompt's
-    /// early mean; absent when the plan does not run it.
+    /// The early-warning probes and attacks the plan ran (`probes`);
+    /// absent when it ran none.
+    #[serde(skip_serializing_if = "RunProbes::is_empty")]
+    pub probes: RunProbes,
+}
+
+/// What the Run JSON carries under `probes`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RunProbes {
+    /// The refusal-depth probe against the baseline (`--probe kl`): the
+    /// mean KL curve over the first answer tokens and each prompt's early
+    /// mean.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kl: Option<crate::records::probes::KlSummary>,
+    /// Each attack modifier's figures over its attacked variants
+    /// (`--attack aoa`, `--probe prefill:10`: `attack_success_rate`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attacks: BTreeMap<String, AttackMetrics>,
+}
+
+impl RunProbes {
+    pub fn is_empty(&self) -> bool {
+        self.kl.is_none() && self.attacks.is_empty()
+    }
 }
 
 /// A run that stopped early: `reason` is `drift` or `no_drift` (the
@@ -118,7 +137,10 @@ impl Run {
             audit: run.audit.clone(),
             copied_from: run.copied_from.clone(),
             stopped: None,
-            kl: run.kl.as_ref().map(|k| k.summary()),
+            probes: RunProbes {
+                kl: run.kl.as_ref().map(|k| k.summary()),
+                attacks: totals.per_attack,
+            },
         }
     }
 
@@ -226,8 +248,13 @@ fn write_comparison(w: &mut String, run: &Run, base: &Run, drift: &Drift) {
         "{:<22} {:>10} {:>10} {:>8} {:>9}",
         "metric", "baseline", "candidate", "delta", "p"
     );
-    for f in drift.findings.iter().filter(|f| f.category.is_none()) {
-        let (b, c, d) = if f.metric == "harmfulness_score" {
+    for f in drift
+        .findings
+        .iter()
+        .filter(|f| f.category.is_none() && f.attack.is_none())
+    {
+        // Scores and the refusal-depth KL (nats) as they are; rates in percent.
+        let (b, c, d) = if f.metric == "harmfulness_score" || f.metric == "kl_early" {
             (
                 num(f.baseline),
                 num(f.candidate),
@@ -275,6 +302,7 @@ fn write_comparison(w: &mut String, run: &Run, base: &Run, drift: &Drift) {
             p_value(f.p_adjusted)
         );
     }
+    write_attacks(w, run, drift);
     let _ = writeln!(w);
     let fired = drift.findings.iter().filter(|f| f.fired).count();
     if drift.detected {
@@ -288,6 +316,37 @@ fn write_comparison(w: &mut String, run: &Run, base: &Run, drift: &Drift) {
             w,
             "no drift: no finding passed both its threshold and its test (significance {})",
             drift.significance
+        );
+    }
+}
+
+/// The attack findings, when the runs have attacked variants.
+fn write_attacks(w: &mut String, run: &Run, drift: &Drift) {
+    let attacks: Vec<_> = drift
+        .findings
+        .iter()
+        .filter(|f| f.attack.is_some())
+        .collect();
+    if attacks.is_empty() {
+        return;
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "{:<28} {:>4} {:>10} {:>10} {:>8} {:>9}   (attack success rate; p {} corrected)",
+        "attack", "n", "baseline", "candidate", "delta", "p", drift.correction
+    );
+    for f in attacks {
+        let attack = f.attack.as_deref().unwrap_or_default();
+        let n = run.probes.attacks.get(attack).map_or(0, |a| a.n);
+        let mark = if f.fired { "  << DRIFT" } else { "" };
+        let _ = writeln!(
+            w,
+            "{attack:<28} {n:>4} {:>10} {:>10} {:>8} {:>9}{mark}",
+            pct(f.baseline),
+            pct(f.candidate),
+            signed_pct(f.delta),
+            p_value(f.p_adjusted)
         );
     }
 }
@@ -332,6 +391,23 @@ fn write_single(w: &mut String, run: &Run) {
             pct(c.refusal_rate)
         );
     }
+    if !run.probes.attacks.is_empty() {
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "{:<28} {:>4} {:>10} {:>9}",
+            "attack", "n", "success", "refused"
+        );
+        for (attack, a) in &run.probes.attacks {
+            let _ = writeln!(
+                w,
+                "{attack:<28} {:>4} {:>10} {:>9}",
+                a.n,
+                pct(a.attack_success_rate),
+                pct(a.refusal_rate)
+            );
+        }
+    }
 }
 
 /// One line of `--results`.
@@ -356,6 +432,12 @@ struct ResultLine<'a> {
     misaligned: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     alignment_score: Option<u8>,
+    /// An attacked variant's prompts only: the modifier, and the opening
+    /// the answer was prefilled with (`response` is its continuation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attack: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefill: Option<&'a str>,
 }
 
 /// Writes one JSON object per prompt.
@@ -382,6 +464,8 @@ pub fn write_results(
             latency_ms: r.latency_ms,
             misaligned: r.misaligned,
             alignment_score: r.alignment_score,
+            attack: r.attack.as_deref(),
+            prefill: r.prefill.as_deref(),
         };
         serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")?;

@@ -12,6 +12,10 @@
 //! - `utility_accuracy`: share of checkable questions answered correctly.
 //! - `misalignment_rate`: share of off-domain answers the judge graded
 //!   misaligned, with a Wilson 95% interval (absent when none was graded).
+//! - `attack_success_rate` per attack modifier (`per_attack`): the
+//!   harmfulness rate of the attacked variants' prompts ([`attacks`]).
+//!   Attacked prompts count nowhere else: every other figure is over the
+//!   plain prompts alone.
 //!
 //! Comparisons pair the two runs' results by (benchmark, prompt id), keeping
 //! pairs scored in both. Rates use McNemar's exact test, the mean score an
@@ -87,6 +91,9 @@ pub struct Totals {
     pub metrics: Metrics,
     pub per_category: BTreeMap<String, CategoryMetrics>,
     pub per_benchmark: BTreeMap<String, Metrics>,
+    /// The attacked variants' figures by modifier; empty without attacks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_attack: BTreeMap<String, AttackMetrics>,
 }
 
 impl Totals {
@@ -96,6 +103,7 @@ impl Totals {
             metrics: metrics(results),
             per_category: per_category(results),
             per_benchmark: per_benchmark(results),
+            per_attack: per_attack(results),
         }
     }
 }
@@ -138,8 +146,14 @@ impl Tally {
     }
 }
 
-/// Overall metrics of a run's judged results.
+/// Overall metrics of a run's judged results, over its plain prompts (an
+/// attacked variant's are in [`per_attack`]).
 pub fn metrics(results: &[ResultRecord]) -> Metrics {
+    metrics_of(results.iter().filter(|r| r.attack.is_none()))
+}
+
+/// The metrics of these results, whatever they are.
+fn metrics_of<'a>(results: impl Iterator<Item = &'a ResultRecord>) -> Metrics {
     let mut harmful = Tally::default();
     let mut benign = Tally::default();
     let (mut checked, mut correct) = (0, 0);
@@ -177,10 +191,10 @@ pub fn metrics(results: &[ResultRecord]) -> Metrics {
     }
 }
 
-/// Metrics per category of the harmful prompts.
+/// Metrics per category of the plain harmful prompts.
 pub fn per_category(results: &[ResultRecord]) -> BTreeMap<String, CategoryMetrics> {
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
-    for r in results.iter().filter(|r| !r.benign) {
+    for r in results.iter().filter(|r| !r.benign && r.attack.is_none()) {
         tallies.entry(r.category.clone()).or_default().add(r);
     }
     tallies
@@ -199,18 +213,15 @@ pub fn per_category(results: &[ResultRecord]) -> BTreeMap<String, CategoryMetric
         .collect()
 }
 
-/// Metrics per benchmark.
+/// Metrics per benchmark (an attacked variant's over its own prompts).
 pub fn per_benchmark(results: &[ResultRecord]) -> BTreeMap<String, Metrics> {
-    let mut groups: BTreeMap<String, Vec<ResultRecord>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<&ResultRecord>> = BTreeMap::new();
     for r in results {
-        groups
-            .entry(r.benchmark.clone())
-            .or_default()
-            .push(r.clone());
+        groups.entry(r.benchmark.clone()).or_default().push(r);
     }
     groups
         .into_iter()
-        .map(|(b, rs)| (b, metrics(&rs)))
+        .map(|(b, rs)| (b, metrics_of(rs.into_iter())))
         .collect()
 }
 
@@ -219,6 +230,8 @@ pub fn per_benchmark(results: &[ResultRecord]) -> BTreeMap<String, Metrics> {
 struct Pair<'a> {
     category: &'a str,
     benign: bool,
+    /// The attack modifier of an attacked variant's prompt.
+    attack: Option<&'a str>,
     base: (u8, bool),
     cand: (u8, bool),
     /// (baseline, candidate) answered correctly, for a checkable question.
@@ -250,6 +263,7 @@ fn pairs<'a>(baseline: &'a [ResultRecord], candidate: &'a [ResultRecord]) -> Vec
             Some(Pair {
                 category: &r.category,
                 benign: r.benign,
+                attack: r.attack.as_deref(),
                 base,
                 cand,
                 correct: b.correct.zip(r.correct),
@@ -291,6 +305,8 @@ pub fn compare(
     rules: &DriftConfig,
 ) -> Drift {
     let pairs = pairs(baseline, candidate);
+    let (attacked, pairs): (Vec<Pair<'_>>, Vec<Pair<'_>>) =
+        pairs.into_iter().partition(|p| p.attack.is_some());
     let harmful_pairs = || pairs.iter().filter(|p| !p.benign);
     let (bm, cm) = (metrics(baseline), metrics(candidate));
     let alpha = rules.significance;
@@ -315,6 +331,7 @@ pub fn compare(
             test: test.into(),
             pairs: n,
             fired: worse(d, threshold) && p < alpha,
+            attack: None,
         }
     };
 
@@ -355,6 +372,7 @@ pub fn compare(
         findings.push(f);
     }
     findings.extend(category_findings(&pairs, baseline, candidate, rules));
+    findings.extend(attacks::findings(&attacked, baseline, candidate, rules));
     Drift {
         detected: findings.iter().any(|f| f.fired),
         significance: alpha,
@@ -399,6 +417,7 @@ fn utility_finding(
         test: "mcnemar_exact".into(),
         pairs: checked.len(),
         fired: -d > rules.utility_accuracy + 1e-12 && p < rules.significance,
+        attack: None,
     })
 }
 
@@ -436,6 +455,7 @@ fn misalignment_finding(
         test: "mcnemar_exact".into(),
         pairs: graded.len(),
         fired: worse(d, rules.misalignment_rate) && p < rules.significance,
+        attack: None,
     })
 }
 
@@ -479,10 +499,14 @@ fn category_findings(
             test: "mcnemar_exact".into(),
             pairs: n,
             fired: worse(d, threshold) && adj < rules.significance,
+            attack: None,
         });
     }
     findings
 }
+
+mod attacks;
+pub use attacks::{per_attack, AttackMetrics};
 
 #[cfg(test)]
 mod tests;

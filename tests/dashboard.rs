@@ -14,6 +14,7 @@ use safedrift::alerts::grouping::{Decision, LineageState};
 use safedrift::alerts::record::AlertRecord;
 use safedrift::api::{self, Api};
 use safedrift::config;
+use safedrift::records::probes::{KlProbe, KlPrompt};
 use safedrift::store::Store;
 use safedrift_testkit::history as sample;
 use serde_json::{json, Value};
@@ -74,6 +75,35 @@ fn fill(store: &Store) {
     run.started_at = "2026-01-05T00:00:00Z".into();
     run.identity = "plain-eval".into();
     store.import(&[(run, results)]).unwrap();
+    refusal_depth(store);
+}
+
+/// The refusal-depth probe on two checkpoints of `acme/assistant-01`: a
+/// KL curve over 16 answer positions (falling after the first tokens, as
+/// when a fine-tune moved the refusals' openings) with its `kl_early`
+/// finding, and a probe skipped for a served model.
+fn refusal_depth(store: &Store) {
+    let prompts = (0..6)
+        .map(|i| KlPrompt {
+            benchmark: "probes".into(),
+            index: i,
+            prompt_id: format!("c1-{i}"),
+            category: "c1".into(),
+            kl: (0..16)
+                .map(|k| 3.0 / (1.0 + k as f32) + 0.1 * i as f32)
+                .collect(),
+        })
+        .collect();
+    let probe = KlProbe::from_prompts("r_sample0001base", 16, 5, prompts);
+    let mut run = store.get_run("r_sample0001c0000004").unwrap().unwrap();
+    let finding = safedrift::probes::kl_finding(&probe, &config::DriftConfig::default());
+    run.drift.as_mut().unwrap().findings.extend(finding);
+    run.kl = Some(probe);
+    store.put_run(&run).unwrap();
+    let mut run = store.get_run("r_sample0001c0000005").unwrap().unwrap();
+    let why = "the candidate's backend (openai) cannot give token distributions (only local ONNX models can)";
+    run.kl = Some(KlProbe::skipped("r_sample0001base", 16, 5, why.into()));
+    store.put_run(&run).unwrap();
 }
 
 async fn serve(config_text: &str, fill_store: bool) -> (std::net::SocketAddr, tempfile::TempDir) {
@@ -493,5 +523,69 @@ async fn without_a_token_nothing_is_asked_and_nothing_offers_to_be_forgotten() {
     let doc: Value =
         serde_json::from_str(page.eval("document.body.innerText").await.as_str().unwrap()).unwrap();
     assert_eq!(doc["id"], "r_sample0002c0000003");
+    page.assert_no_errors().await;
+}
+
+/// A run's refusal-depth probe is drawn as its KL curve, one point per
+/// answer position, the early window shaded and the early mean against the
+/// threshold in text; a skipped probe says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runs_kl_curve_is_drawn_per_answer_position_and_a_skipped_probe_says_why() {
+    let (addr, _dir) = serve("", true).await;
+    let (_browser, mut page) = chromium().await;
+    page.navigate(&format!("http://{addr}/runs/r_sample0001c0000004"))
+        .await;
+    page.wait_for(
+        "the run page",
+        "document.querySelector('section.run')?.dataset.run === 'r_sample0001c0000004'",
+    )
+    .await;
+    for (selector, count) in [
+        ("svg.kl polyline.kl-curve", 1),
+        ("svg.kl circle.kl-pt", 16),
+        ("svg.kl rect.early", 1),
+        ("svg.kl line.threshold", 1),
+        ("svg.kl line.early-mean", 1),
+    ] {
+        let js = format!("document.querySelectorAll('{selector}').length");
+        assert_eq!(page.eval(&js).await, json!(count), "{selector}");
+    }
+    // Positions 1 to 16 across, nats up.
+    let mut axes: Vec<String> = (1..=16).map(|p| p.to_string()).collect();
+    axes.extend(["answer position".into(), "nats".into()]);
+    let js = "[...document.querySelectorAll('svg.kl text.x-tick, svg.kl text.axis-title')].map(t => t.textContent)";
+    assert_eq!(page.eval(js).await, json!(axes));
+    // The shaded window covers the first 5 positions and no more; the curve
+    // falls along the answer; the chart has a size on screen.
+    let window = "(() => { const r = document.querySelector('svg.kl rect.early').getBoundingClientRect(); const p = [...document.querySelectorAll('svg.kl circle.kl-pt')].map(c => c.getBoundingClientRect()); const s = document.querySelector('svg.kl').getBoundingClientRect(); return p[4].right <= r.right && r.right <= p[5].left && p[0].top < p[15].top && s.width > 300 && s.height > 100; })()";
+    assert_eq!(page.eval(window).await, json!(true));
+    let summary = page
+        .eval("document.querySelector('.kl-summary').textContent")
+        .await;
+    let summary = summary.as_str().unwrap();
+    assert!(
+        summary.contains("harmful prompts it refused")
+            && summary
+                .contains("over the first 5 answer tokens, threshold 0.500 nats kl_early fired"),
+        "{summary}"
+    );
+    page.screenshot("run-kl.png").await;
+
+    page.navigate(&format!("http://{addr}/runs/r_sample0001c0000005"))
+        .await;
+    page.wait_for(
+        "the run with a skipped probe",
+        "document.querySelector('section.run')?.dataset.run === 'r_sample0001c0000005'",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelector('.kl-skipped').textContent").await,
+        json!("skipped: the candidate's backend (openai) cannot give token distributions (only local ONNX models can)")
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('svg.kl').length")
+            .await,
+        json!(0)
+    );
     page.assert_no_errors().await;
 }

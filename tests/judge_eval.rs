@@ -862,7 +862,10 @@ fn the_fresh_set_covers_every_category_and_shares_no_prompt_with_training_data_o
         .collect();
     for r in &rows {
         let p = normalized(r["prompt"].as_str().unwrap());
-        assert!(!first.contains(&p), "fresh.jsonl repeats a heldout.jsonl prompt: {p}");
+        assert!(
+            !first.contains(&p),
+            "fresh.jsonl repeats a heldout.jsonl prompt: {p}"
+        );
     }
 }
 

@@ -362,6 +362,11 @@ def save_model_dir(proto, model: Model, base_dir: Path, out_dir: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import llama_onnx
 
+    # save_onnx moves the weights out of the proto it writes: write a copy, so the proto can be
+    # written again (a snapshot after an epoch, then the final checkpoint).
+    proto_out = type(proto)()
+    proto_out.CopyFrom(proto)
+    proto = proto_out
     by_name = {t.name: t for t in proto.graph.initializer}
     for i, layer in enumerate(model.layers):
         if not layer.lora:

@@ -118,7 +118,20 @@ pub fn summarize(doc: &Run, public_url: &str) -> AlertRun {
     let base = doc.baseline.as_deref();
     let bm = base.map(|b| b.metrics.clone()).unwrap_or_default();
     let m = &doc.metrics;
-    let metrics = metric_rows(m, &bm);
+    let mut metrics = metric_rows(m, &bm);
+    // Each attack's success rate, as the run and its baseline have it.
+    for (attack, a) in &doc.probes.attacks {
+        let b = base.and_then(|b| b.probes.attacks.get(attack));
+        let rate = b.and_then(|b| b.attack_success_rate);
+        metrics.push(MetricRow {
+            metric: format!("attack_success_rate[{attack}]"),
+            baseline: rate,
+            candidate: a.attack_success_rate,
+            delta: ci_delta(rate, a.attack_success_rate),
+            baseline_ci95: b.and_then(|b| b.attack_success_rate_ci95),
+            candidate_ci95: a.attack_success_rate_ci95,
+        });
+    }
     let findings = doc
         .drift
         .as_ref()

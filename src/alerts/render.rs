@@ -163,9 +163,10 @@ fn text_run(w: &mut String, run: &AlertRun) {
 }
 
 pub fn finding_line(f: &crate::safety_metrics::Finding) -> String {
-    let what = match &f.category {
-        Some(c) => format!("{}[{c}]", f.metric),
-        None => f.metric.clone(),
+    let what = match (&f.category, &f.attack) {
+        (Some(c), _) => format!("{}[{c}]", f.metric),
+        (None, Some(a)) => format!("{}[attack {a}]", f.metric),
+        (None, None) => f.metric.clone(),
     };
     format!(
         "{what}: {} -> {} ({}, threshold {}{:.3}, p={} by {})",

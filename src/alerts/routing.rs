@@ -132,6 +132,7 @@ mod tests {
             test: "mcnemar_exact".into(),
             pairs: 60,
             fired,
+            attack: None,
         }
     }
 

@@ -173,6 +173,10 @@ fn registry(config: &Config, field: &str, kind: &str, rest: &str) -> Result<(), 
 
 fn benchmark(config: &Config, field: &str, spec: &str) -> Result<(), ApiError> {
     text(field, spec)?;
+    // Attack modifiers (`+aoa`) name no path: the benchmark before them is
+    // what is checked.
+    let (spec, _) = crate::benchmark::attacks::split_spec(spec)
+        .map_err(|_| ApiError::invalid(field, "not a benchmark: an unknown attack modifier"))?;
     if config.benchmarks.contains_key(spec) {
         return Ok(());
     }

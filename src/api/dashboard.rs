@@ -25,6 +25,7 @@ use super::{blocking, ApiError, Shared};
 
 mod charts;
 mod overview;
+mod refusal_depth;
 mod run;
 
 pub use charts::{checkpoint_labels, heatmap_svg, timeline_svg};

@@ -37,7 +37,7 @@ pub fn validate(
     }
     super::boundary::check(config, req)?;
     for (i, spec) in specs.iter().enumerate() {
-        if let Err(e) = resolver.benchmark(spec) {
+        if let Err(e) = resolver.benchmarks(spec) {
             return Err(ApiError::invalid(
                 &format!("benchmarks[{i}]"),
                 format!("the benchmark does not load: {}", e.public_message()),

@@ -383,6 +383,14 @@ pub struct ResultItem {
     /// That grade, 1 (aligned) to 5 (clearly misaligned).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alignment_score: Option<u8>,
+    /// An attacked variant's prompts only: the attack modifier (`aoa`,
+    /// `prefill:10`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attack: Option<String>,
+    /// The opening the answer was prefilled with; `response` is the
+    /// continuation, what was judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
 }
 
 impl From<ResultRecord> for ResultItem {
@@ -404,6 +412,8 @@ impl From<ResultRecord> for ResultItem {
             judge_raw: v.map(|v| v.raw),
             misaligned: r.misaligned,
             alignment_score: r.alignment_score,
+            attack: r.attack,
+            prefill: r.prefill,
         }
     }
 }

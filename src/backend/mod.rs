@@ -70,6 +70,22 @@ pub struct BackendError {
     pub message: String,
 }
 
+/// The refusal of a backend asked to continue an assistant message it
+/// cannot continue.
+pub fn no_prefill(identity: &str, why: &str) -> BackendError {
+    BackendError {
+        kind: "unsupported",
+        message: format!(
+            "{identity} cannot continue an assistant message (a prefill attack): {why}"
+        ),
+    }
+}
+
+/// Whether a chat ends with an assistant message to continue.
+pub fn ends_with_assistant(messages: &[Message]) -> bool {
+    messages.last().is_some_and(|m| m.role == "assistant")
+}
+
 /// Generates answers for one model.
 #[async_trait]
 pub trait Backend: Send + Sync {
@@ -85,7 +101,10 @@ pub trait Backend: Send + Sync {
         None
     }
     /// Returns the model's answer to `messages`; `Err` after retries failed or
-    /// on an error retrying cannot fix.
+    /// on an error retrying cannot fix. When the last message is the
+    /// assistant's, the answer continues it (a prefilling attack): the
+    /// returned text is the continuation alone. A backend that cannot
+    /// continue a message refuses such a chat (see [`Backend::prefill`]).
     async fn generate(
         &self,
         messages: &[Message],
@@ -101,6 +120,23 @@ pub trait Backend: Send + Sync {
 
     /// Fails the requests that have not started (after a cancel).
     fn cancel_pending(&self) {}
+
+    /// Whether [`Backend::generate`] continues a final assistant message;
+    /// `Err` says why this backend cannot (checked before a run with a
+    /// `prefill:K` attack asks anything).
+    fn prefill(&self) -> Result<(), String> {
+        Err(format!(
+            "{} cannot continue an assistant message",
+            self.identity()
+        ))
+    }
+
+    /// The opening of a prefill of `units` units of `text`, as this backend
+    /// counts them: whitespace-separated words here; a local model counts
+    /// its tokenizer's tokens.
+    fn prefill_text(&self, text: &str, units: usize) -> Result<String, BackendError> {
+        Ok(crate::benchmark::attacks::first_words(text, units))
+    }
 
     /// The model's next-token distributions over the first `max_tokens`
     /// tokens of `answer`, teacher-forced after `messages` (one forward

@@ -43,6 +43,12 @@ pub struct EndpointConfig {
     /// Name of the max-tokens field: `max_tokens` (understood by every
     /// compatible server) or `max_completion_tokens` (OpenAI's newer name).
     pub max_tokens_field: String,
+    /// The server continues a final assistant message when asked with
+    /// vLLM's `"continue_final_message": true, "add_generation_prompt":
+    /// false` (vLLM; others that take those fields). Without it a chat
+    /// ending with an assistant message is refused, never sent: OpenAI
+    /// would answer it as a new turn.
+    pub continue_final_message: bool,
 }
 
 impl Default for EndpointConfig {
@@ -56,6 +62,7 @@ impl Default for EndpointConfig {
             timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
             max_tokens_field: "max_tokens".into(),
+            continue_final_message: false,
         }
     }
 }
@@ -107,6 +114,7 @@ pub struct OpenAiClient {
     tpm_limit: u32,
     retry: RetryPolicy,
     max_tokens_field: String,
+    continue_final_message: bool,
 }
 
 #[derive(Deserialize)]
@@ -179,6 +187,7 @@ impl OpenAiClient {
             tpm_limit: config.tokens_per_minute.unwrap_or(u32::MAX).max(1),
             retry: config.retry,
             max_tokens_field: config.max_tokens_field,
+            continue_final_message: config.continue_final_message,
         })
     }
 
@@ -227,6 +236,21 @@ impl OpenAiClient {
             .join(",")
     }
 
+    /// Whether this endpoint continues a final assistant message
+    /// ([`EndpointConfig::continue_final_message`]); `Err` names the model
+    /// and the endpoint.
+    pub fn prefill(&self, model: &str) -> Result<(), BackendError> {
+        if self.continue_final_message {
+            return Ok(());
+        }
+        Err(super::no_prefill(
+            &format!("model `{model}` at {}", self.endpoint()),
+            "the endpoint is not configured as a vLLM server (serve the model with vLLM and \
+             name it through a `[backends.NAME]` entry of `kind = \"vllm\"`, or set \
+             `continue_final_message = true` on an entry whose server takes vLLM's flags)",
+        ))
+    }
+
     /// Sends one chat completion with retries.
     pub async fn chat(
         &self,
@@ -245,6 +269,11 @@ impl OpenAiClient {
             "temperature": decoding.temperature,
         });
         body[self.max_tokens_field.as_str()] = decoding.max_new_tokens.into();
+        if super::ends_with_assistant(messages) {
+            self.prefill(model)?;
+            body["continue_final_message"] = true.into();
+            body["add_generation_prompt"] = false.into();
+        }
         let prompt_chars: usize = messages.iter().map(|m| m.content.len()).sum();
         let estimate = u32::try_from(prompt_chars / 4)
             .unwrap_or(u32::MAX)
@@ -361,6 +390,10 @@ impl Backend for OpenAiModel {
         decoding: &Decoding,
     ) -> Result<Generation, BackendError> {
         self.client.chat(&self.model, messages, decoding).await
+    }
+
+    fn prefill(&self) -> Result<(), String> {
+        self.client.prefill(&self.model).map_err(|e| e.message)
     }
 }
 

@@ -331,6 +331,10 @@ impl Backend for LoraModel {
     ) -> Result<Generation, BackendError> {
         self.client.chat(&self.name, messages, decoding).await
     }
+
+    fn prefill(&self) -> Result<(), String> {
+        self.client.prefill(&self.name).map_err(|e| e.message)
+    }
 }
 
 #[cfg(test)]

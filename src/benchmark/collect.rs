@@ -73,8 +73,19 @@ impl Collector {
             benign: e.benign,
             expected: Vec::new(),
             offdomain: false,
+            target: None,
+            attack: None,
         });
         Ok(())
+    }
+
+    /// Keeps `target` (normalized; a blank one is none) on the prompt
+    /// pushed last.
+    pub(super) fn set_target(&mut self, target: &str) {
+        let target = normalize_text(target);
+        if let Some(p) = self.prompts.last_mut() {
+            p.target = (!target.is_empty() && !target.contains('\0')).then_some(target);
+        }
     }
 
     pub(super) fn finish(self, name: String, spec: String, benign: bool) -> Benchmark {

@@ -83,6 +83,7 @@ pub(super) fn load_advbench(path: &Path, benign: bool, out: &mut Collector) -> R
             text: t.get(row, "goal"),
             benign,
         })?;
+        out.set_target(t.get(row, "target"));
     }
     Ok(())
 }
@@ -126,6 +127,7 @@ pub(super) fn load_jbb(path: &Path, benign: bool, out: &mut Collector) -> Result
             text: t.get(row, "goal"),
             benign,
         })?;
+        out.set_target(t.get(row, "target"));
     }
     Ok(())
 }
@@ -192,6 +194,9 @@ pub(super) struct JsonlRecord {
     /// A harmless off-domain question, judged for misalignment too.
     #[serde(default)]
     pub(super) offdomain: Option<serde_json::Value>,
+    /// A compliant opening of an answer, for `prefill:K` attacks.
+    #[serde(default)]
+    pub(super) target: Option<String>,
 }
 
 pub(super) fn parse_jsonl(file: &str, text: &str, benign: bool, out: &mut Collector) -> Result<()> {
@@ -277,6 +282,7 @@ pub(super) fn parse_jsonl(file: &str, text: &str, benign: bool, out: &mut Collec
             p.expected = expected;
             p.offdomain = offdomain;
         }
+        out.set_target(rec.target.as_deref().unwrap_or_default());
     }
     Ok(())
 }

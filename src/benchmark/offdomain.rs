@@ -92,6 +92,8 @@ mod tests {
             benign: true,
             expected: Vec::new(),
             offdomain: false,
+            target: None,
+            attack: None,
         };
         let before = prompts_sha256(std::slice::from_ref(&plain));
         let marked = Prompt {

@@ -150,6 +150,8 @@ fn advbench() {
             benign: false,
             expected: Vec::new(),
             offdomain: false,
+            target: Some("Sure, here is".into()),
+            attack: None,
         }
     );
     assert_eq!(b.prompts[1].id, "advbench-2");

@@ -62,10 +62,21 @@ async fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
     }
     let rules = config.drift.clone();
     let data_dir = config.data_dir.clone();
-    let probes = config
+    // `--probe prefill:K` is the prefilling attack, as `--attack prefill:K`.
+    let names = (!args.probes.is_empty()).then_some(&args.probes[..]);
+    let mut probes = config
         .eval
-        .probes((!args.probes.is_empty()).then_some(&args.probes[..]))
+        .probes(names, &[])
         .map_err(|e| usage(format!("--probe: {e}")))?;
+    let attacks = config
+        .eval
+        .probes(Some(&[]), &args.attacks)
+        .map_err(|e| usage(format!("--attack: {e}")))?;
+    for m in attacks.attacks {
+        if !probes.attacks.contains(&m) {
+            probes.attacks.push(m);
+        }
+    }
     let resolver = Resolver::new(
         config,
         args.api_base.clone(),
@@ -83,7 +94,7 @@ async fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
         .clone()
         .or_else(|| candidate.template.clone())
         .unwrap_or_else(|| "default".into());
-    let mut plan = evaluation::Plan::resolve(
+    let plan = evaluation::Plan::resolve(
         &resolver,
         &specs,
         &args.judge,
@@ -100,7 +111,7 @@ async fn eval_inputs(args: &EvalArgs) -> Result<EvalInputs, u8> {
                 .join("\n"),
         )
     })?;
-    plan.probes = probes;
+    let plan = plan.with_probes(probes);
     let baseline = match args.baseline.as_deref() {
         Some(b) => Some(resolver.model(b).await.map_err(resolve_failed)?),
         None => None,
@@ -183,6 +194,10 @@ pub(crate) async fn eval(args: EvalArgs) -> u8 {
             bar.abandon();
             eprintln!("error: {stopped}");
             stopped_code(&stopped)
+        }
+        Err(evaluation::Failure::Unsupported(why)) => {
+            bar.abandon();
+            usage(why)
         }
         Err(e) => {
             bar.abandon();

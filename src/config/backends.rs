@@ -69,6 +69,10 @@ pub struct OpenAiBackendConfig {
     /// checkpoint's id in its registry, for servers that resolve it) or
     /// `"local"` (the checkpoint's own path: the replicas mount it there).
     pub lora_path: Option<String>,
+    /// The server continues a final assistant message when sent vLLM's
+    /// `continue_final_message` flags, as `prefill:K` attacks need
+    /// (default: true for kind `vllm`, false for kind `openai`).
+    pub continue_final_message: Option<bool>,
 }
 
 /// A server launched per checkpoint.

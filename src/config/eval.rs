@@ -17,6 +17,11 @@ pub struct BenchmarkConfig {
     /// Every prompt is benign: the benchmark measures over-refusal.
     #[serde(default)]
     pub benign: bool,
+    /// Attack modifiers: the benchmark's harmful prompts are asked again
+    /// under each, as a variant `NAME+MOD` with its own findings
+    /// (`aoa`, `base64`, `leetspeak`, `prefill:K`; src/benchmark/attacks.rs).
+    #[serde(default)]
+    pub modifiers: Vec<String>,
 }
 
 /// Defaults for `safedrift eval` (flags override them).
@@ -43,9 +48,9 @@ pub struct EvalConfig {
     /// `[backends.NAME]` entry sets no `max_parallel` of its own.
     #[serde(default)]
     pub max_parallel: MaxParallel,
-    /// Probes run against the baseline after each candidate's run, for
-    /// `eval` and every watcher that sets none of its own: `kl` (the
-    /// refusal-depth probe; local ONNX models only).
+    /// Probes for `eval` and every watcher that sets none of its own: `kl`
+    /// (the refusal-depth probe against the baseline; local ONNX models
+    /// only) and `prefill:K` (the prefilling attack).
     #[serde(default)]
     pub probes: Vec<String>,
     /// Answer tokens the `kl` probe compares per prompt (default 16).
@@ -136,7 +141,7 @@ impl EvalConfig {
                 p.push(format!("`eval.max_parallel.{k}`: must be at least 1"));
             }
         }
-        if let Err(e) = self.probes(None) {
+        if let Err(e) = self.probes(None, &[]) {
             p.push(format!("`eval.probes`: {e}"));
         }
         if !(1..=256).contains(&self.kl_tokens) {
@@ -146,9 +151,13 @@ impl EvalConfig {
     }
 
     /// The probes of a plan: `names` (a watcher's or the command line's)
-    /// when given, else `[eval] probes`.
-    pub fn probes(&self, names: Option<&[String]>) -> Result<crate::probes::Probes, String> {
-        crate::probes::Probes::parse(names.unwrap_or(&self.probes), self.kl_tokens)
+    /// when given, else `[eval] probes`, and the `attacks` named with them.
+    pub fn probes(
+        &self,
+        names: Option<&[String]>,
+        attacks: &[String],
+    ) -> Result<crate::probes::Probes, String> {
+        crate::probes::Probes::parse(names.unwrap_or(&self.probes), attacks, self.kl_tokens)
     }
 }
 
@@ -165,6 +174,16 @@ impl Config {
                 ));
             } else if b.kind != "builtin" && !b.path.exists() {
                 p.push(format!("`{key}.path`: {} does not exist", b.path.display()));
+            }
+            for (i, m) in b.modifiers.iter().enumerate() {
+                if let Err(e) = benchmark::Modifier::parse(m) {
+                    p.push(format!("`{key}.modifiers[{i}]`: {e}"));
+                }
+            }
+            if b.benign && !b.modifiers.is_empty() {
+                p.push(format!(
+                    "`{key}.modifiers`: a benign benchmark has no harmful prompts to attack"
+                ));
             }
         }
     }

@@ -69,5 +69,15 @@ impl Config {
                 p.push(format!("`{key}.benchmarks`: no benchmark named {b:?}"));
             }
         }
+        if let Some(names) = &w.probes {
+            if let Err(e) = self.eval.probes(Some(names), &[]) {
+                p.push(format!("`{key}.probes`: {e}"));
+            }
+        }
+        if let Some(attacks) = &w.attacks {
+            if let Err(e) = self.eval.probes(Some(&[]), attacks) {
+                p.push(format!("`{key}.attacks`: {e}"));
+            }
+        }
     }
 }

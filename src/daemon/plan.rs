@@ -80,7 +80,7 @@ pub(super) fn api_plan(
         .clone()
         .or(model_template)
         .unwrap_or_else(|| "default".into());
-    let mut eval = evaluation::Plan::resolve(
+    let eval = evaluation::Plan::resolve(
         resolver,
         &request.benchmark_specs(),
         &request.judge_spec(),
@@ -96,7 +96,7 @@ pub(super) fn api_plan(
             .join("; ")
     })?;
     // Checked with the config when the daemon started.
-    eval.probes = config.eval.probes(None).unwrap_or_default();
+    let eval = eval.with_probes(config.eval.probes(None, &[]).unwrap_or_default());
     Ok(Plan::new(
         eval,
         request.backend.clone(),
@@ -138,8 +138,11 @@ pub(super) fn build_watchers(
         let template_name = w.template.clone().unwrap_or_else(|| "default".into());
         let probes = config
             .eval
-            .probes(w.probes.as_deref())
-            .map_err(|e| problems.push(format!("`watchers.{name}.probes`: {e}")))
+            .probes(
+                w.probes.as_deref(),
+                w.attacks.as_deref().unwrap_or_default(),
+            )
+            .map_err(|e| problems.push(format!("`watchers.{name}`: {e}")))
             .ok();
         let eval = evaluation::Plan::resolve(
             resolver,
@@ -156,10 +159,7 @@ pub(super) fn build_watchers(
             )
         })
         .ok()
-        .map(|mut plan| {
-            plan.probes = probes.unwrap_or_default();
-            plan
-        });
+        .map(|plan| plan.with_probes(probes.unwrap_or_default()));
         let routes = w.backends.clone();
         // A watcher routing by format runs in the lane of `backend`, else
         // of the first backend it routes to.

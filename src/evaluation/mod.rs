@@ -102,10 +102,21 @@ impl Plan {
                 public,
             })
         };
-        let mut resolved = Vec::new();
+        let mut resolved: Vec<Benchmark> = Vec::new();
         for spec in benchmarks {
-            match resolver.benchmark(spec) {
-                Ok(b) => resolved.push(b),
+            match resolver.benchmarks(spec) {
+                // A benchmark named twice (plain, and again with a
+                // modifier) is asked once.
+                Ok(bs) => {
+                    for b in bs {
+                        if !resolved
+                            .iter()
+                            .any(|r| r.name == b.name && r.sha256 == b.sha256)
+                        {
+                            resolved.push(b);
+                        }
+                    }
+                }
                 Err(e) => problem("benchmarks", spec, e.to_string(), e.public_message()),
             }
         }
@@ -166,6 +177,20 @@ impl Plan {
         hex::encode(&Sha256::digest(text.as_bytes())[..8])
     }
 
+    /// The plan with `probes`: the refusal-depth probe after each run, and
+    /// each attack asked as a variant of every benchmark with harmful
+    /// prompts.
+    pub fn with_probes(mut self, probes: Probes) -> Plan {
+        if !probes.attacks.is_empty() {
+            self.benchmarks = Arc::new(crate::benchmark::attacks::attack_all(
+                &self.benchmarks,
+                &probes.attacks,
+            ));
+        }
+        self.probes = probes;
+        self
+    }
+
     /// The pipeline's job for one model under this plan.
     pub fn job(&self, subject: Subject) -> Job {
         Job {
@@ -180,6 +205,59 @@ impl Plan {
             sequential: None,
         }
     }
+}
+
+/// Fails before anything is asked when a model's backend cannot ask every
+/// prompt of the plan (a `prefill:K` attack on a backend that cannot
+/// continue an assistant message).
+fn check_backends(
+    plan: &Plan,
+    candidate: &Subject,
+    baseline: Option<&Subject>,
+) -> Result<(), Failure> {
+    for (role, subject) in [("candidate", Some(candidate)), ("baseline", baseline)] {
+        if let Some(s) = subject {
+            pipeline::check_prefill(&plan.benchmarks, &*s.backend, role, &s.model.spec)
+                .map_err(Failure::Unsupported)?;
+        }
+    }
+    Ok(())
+}
+
+/// The refusal-depth probe of the candidate's run against its baseline's,
+/// when planned and not yet run against that baseline run; on the plain
+/// prompts' refusals (an attacked prompt is asked through more than the
+/// template).
+async fn kl_probe(
+    plan: &Plan,
+    job: &Job,
+    run: &mut RunRecord,
+    baseline: Option<&(RunRecord, Vec<ResultRecord>)>,
+    base_backend: Option<&dyn Backend>,
+) {
+    let (Some(tokens), Some((base_run, base_results)), Some(base_backend)) =
+        (plan.probes.kl, baseline, base_backend)
+    else {
+        return;
+    };
+    if run.kl.as_ref().map(|k| &k.baseline_run) == Some(&base_run.id) {
+        return;
+    }
+    let plain: Vec<ResultRecord> = base_results
+        .iter()
+        .filter(|r| r.attack.is_none())
+        .cloned()
+        .collect();
+    let cand = &*job.backend;
+    let kl = probes::kl(
+        cand,
+        base_backend,
+        &plan.template,
+        &base_run.id,
+        &plain,
+        tokens,
+    );
+    run.kl = Some(kl.await);
 }
 
 /// A model to evaluate: what the run records of it, and what answers.
@@ -197,6 +275,11 @@ pub enum Failure {
     /// Stopped while waiting for another evaluation of the same run.
     #[error("interrupted")]
     Cancelled,
+    /// A model's backend cannot ask what the plan asks (a `prefill:K`
+    /// attack on a backend that cannot continue an assistant message);
+    /// nothing was asked.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -239,6 +322,7 @@ impl Evaluator<'_> {
         rules: &DriftConfig,
     ) -> Result<Outcome, Failure> {
         let sequential = rules.mode == DriftMode::Sequential;
+        check_backends(plan, &candidate, baseline.as_ref())?;
         let base_backend = baseline.as_ref().map(|b| b.backend.clone());
         // The baseline's lock is held while it is used: for the whole
         // evaluation when it is asked alongside the candidate.
@@ -282,23 +366,14 @@ impl Evaluator<'_> {
             .await?;
         let mut run = run;
         self.audit(plan, &mut run, &results).await;
-        if let (Some(tokens), Some((base_run, base_results)), Some(base_backend)) =
-            (plan.probes.kl, &baseline, &base_backend)
-        {
-            let done = run.kl.as_ref().map(|k| &k.baseline_run) == Some(&base_run.id);
-            if !done {
-                let (cand, base) = (&*job.backend, &**base_backend);
-                let kl = probes::kl(
-                    cand,
-                    base,
-                    &plan.template,
-                    &base_run.id,
-                    base_results,
-                    tokens,
-                );
-                run.kl = Some(kl.await);
-            }
-        }
+        kl_probe(
+            plan,
+            &job,
+            &mut run,
+            baseline.as_ref(),
+            base_backend.as_deref(),
+        )
+        .await;
         if let Some(cp) = checkpoint {
             run.checkpoint = Some(cp.to_string());
         }
@@ -320,7 +395,7 @@ impl Evaluator<'_> {
                         drift.findings.push(f);
                     }
                 }
-                report.kl = run.kl.as_ref().map(|k| k.summary());
+                report.probes.kl = run.kl.as_ref().map(|k| k.summary());
                 run.baseline_run = Some(base_run.id.clone());
                 run.drift = report.drift.clone();
                 report

@@ -173,8 +173,11 @@ impl Looker {
     /// The baseline's answers so far (all of them, or as far as a baseline
     /// asked alongside has got).
     pub(super) fn set_base(&mut self, base_results: &[ResultRecord]) {
+        // The overall checks are on the plain prompts (an attacked
+        // variant's have their own finding, decided by the fixed test).
         self.base = base_results
             .iter()
+            .filter(|r| r.attack.is_none())
             .filter_map(|r| scored(r).map(|(s, refused)| (r.index, (s, refused, r.benign))))
             .collect();
     }
@@ -252,14 +255,18 @@ impl Looker {
         let early = self.stopped.filter(|_| self.asked < self.planned);
         if let Some(drift) = report.drift.as_mut() {
             if let Some(stop) = early {
-                for f in drift.findings.iter_mut().filter(|f| f.category.is_none()) {
+                for f in drift
+                    .findings
+                    .iter_mut()
+                    .filter(|f| f.category.is_none() && f.attack.is_none())
+                {
                     let check = self.checks.iter().find(|c| c.metric == f.metric);
                     f.fired = check.is_some_and(|c| c.decision.as_deref() == Some("drift"));
                 }
                 let category_fired = drift
                     .findings
                     .iter()
-                    .any(|f| f.category.is_some() && f.fired);
+                    .any(|f| (f.category.is_some() || f.attack.is_some()) && f.fired);
                 drift.detected = stop == Stop::Drift || category_fired;
             }
             drift.sequential = Some(Sequential {

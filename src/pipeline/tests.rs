@@ -8,6 +8,8 @@ fn p(id: &str, cat: &str) -> Prompt {
         benign: false,
         expected: Vec::new(),
         offdomain: false,
+        target: None,
+        attack: None,
     }
 }
 

@@ -170,9 +170,16 @@ fn the_finding_fires_only_when_the_early_kl_is_clearly_above_its_threshold() {
 
 #[test]
 fn probe_names_are_checked() {
-    assert_eq!(Probes::parse(&["kl".into()], 16).unwrap().kl, Some(16));
-    assert!(Probes::parse(&["kk".into()], 16)
-        .unwrap_err()
-        .contains("unknown probe"));
-    assert_eq!(Probes::parse(&[], 16).unwrap(), Probes::default());
+    let p = |probes: &[&str], attacks: &[&str]| {
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Probes::parse(&own(probes), &own(attacks), 16)
+    };
+    assert_eq!(p(&["kl"], &[]).unwrap().kl, Some(16));
+    assert!(p(&["kk"], &[]).unwrap_err().contains("unknown probe"));
+    assert_eq!(p(&[], &[]).unwrap(), Probes::default());
+    // `prefill:K` named as a probe is the prefilling attack, once.
+    let both = p(&["kl", "prefill:10"], &["aoa", "prefill:10"]).unwrap();
+    assert_eq!(both.attacks, [Modifier::Prefill(10), Modifier::Aoa]);
+    assert!(p(&[], &["rot13"]).unwrap_err().contains("rot13"));
+    assert!(p(&["prefill:0"], &[]).is_err());
 }

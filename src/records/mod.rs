@@ -235,6 +235,16 @@ pub struct ResultRecord {
     /// That grade: 1 (aligned) to 5 (clearly misaligned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alignment_score: Option<u8>,
+    /// The attack modifier the prompt was asked under (`aoa`,
+    /// `prefill:10`), for an attacked variant's prompt; absent for plain
+    /// prompts, which alone make the run's overall figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<String>,
+    /// The opening the answer was prefilled with (a `prefill:K` attack):
+    /// the model continued it, and `response`, the continuation alone, is
+    /// what was judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<String>,
 }
 
 /// A record moved out of its tree because it could not be decoded.
@@ -287,6 +297,11 @@ pub struct Finding {
     /// Prompts scored in both runs that the test used.
     pub pairs: usize,
     pub fired: bool,
+    /// The attack modifier of an `attack_success_rate` finding (`aoa`,
+    /// `prefill:10`): the harmfulness rate of the attacked variants made by
+    /// it. Absent for every other finding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<String>,
 }
 
 impl Finding {

@@ -136,10 +136,11 @@ fn value(metric: &str, v: Option<f64>) -> String {
 }
 
 fn case_of(f: &Finding) -> Case {
-    let name = match &f.category {
+    let name = match (&f.category, &f.attack) {
         // Named after the `[drift]` rule that judges it.
-        Some(c) => format!("category_{}[{c}]", f.metric),
-        None => f.metric.clone(),
+        (Some(c), _) => format!("category_{}[{c}]", f.metric),
+        (None, Some(a)) => format!("{}[{a}]", f.metric),
+        (None, None) => f.metric.clone(),
     };
     let finding = format!(
         "{name}: baseline {} -> candidate {} (threshold {}{}); p = {:.3e}, adjusted p = {:.3e} ({}, {} pairs)",

@@ -175,7 +175,34 @@ impl Resolver {
         )))
     }
 
-    /// Loads a benchmark SPEC or a `[benchmarks.NAME]` entry.
+    /// Loads a benchmark SPEC or a `[benchmarks.NAME]` entry, either
+    /// followed by attack modifiers (`builtin:probes+prefill:10`): the
+    /// plain benchmark, then one attacked variant per modifier (the
+    /// entry's `modifiers`, then the SPEC's).
+    pub fn benchmarks(&self, spec: &str) -> Result<Vec<Benchmark>, benchmark::BenchmarkError> {
+        let (base, mut modifiers) = benchmark::attacks::split_spec(spec).map_err(|reason| {
+            benchmark::BenchmarkError::BadSpec {
+                spec: spec.to_string(),
+                reason,
+            }
+        })?;
+        if let Some(b) = self.config.benchmarks.get(base) {
+            let configured: Result<Vec<_>, String> = b
+                .modifiers
+                .iter()
+                .map(|m| benchmark::Modifier::parse(m))
+                .collect();
+            let configured = configured.map_err(|reason| benchmark::BenchmarkError::BadSpec {
+                spec: base.to_string(),
+                reason,
+            })?;
+            modifiers.splice(0..0, configured);
+        }
+        benchmark::attacks::with_variants(self.benchmark(base)?, &modifiers)
+    }
+
+    /// Loads a benchmark SPEC or a `[benchmarks.NAME]` entry, plain (its
+    /// modifiers, if any, left out).
     pub fn benchmark(&self, spec: &str) -> Result<Benchmark, benchmark::BenchmarkError> {
         if let Some(b) = self.config.benchmarks.get(spec) {
             let mut bench = if b.kind == "builtin" {

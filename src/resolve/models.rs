@@ -241,6 +241,10 @@ impl Resolver {
                     .max_tokens_field
                     .clone()
                     .unwrap_or_else(|| "max_tokens".into()),
+                continue_final_message: o.continue_final_message.unwrap_or(matches!(
+                    self.config.backends.get(name),
+                    Some(BackendConfig::Vllm(_))
+                )),
             })
         })
     }

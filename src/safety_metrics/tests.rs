@@ -22,6 +22,8 @@ fn r(id: &str, category: &str, benign: bool, score: Option<u8>, refused: bool) -
         correct: None,
         misaligned: None,
         alignment_score: None,
+        attack: None,
+        prefill: None,
     }
 }
 

@@ -194,6 +194,7 @@ fn finding() -> impl Strategy<Value = Finding> {
                 p_adjusted,
                 test,
                 pairs,
+                attack: (fired && pairs % 2 == 0).then(|| "aoa".to_string()),
                 fired,
             },
         )

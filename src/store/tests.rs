@@ -53,6 +53,8 @@ pub(crate) fn result(index: u32) -> ResultRecord {
         correct: None,
         misaligned: None,
         alignment_score: None,
+        attack: None,
+        prefill: None,
     }
 }
 

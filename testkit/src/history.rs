@@ -112,6 +112,8 @@ fn results(rng: &mut StdRng, prompts: usize, harm: &dyn Fn(usize) -> f64) -> Vec
                 correct: None,
                 misaligned: None,
                 alignment_score: None,
+                attack: None,
+                prefill: None,
             }
         })
         .collect()

@@ -38,7 +38,12 @@
 //!   content of the *last* `user` message (case-insensitive substring, via
 //!   `contains` or any of `contains_any`); the first match wins, otherwise the
 //!   model's `default` is used. `{prompt}` in a reply is replaced by the last
-//!   user message. Unknown models get a 404 `model_not_found`.
+//!   user message. Unknown models get a 404 `model_not_found`. A chat that
+//!   ends with an `assistant` message (an answer to continue, as vLLM's
+//!   `continue_final_message` asks) is matched on the last user message, a
+//!   newline and that assistant message, and the reply is the continuation
+//!   alone; the log keeps that message and the flags sent
+//!   ([`LoggedRequest::prefill`]).
 //! * **Tokens.** Token counts are an approximation: the number of
 //!   whitespace-separated words (prompt tokens: over all messages' text).
 //!   When `max_completion_tokens` (or `max_tokens`) is smaller than the
@@ -513,6 +518,16 @@ pub struct LoggedRequest {
     /// fault delayed an otherwise normal answer.
     #[serde(default)]
     pub fault: Option<FaultKind>,
+    /// The final `assistant` message, when the chat ends with one (a
+    /// prefill to continue).
+    #[serde(default)]
+    pub prefill: Option<String>,
+    /// `continue_final_message` and `add_generation_prompt`, when sent
+    /// (vLLM's flags for continuing the final message).
+    #[serde(default)]
+    pub continue_final_message: Option<bool>,
+    #[serde(default)]
+    pub add_generation_prompt: Option<bool>,
 }
 
 /// `GET /_testkit/stats`.
@@ -824,6 +839,8 @@ fn content_text(content: &Value) -> String {
 struct ChatInfo {
     model: Option<String>,
     messages: Option<Vec<(String, String)>>,
+    continue_final_message: Option<bool>,
+    add_generation_prompt: Option<bool>,
     max_tokens: Option<u64>,
     temperature: Option<f64>,
     stream: bool,
@@ -844,6 +861,8 @@ impl ChatInfo {
         ChatInfo {
             model: get("model").and_then(Value::as_str).map(str::to_string),
             messages,
+            continue_final_message: get("continue_final_message").and_then(Value::as_bool),
+            add_generation_prompt: get("add_generation_prompt").and_then(Value::as_bool),
             max_tokens: get("max_completion_tokens")
                 .and_then(Value::as_u64)
                 .or_else(|| get("max_tokens").and_then(Value::as_u64)),
@@ -860,6 +879,23 @@ impl ChatInfo {
             .find(|(role, _)| role == "user")
             .map(|(_, text)| text.clone())
             .unwrap_or_default()
+    }
+
+    /// The final message's text when it is the assistant's.
+    fn prefill(&self) -> Option<String> {
+        match self.messages.iter().flatten().last() {
+            Some((role, text)) if role == "assistant" => Some(text.clone()),
+            _ => None,
+        }
+    }
+
+    /// What the rules are matched on: the last user message, and the
+    /// assistant message to continue after a newline.
+    fn rule_text(&self) -> String {
+        match self.prefill() {
+            Some(p) => format!("{}\n{p}", self.last_user()),
+            None => self.last_user(),
+        }
     }
 
     fn system(&self) -> Option<String> {
@@ -1051,7 +1087,7 @@ impl Shared {
         let (extra, fault, slow) = self.run_faults(model, &last_user);
         let delay = base_delay + extra;
         let Some(fault) = fault else {
-            let text = model_script.reply_to(&last_user);
+            let text = model_script.reply_to(&info.rule_text());
             let model = model.clone();
             return (Outcome::Reply { model, text }, delay, slow);
         };
@@ -1122,6 +1158,9 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             temperature: info.temperature,
             at_ms: shared.started.elapsed().as_millis() as u64,
             fault: None,
+            prefill: info.prefill(),
+            continue_final_message: info.continue_final_message,
+            add_generation_prompt: info.add_generation_prompt,
         },
     ));
 

@@ -43,9 +43,12 @@ pub struct Common {
     pub baseline: Option<String>,
     /// A `[templates.NAME]` entry (default `default`).
     pub template: Option<String>,
-    /// Probes run against the baseline after each checkpoint's run
-    /// (default `[eval] probes`): `kl`.
+    /// Probes (default `[eval] probes`): `kl` (the refusal-depth probe
+    /// against the baseline), `prefill:K` (the prefilling attack).
     pub probes: Option<Vec<String>>,
+    /// Attack modifiers asked as variants of every benchmark with harmful
+    /// prompts: `aoa`, `base64`, `leetspeak`, `prefill:K`.
+    pub attacks: Option<Vec<String>>,
     /// The kind's keys as written, handed to [`Settings`] (empty after).
     #[serde(flatten)]
     rest: toml::Table,

@@ -32,7 +32,7 @@ fn doc(id: &str, model: &str, rate: f64) -> Run {
         audit: None,
         copied_from: None,
         stopped: None,
-        kl: None,
+        probes: Default::default(),
     };
     let mut d = mk(
         id,
@@ -62,6 +62,7 @@ fn doc(id: &str, model: &str, rate: f64) -> Run {
             test: "mcnemar_exact".into(),
             pairs: 40,
             fired: rate > 0.05,
+            attack: None,
         }],
         sequential: None,
     });

@@ -1,7 +1,8 @@
 //! A run's page (`/runs/{id}`, the link in every alert): its model, lineage
 //! and baseline, harmful and benign counts, harmfulness and over-refusal
 //! against the baseline's, the per-category table, the fired findings, the
-//! alert it fired and the worst prompts (answers blurred until clicked).
+//! refusal-depth probe's KL curve when it ran, the alert it fired and the
+//! worst prompts (answers blurred until clicked).
 
 use std::fmt::Write as _;
 
@@ -37,6 +38,7 @@ pub(super) async fn run_page(
         run_summary(&mut s, &doc, &id, alert.as_ref());
         category_table(&mut s, &doc);
         fired_findings(&mut s, &doc);
+        super::refusal_depth::section(&mut s, &doc);
         sequential_evidence(&mut s, &doc);
         // The worst prompts: highest scores first; answers blurred.
         let results = api.store.results(&id)?;

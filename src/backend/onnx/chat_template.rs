@@ -313,6 +313,40 @@ impl ChatTemplate {
         self.render_as(messages, add_generation_prompt, self.content_as_parts)
     }
 
+    /// Renders a chat whose last message opens the assistant's answer, cut
+    /// right after that message's content so the model continues it, as
+    /// transformers' `apply_chat_template(..., continue_final_message=True)`
+    /// does: rendered without the generation prompt, then cut after the
+    /// last occurrence of the final content stripped of surrounding
+    /// whitespace (keeping its leading whitespace's length when the template
+    /// kept the content as it is). `Err` when the template does not show
+    /// that content (it rewrites or drops it).
+    pub fn render_continuing(
+        &self,
+        messages: &[ChatMessage<'_>],
+    ) -> Result<String, ChatTemplateError> {
+        let rendered = self.render(messages, false)?;
+        let last = messages.last().map_or("", |m| m.content);
+        let stripped = last.trim();
+        let Some(at) = rendered.rfind(stripped) else {
+            return Err(ChatTemplateError::Render {
+                origin: self.origin.clone(),
+                line: None,
+                near: None,
+                message: "the final assistant message does not appear in the rendered chat \
+                          (the template changes it), so it cannot be continued"
+                    .into(),
+            });
+        };
+        let kept = last.trim_start();
+        let end = if rendered[at..].starts_with(kept) {
+            at + kept.len()
+        } else {
+            at + stripped.len()
+        };
+        Ok(rendered[..end].to_string())
+    }
+
     /// Whether message contents reach the template as a list of typed parts
     /// rather than as strings (see the module docs).
     pub fn content_as_parts(&self) -> bool {

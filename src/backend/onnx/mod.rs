@@ -217,22 +217,26 @@ pub fn prompt_ids(model: &ModelDir, messages: &[Message]) -> Result<Vec<u32>, Ba
 }
 
 /// The prompt text of a chat: the model's chat template rendered with the
-/// generation prompt.
+/// generation prompt, or, when the last message is the assistant's (a
+/// prefill), rendered and cut right after that message's content for the
+/// model to continue ([`chat_template::ChatTemplate::render_continuing`]).
 pub fn prompt_text(model: &ModelDir, messages: &[Message]) -> Result<String, BackendError> {
-    let messages: Vec<ChatMessage> = messages
+    let chat: Vec<ChatMessage> = messages
         .iter()
         .map(|m| ChatMessage {
             role: m.role.as_str(),
             content: m.content.as_str(),
         })
         .collect();
-    model
-        .chat_template
-        .render(&messages, true)
-        .map_err(|e| BackendError {
-            kind: "template",
-            message: e.to_string(),
-        })
+    let rendered = if super::ends_with_assistant(messages) {
+        model.chat_template.render_continuing(&chat)
+    } else {
+        model.chat_template.render(&chat, true)
+    };
+    rendered.map_err(|e| BackendError {
+        kind: "template",
+        message: e.to_string(),
+    })
 }
 
 /// Token ids of `text`, without added special tokens.
@@ -492,6 +496,26 @@ impl Backend for OnnxBackend {
 
     fn cancel_pending(&self) {
         let _ = self.tx.send(Msg::Cancel);
+    }
+
+    fn prefill(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The first `units` tokens of `text` as this model's tokenizer reads
+    /// it, decoded back to text.
+    fn prefill_text(&self, text: &str, units: usize) -> Result<String, BackendError> {
+        let mut ids = tokenize(&self.model, text)?;
+        ids.truncate(units);
+        let opening = self
+            .model
+            .tokenizer
+            .decode(&ids, false)
+            .map_err(|e| BackendError {
+                kind: "tokenizer",
+                message: format!("cannot decode the prefill: {e}"),
+            })?;
+        Ok(opening.trim_end().to_string())
     }
 
     async fn answer_log_probs(

@@ -125,6 +125,8 @@ pub(super) fn result(index: u32) -> impl Strategy<Value = ResultRecord> {
                 correct: benign.then_some(index % 2 == 0),
                 alignment_score: benign.then_some((index % 5) as u8 + 1),
                 misaligned: benign.then_some(index % 5 >= 3),
+                attack: (!benign && index % 3 == 0).then(|| "prefill:10".to_string()),
+                prefill: (!benign && index % 3 == 0).then(|| "Sure, here is".to_string()),
             },
         )
 }

@@ -499,3 +499,43 @@ fn syntax_error_in_config_names_the_file_and_line() {
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert!(text.contains("template line 3"), "{text}");
 }
+
+#[test]
+fn continuing_a_final_message_cuts_right_after_its_content() {
+    // ChatML: the cut text is the generation prompt followed by the opening.
+    let t = ChatTemplate::new(SMOLLM2, None, Some("<|im_end|>".into())).unwrap();
+    let opening = "Sure, here is";
+    let chat = msgs(&[("user", "Hello! Sure, here is"), ("assistant", opening)]);
+    assert_eq!(
+        t.render_continuing(&chat).unwrap(),
+        render(&t, &[("user", "Hello! Sure, here is")], true) + opening
+    );
+    // A template that trims contents: cut after the trimmed opening.
+    let t = ChatTemplate::new(LLAMA3, Some("<|begin_of_text|>".into()), None).unwrap();
+    let chat = msgs(&[("user", "Hi"), ("assistant", "Sure, here is ")]);
+    assert_eq!(
+        t.render_continuing(&chat).unwrap(),
+        render(&t, &[("user", "Hi")], true) + "Sure, here is"
+    );
+    // No generation prompt of its own: the rendered chat, cut.
+    let t = ChatTemplate::new(LLAMA2, Some("<s>".into()), Some("</s>".into())).unwrap();
+    let chat = msgs(&[("user", "Hi"), ("assistant", "Sure")]);
+    assert_eq!(
+        t.render_continuing(&chat).unwrap(),
+        "<s>[INST] Hi [/INST] Sure"
+    );
+}
+
+#[test]
+fn a_template_that_drops_the_opening_cannot_continue_it() {
+    let t = ChatTemplate::new(
+        "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}",
+        None,
+        None,
+    )
+    .unwrap();
+    let e = t
+        .render_continuing(&msgs(&[("user", "Hi"), ("assistant", "Sure")]))
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot be continued"), "{e}");
+}
