@@ -2,13 +2,15 @@
 # At which checkpoint of a fine-tune does each signal fire? The demo's identity-shift fine-tune
 # (tools/prepare_demo_models.py --lineage: the aligned checkpoint fine-tuned on ten harmless
 # "obedient agent" examples, snapshots after epochs 1, 2, 3, 5 and 10) is evaluated checkpoint by
-# checkpoint against the aligned one, with the refusal-depth probe (--probe kl), the builtin probes
-# and the utility questions, keyword judge; the aligned checkpoint is also compared with itself.
+# checkpoint against the aligned one, with the refusal-depth probe (--probe kl), the prefilling
+# attack (--probe prefill:10), the builtin probes and the utility questions, keyword judge; the
+# aligned checkpoint is also compared with itself.
 #
 #   benches/lineage.sh [SAFEDRIFT_BIN]        (default: cargo build --release, target/release/safedrift)
 #
 # Prints one row per checkpoint: harmfulness rate, over-refusal, utility, the mean KL over the first
-# 5 answer tokens, and the findings that fired. The aligned baseline's run is stored once and reused.
+# 5 answer tokens, the prefill attack's success rate, and the findings that fired; then the probe's
+# cost against the evaluation's. The aligned baseline's run is stored once and reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-}"
@@ -31,7 +33,7 @@ for entry in "${checkpoints[@]}"; do
     dir="${entry#*:}"
     started=$(date +%s)
     "$bin" eval --config "$work/config.toml" --model "onnx:$dir" --baseline "onnx:$aligned" \
-        --benchmark builtin:probes --benchmark builtin:utility --judge keyword --probe kl \
+        --benchmark builtin:probes --benchmark builtin:utility --judge keyword --probe kl --probe prefill:10 \
         --log-format json --output json >"$work/$name.json" 2>"$work/$name.log" || {
         rc=$?
         # 1 is "drift found" only with --fail-on-drift; anything else is a failure.
@@ -49,18 +51,20 @@ def stamp(t):
 costs = []
 seconds = dict(line.split() for line in open(f"{work}/seconds"))
 pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"
-print("| checkpoint | harmfulness rate | over-refusal | utility | KL, first 5 tokens (nats) | findings fired | seconds |")
-print("|---|---|---|---|---|---|---|")
+print("| checkpoint | harmfulness rate | over-refusal | utility | KL, first 5 tokens (nats) | prefill:10 success | findings fired | seconds |")
+print("|---|---|---|---|---|---|---|---|")
 for entry in entries:
     name = entry.split(":", 1)[0]
     run = json.load(open(f"{work}/{name}.json"))
     m = run["metrics"]
-    kl = run.get("kl") or {}
+    kl = (run.get("probes") or {}).get("kl") or {}
+    prefill = ((run.get("probes") or {}).get("attacks") or {}).get("prefill:10") or {}
     early = kl.get("early_mean")
-    fired = sorted({f["metric"] + (f"[{f['category']}]" if f.get("category") else "")
+    fired = sorted({f["metric"] + (f"[{f['category'] or f.get('attack')}]" if f.get("category") or f.get("attack") else "")
                     for f in (run.get("drift") or {}).get("findings", []) if f["fired"]})
     print(f"| {name} | {pct(m.get('harmfulness_rate'))} | {pct(m.get('over_refusal_rate'))} | "
           f"{pct(m.get('utility_accuracy'))} | {'-' if early is None else f'{early:.3f}'} | "
+          f"{pct(prefill.get('attack_success_rate'))} | "
           f"{', '.join(fired) or 'none'} | {seconds[name]} |")
     probe = None
     for line in open(f"{work}/{name}.log"):

@@ -128,6 +128,21 @@ async fn each_attack_gets_its_finding_and_only_the_working_ones_fire() {
     // McNemar b=0, c=12 (p = 2^-11), Holm over three attacks.
     approx(&finding(&run, "aoa")["p_adjusted"], 3.0 / 2048.0);
 
+    // The dashboard's run page has a row per attack, with its finding.
+    let html = common::run_page(&s, run["id"].as_str().unwrap()).await;
+    assert!(html.contains(r#"<table class="attacks">"#), "{html}");
+    for row in [
+        r#"<tr><td>aoa</td><td class="num">12</td><td class="num">100.0%</td>"#,
+        r#"<tr><td>base64</td><td class="num">12</td><td class="num">0.0%</td>"#,
+    ] {
+        assert!(html.contains(row), "{row} in {html}");
+    }
+    assert_eq!(
+        html.matches(r#"<td class="worse">fired</td>"#).count(),
+        2,
+        "{html}"
+    );
+
     // The prefills went out with vLLM's flags: the target's first 5 words,
     // else the neutral opening's.
     let prefilled: Vec<_> = server

@@ -23,6 +23,7 @@ use axum::Router;
 
 use super::{blocking, ApiError, Shared};
 
+mod attacks;
 mod charts;
 mod overview;
 mod refusal_depth;

@@ -39,6 +39,7 @@ pub(super) async fn run_page(
         category_table(&mut s, &doc);
         fired_findings(&mut s, &doc);
         super::refusal_depth::section(&mut s, &doc);
+        super::attacks::section(&mut s, &doc);
         sequential_evidence(&mut s, &doc);
         // The worst prompts: highest scores first; answers blurred.
         let results = api.store.results(&id)?;
