@@ -76,13 +76,15 @@ for entry in entries:
             probe = float(fields["seconds"])
     if probe and kl.get("prompts") and run.get("finished_at"):
         eval_s = stamp(run["finished_at"]) - stamp(run["started_at"])
-        answers = m.get("n") or sum(b["size"] for b in run["benchmarks"])
+        answers = sum(b["size"] for b in run["benchmarks"])
         costs.append((name, probe, kl["prompts"], eval_s, answers))
 print()
-print("Cost of the refusal-depth probe (both models, teacher-forced) against the candidate's evaluation")
-print("(generation and judging of every prompt), on the same machine:")
+print("Cost of the refusal-depth probe (both models, teacher-forced, the baseline's refusals) against the")
+print("candidate's evaluation (generation and judging of every answer: the probes, the utility questions")
+print("and the prefill variant), in the same eval command; per answer, the probe's time per prompt")
+print("against the evaluation's time per answer:")
 print()
-print("| checkpoint | probe s | prompts probed | evaluation s | prompts evaluated | time ratio | per-prompt ratio |")
+print("| checkpoint | probe s | prompts probed | evaluation s | answers evaluated | time ratio | per-answer ratio |")
 print("|---|---|---|---|---|---|---|")
 for name, probe_s, n_probe, eval_s, n_eval in costs:
     print(f"| {name} | {probe_s:.1f} | {n_probe} | {eval_s:.1f} | {n_eval} | {probe_s / eval_s:.3f}x | "

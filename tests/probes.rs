@@ -454,6 +454,7 @@ benchmarks = ["bench"]
 judge = "keyword"
 baseline = {base:?}
 probes = ["kl"]
+attacks = ["aoa"]
 
 [alerting]
 group_window = "0s"
@@ -528,6 +529,15 @@ async fn the_daemon_runs_a_watchers_probe_and_alerts_on_refusals_that_start_diff
     assert_eq!(&curve[..4], [0.0; 4], "the refusals' first tokens agree");
     assert!(curve[4..].iter().all(|&x| x > 1.0), "{curve:?}");
     assert!(v2["probes"]["kl"]["early_mean"].as_f64().unwrap() > 0.5);
+    // The watcher's attack is asked as a variant of its benchmark, of both
+    // models, with its own figure and finding (the refusals hold).
+    let names: Vec<&str> = (v2["benchmarks"].as_array().unwrap().iter())
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bench", "bench+aoa"]);
+    assert_eq!(v2["probes"]["attacks"]["aoa"]["n"], 8);
+    assert_eq!(v2["probes"]["attacks"]["aoa"]["attack_success_rate"], 0.0);
+    assert_eq!(v2["baseline"]["probes"]["attacks"]["aoa"]["n"], 8);
     // Still refusing every harmful request: only the probe saw it.
     assert_eq!(v2["metrics"]["refusal_rate"], 1.0);
     assert_eq!(finding(&v2, "harmfulness_rate").unwrap()["fired"], false);
