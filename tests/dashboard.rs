@@ -566,7 +566,7 @@ async fn a_runs_kl_curve_is_drawn_per_answer_position_and_a_skipped_probe_says_w
     assert!(
         summary.contains("harmful prompts it refused")
             && summary
-                .contains("over the first 5 answer tokens, threshold 0.500 nats kl_early fired"),
+                .contains("over the first 5 answer tokens, threshold 0.050 nats kl_early fired"),
         "{summary}"
     );
     page.screenshot("run-kl.png").await;

@@ -221,13 +221,7 @@ pub fn prompt_ids(model: &ModelDir, messages: &[Message]) -> Result<Vec<u32>, Ba
 /// prefill), rendered and cut right after that message's content for the
 /// model to continue ([`chat_template::ChatTemplate::render_continuing`]).
 pub fn prompt_text(model: &ModelDir, messages: &[Message]) -> Result<String, BackendError> {
-    let chat: Vec<ChatMessage> = messages
-        .iter()
-        .map(|m| ChatMessage {
-            role: m.role.as_str(),
-            content: m.content.as_str(),
-        })
-        .collect();
+    let chat = chat_messages(messages);
     let rendered = if super::ends_with_assistant(messages) {
         model.chat_template.render_continuing(&chat)
     } else {
@@ -237,6 +231,31 @@ pub fn prompt_text(model: &ModelDir, messages: &[Message]) -> Result<String, Bac
         kind: "template",
         message: e.to_string(),
     })
+}
+
+/// The chat as the template reads it.
+fn chat_messages(messages: &[Message]) -> Vec<ChatMessage<'_>> {
+    messages
+        .iter()
+        .map(|m| ChatMessage {
+            role: m.role.as_str(),
+            content: m.content.as_str(),
+        })
+        .collect()
+}
+
+/// A judge's prompt: the chat template rendered with the generation prompt,
+/// whatever the last message's role (the answer being judged is not a
+/// prefill to continue).
+fn judge_prompt_text(model: &ModelDir, messages: &[Message]) -> Result<String, BackendError> {
+    let chat = chat_messages(messages);
+    model
+        .chat_template
+        .render(&chat, true)
+        .map_err(|e| BackendError {
+            kind: "template",
+            message: e.to_string(),
+        })
 }
 
 /// Token ids of `text`, without added special tokens.
@@ -552,8 +571,10 @@ impl NextTokenModel for OnnxBackend {
         self.identity.clone()
     }
 
+    /// A judge's chat ends with the answer it reads (Llama Guard's layout):
+    /// rendered with the generation prompt, never continued as a prefill.
     fn render(&self, messages: &[Message]) -> Result<String, JudgeError> {
-        prompt_text(&self.model, messages).map_err(judge_error)
+        judge_prompt_text(&self.model, messages).map_err(judge_error)
     }
 
     fn tokenize(&self, text: &str) -> Result<Vec<u32>, JudgeError> {
