@@ -430,27 +430,14 @@ impl Decoder {
         if let Some(r) = prompts.iter().position(|(ids, _)| ids.is_empty()) {
             return Err(DecodeError(format!("prompt {r} has no tokens")));
         }
-        let width = prompts.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-        let (ids, positions, masks) = self.left_pad(prompts.iter().map(|(ids, _)| *ids), width);
-        let mut past: Vec<DynValue> = (0..2 * self.layers)
-            .map(|_| self.empty_past(batch))
-            .collect::<Result<_, _>>()?;
-        let inputs = Self::step_inputs(
-            &self.past_names,
-            self.has_position_ids,
-            batch,
-            (ids, positions, width),
-            (masks.concat(), width),
-            &mut past,
-        )?;
+        let rows: Vec<&[u32]> = prompts.iter().map(|(ids, _)| *ids).collect();
+        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let started = Instant::now();
-        let outputs = self
-            .session
-            .run(inputs)
-            .map_err(ort_err("ONNX Runtime failed"))?;
+        let logits_type = self.logits_type;
+        let outputs = self.padded_pass(&rows)?;
         let logits = outputs.get("logits").expect("checked in new()");
         let candidates: Vec<&[u32]> = prompts.iter().map(|(_, c)| *c).collect();
-        let read = match self.logits_type {
+        let read = match logits_type {
             Float::F32 => {
                 let (shape, data) = logits
                     .try_extract_tensor::<f32>()
@@ -471,6 +458,32 @@ impl Decoder {
             "prefill read"
         );
         Ok(read)
+    }
+
+    /// One run of `rows` as a left-padded batch with an empty KV cache (a
+    /// prefill, nothing decoded): the runtime's outputs, `logits` at every
+    /// input position.
+    fn padded_pass(
+        &mut self,
+        rows: &[&[u32]],
+    ) -> Result<ort::session::SessionOutputs<'_>, DecodeError> {
+        let batch = rows.len();
+        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let (ids, positions, masks) = self.left_pad(rows.iter().copied(), width);
+        let mut past: Vec<DynValue> = (0..2 * self.layers)
+            .map(|_| self.empty_past(batch))
+            .collect::<Result<_, _>>()?;
+        let inputs = Self::step_inputs(
+            &self.past_names,
+            self.has_position_ids,
+            batch,
+            (ids, positions, width),
+            (masks.concat(), width),
+            &mut past,
+        )?;
+        self.session
+            .run(inputs)
+            .map_err(ort_err("ONNX Runtime failed"))
     }
 
     /// The inputs of one step: the new tokens, the attention mask, the

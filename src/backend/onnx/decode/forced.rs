@@ -7,7 +7,7 @@
 //! on it: attention is causal).
 
 use half::f16;
-use ort::value::{DynValue, ValueType};
+use ort::value::ValueType;
 use std::time::Instant;
 use tracing::debug;
 
@@ -60,25 +60,12 @@ impl Decoder {
             .map(|(prompt, answer)| [*prompt, &answer[..answer.len() - 1]].concat())
             .collect();
         let width = inputs.iter().map(Vec::len).max().unwrap_or(0);
-        let (ids, positions, masks) = self.left_pad(inputs.iter().map(|v| &v[..]), width);
-        let mut past: Vec<DynValue> = (0..2 * self.layers)
-            .map(|_| self.empty_past(batch))
-            .collect::<Result<_, _>>()?;
-        let feed = Self::step_inputs(
-            &self.past_names,
-            self.has_position_ids,
-            batch,
-            (ids, positions, width),
-            (masks.concat(), width),
-            &mut past,
-        )?;
+        let rows_in: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
         let started = Instant::now();
-        let outputs = self
-            .session
-            .run(feed)
-            .map_err(ort_err("ONNX Runtime failed"))?;
+        let logits_type = self.logits_type;
+        let outputs = self.padded_pass(&rows_in)?;
         let logits = outputs.get("logits").expect("checked in new()");
-        let read = match self.logits_type {
+        let read = match logits_type {
             Float::F32 => {
                 let (shape, data) = logits
                     .try_extract_tensor::<f32>()
