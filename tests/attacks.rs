@@ -327,6 +327,48 @@ async fn a_plain_openai_endpoint_refuses_a_prefill_before_asking_anything() {
     assert_eq!(server.request_count(), 0, "nothing is asked");
 }
 
+/// An OpenAI-compatible backend entry that opts in to vLLM's
+/// continuation (`continue_final_message = true`, a vLLM server configured
+/// as `kind = "openai"`) runs the prefill and sends the flags.
+#[tokio::test]
+async fn an_openai_entry_that_opts_in_continues_prefills_with_vllms_flags() {
+    let server = spawn(script()).await;
+    let s = Scratch::with_config(&format!(
+        "[backends.srv]\nkind = \"openai\"\nbase_url = \"{}\"\ncontinue_final_message = true\n",
+        server.base_url()
+    ));
+    let bench = format!("jsonl:{}+prefill:5", rows(&s).display());
+    let out = s
+        .run(&[
+            "eval",
+            "--model",
+            "srv:cand",
+            "--baseline",
+            "srv:base",
+            "--benchmark",
+            &bench,
+            "--judge",
+            "keyword",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run = run_json(&out);
+    approx(
+        &run["probes"]["attacks"]["prefill:5"]["attack_success_rate"],
+        1.0,
+    );
+    assert_eq!(finding(&run, "prefill:5")["fired"], true);
+    let prefilled: Vec<_> = (server.log().into_iter())
+        .filter(|r| r.prefill.is_some())
+        .collect();
+    assert!(!prefilled.is_empty());
+    assert!(prefilled
+        .iter()
+        .all(|r| r.continue_final_message == Some(true) && r.add_generation_prompt == Some(false)));
+}
+
 /// A tiny ONNX model answering every prompt with `reply` (the project's
 /// tool; `python3` with tools/requirements.txt).
 fn reply_model(reply: &str) -> PathBuf {
