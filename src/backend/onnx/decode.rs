@@ -460,32 +460,6 @@ impl Decoder {
         Ok(read)
     }
 
-    /// One run of `rows` as a left-padded batch with an empty KV cache (a
-    /// prefill, nothing decoded): the runtime's outputs, `logits` at every
-    /// input position.
-    fn padded_pass(
-        &mut self,
-        rows: &[&[u32]],
-    ) -> Result<ort::session::SessionOutputs<'_>, DecodeError> {
-        let batch = rows.len();
-        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let (ids, positions, masks) = self.left_pad(rows.iter().copied(), width);
-        let mut past: Vec<DynValue> = (0..2 * self.layers)
-            .map(|_| self.empty_past(batch))
-            .collect::<Result<_, _>>()?;
-        let inputs = Self::step_inputs(
-            &self.past_names,
-            self.has_position_ids,
-            batch,
-            (ids, positions, width),
-            (masks.concat(), width),
-            &mut past,
-        )?;
-        self.session
-            .run(inputs)
-            .map_err(ort_err("ONNX Runtime failed"))
-    }
-
     /// The inputs of one step: the new tokens, the attention mask, the
     /// positions (when the model takes them) and the KV cache, taken out of
     /// `past`.

@@ -1,4 +1,5 @@
-//! Teacher forcing: a prompt and a given answer run as one left-padded
+//! One padded pass (the prefill the judges read and teacher forcing share),
+//! and teacher forcing: a prompt and a given answer run as one left-padded
 //! prefill (no KV cache kept, nothing generated), and the log-softmax over
 //! the whole vocabulary read at every answer position. Position `k` of a
 //! row's answer is predicted by the logits at input position
@@ -7,13 +8,39 @@
 //! on it: attention is causal).
 
 use half::f16;
-use ort::value::ValueType;
+use ort::value::{DynValue, ValueType};
 use std::time::Instant;
 use tracing::debug;
 
 use super::{ort_err, DecodeError, Decoder, Float};
 
 impl Decoder {
+    /// One run of `rows` as a left-padded batch with an empty KV cache (a
+    /// prefill, nothing decoded): the runtime's outputs, `logits` at every
+    /// input position.
+    pub(super) fn padded_pass(
+        &mut self,
+        rows: &[&[u32]],
+    ) -> Result<ort::session::SessionOutputs<'_>, DecodeError> {
+        let batch = rows.len();
+        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let (ids, positions, masks) = self.left_pad(rows.iter().copied(), width);
+        let mut past: Vec<DynValue> = (0..2 * self.layers)
+            .map(|_| self.empty_past(batch))
+            .collect::<Result<_, _>>()?;
+        let inputs = Self::step_inputs(
+            &self.past_names,
+            self.has_position_ids,
+            batch,
+            (ids, positions, width),
+            (masks.concat(), width),
+            &mut past,
+        )?;
+        self.session
+            .run(inputs)
+            .map_err(ort_err("ONNX Runtime failed"))
+    }
+
     /// The vocabulary size, when the graph's `logits` output fixes it.
     pub fn vocab_size(&self) -> Option<usize> {
         let logits = self
