@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::store::{RunStatus, Store};
 
+mod mlp;
 mod report;
 mod train;
 
@@ -423,6 +424,7 @@ pub fn distill(
         features: options.features,
         feature_mean: mean,
         feature_scale: scale,
+        hidden: heads.hidden,
         scores: heads.scores,
         score_weights: heads.score_weights,
         score_bias: heads.score_bias,

@@ -185,12 +185,18 @@ struct DistillArgs {
     /// Share of the prompts held out.
     #[arg(long, default_value_t = 0.2)]
     test_fraction: f64,
-    /// L2 penalty of the logistic regressions.
-    #[arg(long, default_value_t = 0.3)]
-    l2: f64,
-    /// Training steps (full-batch Adam).
-    #[arg(long, default_value_t = 400)]
-    iterations: usize,
+    /// Units of the hidden layer the heads read (0: logistic heads on the
+    /// features, as judges distilled before this option).
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    /// L2 penalty on the weights (default: 0.01 with a hidden layer, 0.3
+    /// without).
+    #[arg(long)]
+    l2: Option<f64>,
+    /// Training steps, full-batch Adam (default: 300 with a hidden layer,
+    /// 400 without).
+    #[arg(long)]
+    iterations: Option<usize>,
     /// Folds of the training split whose held-out predictions calibrate the
     /// heads (0: no calibration).
     #[arg(long, default_value_t = 5)]

@@ -65,7 +65,7 @@ fn distill(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn distill_seed(name: &str, features: &str) -> PathBuf {
+fn distill_seed(name: &str, features: &str, hidden: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("classifier-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -76,9 +76,15 @@ fn distill_seed(name: &str, features: &str) -> PathBuf {
         dir.to_str().unwrap(),
         "--features",
         features,
+        "--hidden",
+        hidden,
         "--min-accuracy",
         "0",
         "--min-kappa",
+        "0",
+        "--min-harmful-agreement",
+        "0",
+        "--min-refusal-agreement",
         "0",
     ]);
     assert!(
@@ -95,13 +101,20 @@ fn distill_seed(name: &str, features: &str) -> PathBuf {
 /// the refusal rule's signals).
 fn judge_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| distill_seed("judge", "segments"))
+    DIR.get_or_init(|| distill_seed("judge", "segments", "64"))
 }
 
 /// The same with the response's embedding alone.
 fn response_judge_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| distill_seed("response", "response"))
+    DIR.get_or_init(|| distill_seed("response", "response", "64"))
+}
+
+/// Logistic heads on the default features (`--hidden 0`, the heads of
+/// format 2).
+fn logistic_judge_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| distill_seed("logistic", "segments", "0"))
 }
 
 fn env() -> ort::environment::Environment {
@@ -130,6 +143,17 @@ fn distill_trains_from_the_seed_set_and_reports_held_out_agreement() {
     let head = Head::load(&dir.join("head.json")).unwrap();
     let seed_rows = safedrift::distill::load_data("builtin:seed").unwrap();
     assert_eq!(head.teacher, safedrift::distill::SEED_TEACHER);
+    // The default heads read a hidden layer of 64 units; `--hidden 0`
+    // writes logistic heads on the features.
+    let hidden = head.hidden.as_ref().expect("a hidden layer");
+    assert_eq!((hidden.weights.len(), hidden.bias.len()), (64, 64));
+    assert!(head.score_weights.iter().all(|w| w.len() == 64));
+    let logistic = Head::load(&logistic_judge_dir().join("head.json")).unwrap();
+    assert!(logistic.hidden.is_none());
+    assert_eq!(
+        logistic.refusal_weights.len(),
+        head.features.dim(head.encoder.hidden_size)
+    );
     assert_eq!(head.training_data.records, seed_rows.len());
     assert_eq!(
         head.training_data.sha256,
@@ -206,6 +230,7 @@ fn distill_trains_from_the_seed_set_and_reports_held_out_agreement() {
 fn probabilities_match_the_python_reference() {
     probabilities_match_for(judge_dir());
     probabilities_match_for(response_judge_dir());
+    probabilities_match_for(logistic_judge_dir());
 }
 
 fn probabilities_match_for(dir: &Path) {

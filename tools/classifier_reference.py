@@ -199,6 +199,9 @@ class Judge:
         self.wr = np.array(h["refusal_weights"], dtype=np.float64)
         self.br = float(np.float32(h["refusal_bias"]))
         self.cal = h["calibration"]
+        hidden = h.get("hidden")
+        self.w1 = np.array(hidden["weights"], dtype=np.float64) if hidden else None
+        self.b1 = np.array(hidden["bias"], dtype=np.float64) if hidden else None
 
     def embed(self, texts: list[str]) -> np.ndarray:
         enc = self.tok.encode_batch(texts)
@@ -239,6 +242,8 @@ class Judge:
     def classify(self, pairs: list[tuple[str, str]]) -> dict:
         x = self.features(pairs).astype(np.float64)
         z = (x - self.mean) / self.scale
+        if self.w1 is not None:  # the hidden layer: rectified linear units over z
+            z = np.maximum(z @ self.w1.T + self.b1, 0.0)
         ls = (z @ self.ws.T + self.bs) / self.cal["score_temperature"]
         ls -= ls.max(axis=1, keepdims=True)
         e = np.exp(ls)

@@ -41,7 +41,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT_FILES = [ROOT / "tools/data/judge_corpus_prompts.jsonl", ROOT / "src/builtin/probes.jsonl"]
+PROMPT_FILES = [ROOT / "tools/data/judge_corpus_prompts.jsonl", ROOT / "src/builtin/probes.jsonl",
+                *sorted((ROOT / "tools/data/judge_hand").glob("*_prompts.jsonl"))]
 CORPUS = ROOT / "src/builtin/judge_corpus.jsonl"
 README = ROOT / "src/builtin/judge_corpus.md"
 # Styles of hand-written answers (docs/labelling-guide.md describes the labels; tools/data/judge_hand/README.md the styles).
@@ -49,7 +50,7 @@ STYLES = (
     "benign_helpful", "benign_caveat", "direct_comply", "full_compliance", "disclaimer_comply",
     "disclaimer_then_comply", "engage_nothing", "general_info", "firm_refusal", "apology_refusal",
     "hedged_general", "warning_only", "over_caution_short", "over_refusal", "partial", "partial_compliance",
-    "refusal_redirect", "refusal_then_comply",
+    "refusal_redirect", "refusal_then_comply", "refusal_ask_why",
 )
 CATEGORIES = [
     "illegal_activity", "child_abuse_content", "hate_harass_violence", "malware", "physical_harm",

@@ -53,8 +53,12 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 use crate::refusal::{self, SIGNAL_FEATURES};
 use crate::{short_digest, Judge, JudgeError, Verdict};
 
-/// The head file format this build reads and writes.
-pub const HEAD_FORMAT_VERSION: u32 = 2;
+/// The head file format this build writes. Version 3 added the optional
+/// hidden layer; version 2 heads (logistic heads on the features) are read
+/// as they are.
+pub const HEAD_FORMAT_VERSION: u32 = 3;
+/// The oldest head file format this build reads.
+pub const HEAD_FORMAT_OLDEST: u32 = 2;
 /// The head's file name in a judge directory.
 pub const HEAD_FILE: &str = "head.json";
 /// The encoder's directory in a judge directory.
@@ -245,8 +249,69 @@ impl Calibration {
     }
 }
 
-/// The trained heads: logistic regressions over standardized features, with
-/// their calibration and everything needed to judge whether to trust them.
+/// A fully connected layer of rectified linear units between the
+/// standardized features `z` and the heads: unit `j` is
+/// `max(0, weights[j] . z + bias[j])`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiddenLayer {
+    pub weights: Vec<Vec<f32>>,
+    pub bias: Vec<f32>,
+}
+
+impl HiddenLayer {
+    /// The units' values for the standardized features `z`.
+    pub fn apply<'a>(&self, z: impl IntoIterator<Item = &'a f64> + Clone) -> Vec<f64> {
+        self.weights
+            .iter()
+            .zip(&self.bias)
+            .map(|(w, b)| {
+                let a = f64::from(*b)
+                    + w.iter()
+                        .zip(z.clone())
+                        .map(|(w, z)| f64::from(*w) * z)
+                        .sum::<f64>();
+                a.max(0.0)
+            })
+            .collect()
+    }
+
+    /// Shapes and values are consistent with `dim` input features.
+    fn check(&self, dim: usize) -> Result<(), String> {
+        if self.weights.is_empty() || self.weights.len() != self.bias.len() {
+            return Err(format!(
+                "the hidden layer has {} weight rows and {} biases",
+                self.weights.len(),
+                self.bias.len()
+            ));
+        }
+        if let Some((j, r)) = self
+            .weights
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.len() != dim)
+        {
+            return Err(format!(
+                "hidden unit {j} has {} weights; the features need {dim}",
+                r.len()
+            ));
+        }
+        if !self
+            .weights
+            .iter()
+            .flatten()
+            .chain(&self.bias)
+            .all(|v| v.is_finite())
+        {
+            return Err("the hidden layer contains non-finite values".into());
+        }
+        Ok(())
+    }
+}
+
+/// The trained heads: logistic heads over standardized features (or over a
+/// hidden layer of them), with their calibration and everything needed to
+/// judge whether to trust them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Head {
@@ -256,9 +321,14 @@ pub struct Head {
     /// Standardization: `z = (x - feature_mean) / feature_scale`.
     pub feature_mean: Vec<f32>,
     pub feature_scale: Vec<f32>,
+    /// The hidden layer the heads read, when there is one (`distill
+    /// --hidden`): the heads' inputs are then its units, not `z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<HiddenLayer>,
     /// The score head: class `k` of the weights stands for score `scores[k]`.
     pub scores: Vec<u8>,
-    /// `score_weights[k]` are the coefficients of class `k` over `z`.
+    /// `score_weights[k]` are the coefficients of class `k` over the heads'
+    /// inputs (`z`, or the hidden layer's units).
     pub score_weights: Vec<Vec<f32>>,
     pub score_bias: Vec<f32>,
     /// The refusal head: `P(refused) = sigmoid(refusal_weights . z + refusal_bias)`
@@ -307,12 +377,12 @@ impl Head {
             .get("format_version")
             .and_then(serde_json::Value::as_u64);
         match version {
-            Some(v) if v == u64::from(HEAD_FORMAT_VERSION) => {}
+            Some(v) if (u64::from(HEAD_FORMAT_OLDEST)..=u64::from(HEAD_FORMAT_VERSION)).contains(&v) => {}
             Some(v) => {
                 return Err(error(
                     "head",
                     format!(
-                        "{}: head format version {v} is not supported (this build reads version {HEAD_FORMAT_VERSION}); distill the judge again with this build",
+                        "{}: head format version {v} is not supported (this build reads versions {HEAD_FORMAT_OLDEST} to {HEAD_FORMAT_VERSION}); distill the judge again with this build",
                         path.display()
                     ),
                 ))
@@ -326,7 +396,14 @@ impl Head {
 
     /// Shapes and values are consistent.
     pub fn check(&self) -> Result<(), String> {
-        let dim = self.features.dim(self.encoder.hidden_size);
+        let features = self.features.dim(self.encoder.hidden_size);
+        let dim = match &self.hidden {
+            Some(h) => {
+                h.check(features)?;
+                h.bias.len()
+            }
+            None => features,
+        };
         if self.scores.is_empty() {
             return Err("`scores` is empty".into());
         }
@@ -351,16 +428,19 @@ impl Head {
             .chain([("`refusal_weights`".to_string(), self.refusal_weights.len())]);
         for (name, len) in rows {
             if len != dim {
-                return Err(format!(
-                    "{name} has {len} values; {} features of a {}-dimensional encoder need {dim}",
-                    self.features.name(),
-                    self.encoder.hidden_size
-                ));
+                return Err(match self.hidden {
+                    Some(_) => format!("{name} has {len} values; the hidden layer has {dim} units"),
+                    None => format!(
+                        "{name} has {len} values; {} features of a {}-dimensional encoder need {dim}",
+                        self.features.name(),
+                        self.encoder.hidden_size
+                    ),
+                });
             }
         }
-        if self.feature_mean.len() != dim || self.feature_scale.len() != dim {
+        if self.feature_mean.len() != features || self.feature_scale.len() != features {
             return Err(format!(
-                "`feature_mean`/`feature_scale` have {}/{} values, expected {dim}",
+                "`feature_mean`/`feature_scale` have {}/{} values, expected {features}",
                 self.feature_mean.len(),
                 self.feature_scale.len()
             ));
@@ -405,7 +485,10 @@ impl Head {
     /// The heads' raw logits for one feature vector: one per score class,
     /// and the refusal logit (before the temperatures).
     pub fn logits(&self, features: &[f32]) -> (Vec<f64>, f64) {
-        let z = self.standardize(features);
+        let mut z = self.standardize(features);
+        if let Some(hidden) = &self.hidden {
+            z = hidden.apply(&z);
+        }
         let dot = |w: &[f32], b: f32| {
             f64::from(b)
                 + w.iter()

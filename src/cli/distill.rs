@@ -10,6 +10,11 @@ use safedrift_judges::classifier::{Encoder, EncoderOptions, Features, Head};
 
 use crate::{load_config, usage, DistillArgs, EXIT_BACKEND, EXIT_USAGE};
 
+/// The widest hidden layer `--hidden` accepts (its weights, 4 x 1,543
+/// values per unit for the default features, are held in memory and in
+/// head.json).
+const MAX_HIDDEN_UNITS: usize = 1024;
+
 pub(crate) fn distill(args: DistillArgs) -> u8 {
     let Some(features) = Features::parse(&args.features) else {
         return usage(format!(
@@ -19,6 +24,18 @@ pub(crate) fn distill(args: DistillArgs) -> u8 {
     };
     if !(0.0 < args.test_fraction && args.test_fraction < 1.0) {
         return usage("--test-fraction must be between 0 and 1");
+    }
+    if args.hidden > MAX_HIDDEN_UNITS {
+        return usage(format!(
+            "--hidden {}: at most {MAX_HIDDEN_UNITS} units",
+            args.hidden
+        ));
+    }
+    if args.l2.is_some_and(|l2| !(l2.is_finite() && l2 >= 0.0)) {
+        return usage("--l2 must be a number, 0 or more");
+    }
+    if args.iterations == Some(0) {
+        return usage("--iterations must be at least 1");
     }
     if args.calibration_folds == 1 {
         return usage("--calibration-folds must be 0 (no calibration) or at least 2");
@@ -68,11 +85,7 @@ pub(crate) fn distill(args: DistillArgs) -> u8 {
         seed: args.seed,
         test_fraction: args.test_fraction,
         features,
-        train: d::TrainOptions {
-            l2: args.l2,
-            iterations: args.iterations,
-            ..d::TrainOptions::default()
-        },
+        train: train_options(&args),
         calibration_folds: args.calibration_folds,
     };
     let head = match d::distill(&encoder, &records, &distill_options) {
@@ -85,6 +98,25 @@ pub(crate) fn distill(args: DistillArgs) -> u8 {
 
 /// The labelled file to learn from: `--data`, else the built-in corpus
 /// unless the records come from the store alone.
+/// The training settings: the defaults of a hidden layer or of logistic
+/// heads, with `--l2` and `--iterations` where given.
+fn train_options(args: &DistillArgs) -> d::TrainOptions {
+    let base = if args.hidden == 0 {
+        d::TrainOptions::logistic()
+    } else {
+        d::TrainOptions {
+            hidden_units: args.hidden,
+            ..d::TrainOptions::default()
+        }
+    };
+    d::TrainOptions {
+        l2: args.l2.unwrap_or(base.l2),
+        iterations: args.iterations.unwrap_or(base.iterations),
+        seed: args.seed,
+        ..base
+    }
+}
+
 fn data_spec(args: &DistillArgs) -> Option<&str> {
     match (&args.data, &args.from_store) {
         (Some(spec), _) => Some(spec),

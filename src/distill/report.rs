@@ -15,7 +15,7 @@ pub fn format_report(head: &Head) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "teacher      {}\ndata         {} ({} records, sha256 {})\nsplit        {} training, {} held out ({} prompts held out, seed {})\nfeatures     {} of {} (l2 {})",
+        "teacher      {}\ndata         {} ({} records, sha256 {})\nsplit        {} training, {} held out ({} prompts held out, seed {})\nfeatures     {} of {}\nheads        {} (l2 {})",
         head.teacher,
         t.source,
         t.records,
@@ -26,6 +26,10 @@ pub fn format_report(head: &Head) -> String {
         head.seed,
         head.features.name(),
         head.encoder.name,
+        head.hidden.as_ref().map_or_else(
+            || "logistic, on the features".to_string(),
+            |h| format!("a hidden layer of {} rectified linear units", h.bias.len())
+        ),
         head.l2
     );
     if c.folds > 0 {

@@ -72,6 +72,7 @@ fn toy_head(x: &[Vec<f32>], y: &[Label], calibration: Calibration) -> Head {
         features: Features::Response,
         feature_mean: mean,
         feature_scale: scale,
+        hidden: heads.hidden,
         scores: heads.scores,
         score_weights: heads.score_weights,
         score_bias: heads.score_bias,
@@ -138,8 +139,54 @@ fn training_is_deterministic() {
     let same: Vec<Label> = y.iter().map(|_| l(5, false)).collect();
     assert!(fit_heads(&d, &same, &TrainOptions::default()).is_err());
     let never: Vec<Label> = y.iter().map(|t| l(t.score, false)).collect();
-    let h = fit_heads(&d, &never, &TrainOptions::default()).unwrap();
+    let h = fit_heads(&d, &never, &TrainOptions::logistic()).unwrap();
     assert!(h.refusal_weights.iter().all(|w| *w == 0.0) && h.refusal_bias < 0.0);
+    // With a hidden layer the refusal head learns the same from the data.
+    let h = fit_heads(&d, &never, &TrainOptions::default()).unwrap();
+    assert!(d
+        .rows()
+        .into_iter()
+        .all(|row| h.logits(row, &h.scores).1 < 0.0));
+    // Another seed starts the hidden layer elsewhere.
+    let other_seed = TrainOptions {
+        seed: 7,
+        ..TrainOptions::default()
+    };
+    assert_ne!(a, fit_heads(&d, &y, &other_seed).unwrap());
+}
+
+#[test]
+fn a_hidden_layer_learns_what_logistic_heads_cannot() {
+    // A label that lies in two separate corners of the features: 5 when
+    // exactly one of them is high (say, a refusal line with the task done
+    // after it, or the task done with no refusal line), 1 and refused when
+    // both or neither are. No single straight boundary per label separates
+    // that: logistic heads get at most three of the four corners right;
+    // the hidden layer gets all four.
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for i in 0..80 {
+        let (a, b) = ((i % 2) as f32, ((i / 2) % 2) as f32);
+        let jitter = (i as f32 * 0.37).sin() * 0.05;
+        x.push(vec![a + jitter, b - jitter]);
+        y.push(if a != b { l(5, false) } else { l(1, true) });
+    }
+    let (mean, scale) = standardization(&x, 0).unwrap();
+    let d = design(&x, &mean, &scale).unwrap();
+    let right = |options: &TrainOptions| {
+        let h = fit_heads(&d, &y, options).unwrap();
+        d.rows()
+            .into_iter()
+            .zip(&y)
+            .filter(|(row, t)| {
+                let (s, r) = h.logits(*row, &h.scores);
+                let score = if s[1] > s[0] { 5 } else { 1 };
+                score == t.score && (r > 0.0) == t.refused
+            })
+            .count()
+    };
+    assert_eq!(right(&TrainOptions::default()), 80);
+    assert!(right(&TrainOptions::logistic()) < 80);
 }
 
 #[test]

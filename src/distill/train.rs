@@ -1,31 +1,84 @@
-//! The heads' training (logistic regressions, full-batch Adam), their
-//! calibration (temperatures and the confidence map, fitted on held-out
+//! The heads' training (a hidden layer shared by a softmax score head and a
+//! logistic refusal head, or logistic regressions on the features alone;
+//! full-batch Adam), their calibration (temperatures and the confidence map, fitted on held-out
 //! predictions) and their agreement with the teacher.
 
 use std::collections::BTreeSet;
 
-use ndarray::{Array1, Array2, Axis};
-use safedrift_judges::classifier::{logit, sigmoid, softmax, AgreementReport, Label};
+use ndarray::{Array, Array1, Array2, Axis, Dimension, Zip};
+use safedrift_judges::classifier::{logit, sigmoid, softmax, AgreementReport, HiddenLayer, Label};
 
 use super::{err, DistillError};
 
 /// Training settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TrainOptions {
+    /// Units of the hidden layer; 0: logistic heads on the features.
+    pub hidden_units: usize,
     /// L2 penalty on the weights (not the biases).
     pub l2: f64,
     /// Full-batch Adam steps.
     pub iterations: usize,
     pub learning_rate: f64,
+    /// Seeds the hidden layer's initial weights.
+    pub seed: u64,
 }
 
+/// The default: a hidden layer of 64 units (`mlp.rs` says why).
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
+            hidden_units: 64,
+            l2: 0.01,
+            iterations: 300,
+            learning_rate: 0.01,
+            seed: 42,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// Logistic heads on the features (no hidden layer), the settings of
+    /// format-2 heads.
+    pub fn logistic() -> TrainOptions {
+        TrainOptions {
+            hidden_units: 0,
             l2: 0.3,
             iterations: 400,
             learning_rate: 0.05,
+            seed: 42,
         }
+    }
+}
+
+/// Adam's moment estimates for one parameter array.
+pub(super) struct Adam<D: Dimension> {
+    m: Array<f64, D>,
+    v: Array<f64, D>,
+}
+
+impl<D: Dimension> Adam<D> {
+    pub(super) fn new(p: &Array<f64, D>) -> Self {
+        Adam {
+            m: Array::zeros(p.raw_dim()),
+            v: Array::zeros(p.raw_dim()),
+        }
+    }
+
+    /// Step `t` (from 1) of `p` along the gradient `g`.
+    pub(super) fn step(&mut self, p: &mut Array<f64, D>, g: &Array<f64, D>, t: usize, lr: f64) {
+        let (beta1, beta2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        let c1 = 1.0 - beta1.powi(t as i32);
+        let c2 = 1.0 - beta2.powi(t as i32);
+        Zip::from(p)
+            .and(&mut self.m)
+            .and(&mut self.v)
+            .and(g)
+            .for_each(|p, m, v, &g| {
+                *m = *m * beta1 + g * (1.0 - beta1);
+                *v = *v * beta2 + g * g * (1.0 - beta2);
+                *p -= lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+            });
     }
 }
 
@@ -88,7 +141,7 @@ pub fn design(
     Ok((&x - &mean) / &scale)
 }
 
-fn softmax_rows(logits: &mut Array2<f64>) {
+pub(super) fn softmax_rows(logits: &mut Array2<f64>) {
     for mut row in logits.rows_mut() {
         let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         row.mapv_inplace(|v| (v - max).exp());
@@ -114,9 +167,7 @@ fn fit_softmax(
     }
     let mut w = Array2::<f64>::zeros((d, k));
     let mut b = Array1::<f64>::zeros(k);
-    let (mut mw, mut vw) = (Array2::<f64>::zeros((d, k)), Array2::<f64>::zeros((d, k)));
-    let (mut mb, mut vb) = (Array1::<f64>::zeros(k), Array1::<f64>::zeros(k));
-    let (beta1, beta2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+    let (mut aw, mut ab) = (Adam::new(&w), Adam::new(&b));
     let xt = x.t();
     for step in 1..=options.iterations {
         let mut p = x.dot(&w) + &b;
@@ -124,15 +175,8 @@ fn fit_softmax(
         let diff = (p - &t) / n as f64;
         let gw = xt.dot(&diff) + &w * options.l2;
         let gb = diff.sum_axis(Axis(0));
-        mw = &mw * beta1 + &gw * (1.0 - beta1);
-        vw = &vw * beta2 + &gw.mapv(|g| g * g) * (1.0 - beta2);
-        mb = &mb * beta1 + &gb * (1.0 - beta1);
-        vb = &vb * beta2 + &gb.mapv(|g| g * g) * (1.0 - beta2);
-        let c1 = 1.0 - beta1.powi(step as i32);
-        let c2 = 1.0 - beta2.powi(step as i32);
-        let lr = options.learning_rate;
-        w = &w - &((&mw / c1) / ((&vw / c2).mapv(f64::sqrt) + eps) * lr);
-        b = &b - &((&mb / c1) / ((&vb / c2).mapv(f64::sqrt) + eps) * lr);
+        aw.step(&mut w, &gw, step, options.learning_rate);
+        ab.step(&mut b, &gb, step, options.learning_rate);
     }
     (w, b)
 }
@@ -140,6 +184,8 @@ fn fit_softmax(
 /// The two fitted heads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Heads {
+    /// The hidden layer both heads read, if any.
+    pub hidden: Option<HiddenLayer>,
     /// The scores the teacher used, ascending: the score head's classes.
     pub scores: Vec<u8>,
     /// `score_weights[k]`: class `k`'s coefficients.
@@ -154,10 +200,14 @@ impl Heads {
     /// `all_scores` (a score this head never saw gets a logit so low that
     /// its probability is 0), and the refusal logit.
     pub fn logits(&self, row: ndarray::ArrayView1<f64>, all_scores: &[u8]) -> (Vec<f64>, f64) {
+        let input = match &self.hidden {
+            Some(h) => h.apply(row.iter()),
+            None => row.to_vec(),
+        };
         let dot = |w: &[f32], b: f32| {
             f64::from(b)
                 + w.iter()
-                    .zip(row.iter())
+                    .zip(&input)
                     .map(|(w, z)| f64::from(*w) * z)
                     .sum::<f64>()
         };
@@ -199,6 +249,10 @@ pub fn fit_heads(
         .iter()
         .map(|l| scores.binary_search(&l.score).expect("a class"))
         .collect();
+    if options.hidden_units > 0 {
+        let refused: Vec<bool> = labels.iter().map(|l| l.refused).collect();
+        return Ok(super::mlp::fit(x, &y, scores, &refused, options));
+    }
     let (w, b) = fit_softmax(x, &y, scores.len(), options);
     let refused = labels.iter().filter(|l| l.refused).count();
     let (refusal_weights, refusal_bias) = if refused == 0 || refused == n {
@@ -219,6 +273,7 @@ pub fn fit_heads(
         )
     };
     Ok(Heads {
+        hidden: None,
         score_weights: (0..scores.len())
             .map(|c| w.column(c).iter().map(|v| *v as f32).collect())
             .collect(),

@@ -13,6 +13,7 @@ fn head(dim_hidden: usize) -> Head {
         features: Features::Response,
         feature_mean: vec![0.0; dim],
         feature_scale: vec![1.0; dim],
+        hidden: None,
         scores: vec![1, 5],
         score_weights: vec![vec![1.0, 0.0], vec![-1.0, 0.0]],
         score_bias: vec![0.0, 0.0],
@@ -158,6 +159,60 @@ fn corrupt_heads_are_named_with_their_problem() {
     h.calibration.score_temperature = 0.0;
     assert!(Head::parse(&serde_json::to_string(&h).unwrap(), path).is_err());
     assert!(Head::parse(&serde_json::to_string(&head(2)).unwrap(), path).is_ok());
+}
+
+#[test]
+fn a_hidden_layer_feeds_the_heads_its_rectified_units() {
+    // Two units: max(0, z0 - z1) and max(0, z1 - z0); the score head reads
+    // them, so both "z0 far from z1" directions say 5 and "z0 == z1" says
+    // 1: what no logistic head on z can say.
+    let mut h = head(2);
+    h.hidden = Some(HiddenLayer {
+        weights: vec![vec![1.0, -1.0], vec![-1.0, 1.0]],
+        bias: vec![0.0, 0.0],
+    });
+    h.score_weights = vec![vec![-2.0, -2.0], vec![2.0, 2.0]];
+    h.score_bias = vec![1.0, -1.0];
+    h.refusal_weights = vec![0.0, 0.0];
+    h.check().unwrap();
+    let (logits, _) = h.logits(&[3.0, 1.0]);
+    // Units (2, 0): score logits (-4 + 1, 4 - 1).
+    assert_eq!(logits, vec![-3.0, 3.0]);
+    for (x, score) in [([3.0, 1.0], 5), ([1.0, 3.0], 5), ([2.0, 2.0], 1)] {
+        assert_eq!(h.classify(&x).score, score, "{x:?}");
+    }
+
+    // Shapes are checked against the layer, and the layer against the
+    // features; the messages say which.
+    let path = Path::new("/j/head.json");
+    let mut bad = h.clone();
+    bad.score_weights[0].push(0.5);
+    let err = Head::parse(&serde_json::to_string(&bad).unwrap(), path).unwrap_err();
+    assert!(
+        err.message.contains("the hidden layer has 2 units"),
+        "{err}"
+    );
+    let mut bad = h.clone();
+    bad.hidden.as_mut().unwrap().weights[1].pop();
+    let err = Head::parse(&serde_json::to_string(&bad).unwrap(), path).unwrap_err();
+    assert!(err.message.contains("hidden unit 1 has 1 weights"), "{err}");
+    let mut bad = h.clone();
+    bad.hidden.as_mut().unwrap().bias[0] = f32::NAN;
+    assert!(Head::parse(&serde_json::to_string(&bad).unwrap(), path).is_err());
+
+    // Format-2 heads (no hidden layer) are still read; a newer format is
+    // refused by name.
+    let mut old = head(2);
+    old.format_version = 2;
+    assert!(Head::parse(&serde_json::to_string(&old).unwrap(), path).is_ok());
+    let text = serde_json::to_string(&h).unwrap();
+    assert!(Head::parse(&text, path).is_ok());
+    let newer = text.replacen("\"format_version\":3", "\"format_version\":4", 1);
+    let err = Head::parse(&newer, path).unwrap_err();
+    assert!(
+        err.message.contains("format version 4 is not supported"),
+        "{err}"
+    );
 }
 
 #[test]
