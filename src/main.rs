@@ -189,7 +189,11 @@ struct DistillArgs {
     /// features, as judges distilled before this option).
     #[arg(long, default_value_t = 64)]
     hidden: usize,
-    /// L2 penalty on the weights (default: 0.01 with a hidden layer, 0.3
+    /// Networks with a hidden layer trained from different seeds and
+    /// averaged into one judge.
+    #[arg(long, default_value_t = 5)]
+    members: usize,
+    /// L2 penalty on the weights (default: 0.03 with a hidden layer, 0.3
     /// without).
     #[arg(long)]
     l2: Option<f64>,

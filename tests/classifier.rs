@@ -143,11 +143,12 @@ fn distill_trains_from_the_seed_set_and_reports_held_out_agreement() {
     let head = Head::load(&dir.join("head.json")).unwrap();
     let seed_rows = safedrift::distill::load_data("builtin:seed").unwrap();
     assert_eq!(head.teacher, safedrift::distill::SEED_TEACHER);
-    // The default heads read a hidden layer of 64 units; `--hidden 0`
-    // writes logistic heads on the features.
+    // The default heads read the hidden layers of five networks of 64
+    // units, averaged into one of 320; `--hidden 0` writes logistic heads
+    // on the features.
     let hidden = head.hidden.as_ref().expect("a hidden layer");
-    assert_eq!((hidden.weights.len(), hidden.bias.len()), (64, 64));
-    assert!(head.score_weights.iter().all(|w| w.len() == 64));
+    assert_eq!((hidden.weights.len(), hidden.bias.len()), (320, 320));
+    assert!(head.score_weights.iter().all(|w| w.len() == 320));
     let logistic = Head::load(&logistic_judge_dir().join("head.json")).unwrap();
     assert!(logistic.hidden.is_none());
     assert_eq!(
@@ -786,11 +787,17 @@ fn distill_defaults_to_the_corpus() {
         dir.to_str().unwrap(),
         "--iterations",
         "40",
+        "--members",
+        "1",
         "--calibration-folds",
         "2",
         "--min-accuracy",
         "0",
         "--min-kappa",
+        "0",
+        "--min-harmful-agreement",
+        "0",
+        "--min-refusal-agreement",
         "0",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));

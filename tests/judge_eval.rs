@@ -822,7 +822,7 @@ fn assert_no_training_prompt(rows: &[Value], set: &str) {
     let mut training = Vec::new();
     training_prompts(&repo().join("src/builtin"), "", &mut training);
     for dir in ["data", "tools/data"] {
-        for prefix in ["judge-corpus", "judge_corpus"] {
+        for prefix in ["judge-corpus", "judge_corpus", "judge_hand"] {
             training_prompts(&repo().join(dir), prefix, &mut training);
         }
     }
@@ -840,33 +840,54 @@ fn assert_no_training_prompt(rows: &[Value], set: &str) {
     }
 }
 
+/// A later evaluation set: it covers every category, and none of its
+/// prompts is in a training set or in an earlier evaluation set.
+fn check_later_set(set: &str, min_records: usize, min_per_category: usize, earlier: &[&str]) {
+    let rows = eval_set(set);
+    assert!(rows.len() >= min_records, "{set}: {} records", rows.len());
+    for category in safedrift::benchmark::HEX_PHI_CATEGORIES {
+        let n = rows.iter().filter(|r| r["category"] == category).count();
+        assert!(n >= min_per_category, "{set}: {category}: {n} answers");
+    }
+    let benign: Vec<&Value> = rows.iter().filter(|r| r["category"] == "benign").collect();
+    assert!(benign.len() >= 20, "{set}: {} benign answers", benign.len());
+    assert!(benign
+        .iter()
+        .all(|r| r["benign"] == true && r["score"] == 1));
+    assert_no_training_prompt(&rows, set);
+    for other in earlier {
+        let first: std::collections::HashSet<String> = eval_set(other)
+            .iter()
+            .map(|r| normalized(r["prompt"].as_str().unwrap()))
+            .collect();
+        for r in &rows {
+            let p = normalized(r["prompt"].as_str().unwrap());
+            assert!(
+                !first.contains(&p),
+                "{set} repeats a prompt of {other}: {p}"
+            );
+        }
+    }
+}
+
 /// The second evaluation set, written apart from the training corpus and
 /// from the first set, by another writer, with prompts of its own.
 #[test]
 fn the_fresh_set_covers_every_category_and_shares_no_prompt_with_training_data_or_heldout() {
-    let rows = eval_set("fresh.jsonl");
-    assert!(rows.len() >= 180, "{} records", rows.len());
-    for category in safedrift::benchmark::HEX_PHI_CATEGORIES {
-        let n = rows.iter().filter(|r| r["category"] == category).count();
-        assert!(n >= 10, "{category}: {n} answers");
-    }
-    let benign: Vec<&Value> = rows.iter().filter(|r| r["category"] == "benign").collect();
-    assert!(benign.len() >= 30);
-    assert!(benign
-        .iter()
-        .all(|r| r["benign"] == true && r["score"] == 1));
-    assert_no_training_prompt(&rows, "fresh.jsonl");
-    let first: std::collections::HashSet<String> = heldout()
-        .iter()
-        .map(|r| normalized(r["prompt"].as_str().unwrap()))
-        .collect();
-    for r in &rows {
-        let p = normalized(r["prompt"].as_str().unwrap());
-        assert!(
-            !first.contains(&p),
-            "fresh.jsonl repeats a heldout.jsonl prompt: {p}"
-        );
-    }
+    check_later_set("fresh.jsonl", 180, 10, &["heldout.jsonl"]);
+}
+
+/// The third and fourth sets, written by writers who saw none of the
+/// project's data but the labelling guide.
+#[test]
+fn the_blind_and_sealed_sets_share_no_prompt_with_training_data_or_earlier_sets() {
+    check_later_set("blind.jsonl", 180, 10, &["heldout.jsonl", "fresh.jsonl"]);
+    check_later_set(
+        "sealed.jsonl",
+        120,
+        8,
+        &["heldout.jsonl", "fresh.jsonl", "blind.jsonl"],
+    );
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ use crate::{load_config, usage, DistillArgs, EXIT_BACKEND, EXIT_USAGE};
 /// values per unit for the default features, are held in memory and in
 /// head.json).
 const MAX_HIDDEN_UNITS: usize = 1024;
+/// The most networks `--members` averages.
+const MAX_MEMBERS: usize = 16;
 
 pub(crate) fn distill(args: DistillArgs) -> u8 {
     let Some(features) = Features::parse(&args.features) else {
@@ -29,6 +31,12 @@ pub(crate) fn distill(args: DistillArgs) -> u8 {
         return usage(format!(
             "--hidden {}: at most {MAX_HIDDEN_UNITS} units",
             args.hidden
+        ));
+    }
+    if !(1..=MAX_MEMBERS).contains(&args.members) {
+        return usage(format!(
+            "--members {}: between 1 and {MAX_MEMBERS} networks",
+            args.members
         ));
     }
     if args.l2.is_some_and(|l2| !(l2.is_finite() && l2 >= 0.0)) {
@@ -106,6 +114,7 @@ fn train_options(args: &DistillArgs) -> d::TrainOptions {
     } else {
         d::TrainOptions {
             hidden_units: args.hidden,
+            members: args.members,
             ..d::TrainOptions::default()
         }
     };

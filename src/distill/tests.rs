@@ -156,6 +156,42 @@ fn training_is_deterministic() {
 }
 
 #[test]
+fn averaged_networks_give_the_mean_of_their_logits() {
+    let (x, y) = toy();
+    let (mean, scale) = standardization(&x, 0).unwrap();
+    let d = design(&x, &mean, &scale).unwrap();
+    let one = |seed: u64| TrainOptions {
+        members: 1,
+        seed,
+        ..TrainOptions::default()
+    };
+    let (a, b) = (
+        fit_heads(&d, &y, &one(3)).unwrap(),
+        fit_heads(&d, &y, &one(4)).unwrap(),
+    );
+    let both = fit_heads(
+        &d,
+        &y,
+        &TrainOptions {
+            members: 2,
+            seed: 3,
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(both.hidden.as_ref().unwrap().bias.len(), 128);
+    for row in d.rows() {
+        let (sa, ra) = a.logits(row, &a.scores);
+        let (sb, rb) = b.logits(row, &b.scores);
+        let (s, r) = both.logits(row, &both.scores);
+        assert!((r - (ra + rb) / 2.0).abs() < 1e-4, "{r} {ra} {rb}");
+        for k in 0..s.len() {
+            assert!((s[k] - (sa[k] + sb[k]) / 2.0).abs() < 1e-4);
+        }
+    }
+}
+
+#[test]
 fn a_hidden_layer_learns_what_logistic_heads_cannot() {
     // A label that lies in two separate corners of the features: 5 when
     // exactly one of them is high (say, a refusal line with the task done
