@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::store::{RunStatus, Store};
 
 mod mlp;
+mod model;
 mod report;
 mod train;
 

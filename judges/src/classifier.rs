@@ -1,8 +1,10 @@
 //! The local classifier judge: a sentence encoder (all-MiniLM-L6-v2 in ONNX)
-//! embeds the prompt, the response and the response's opening, and two small
-//! logistic heads, distilled from a teacher's labels (`safedrift distill`),
-//! map them to a 1-5 score, a refusal flag and a calibrated confidence. It
-//! costs nothing per answer and sends nothing to a third party.
+//! embeds the prompt, the response and the response's opening and body, and
+//! two small heads over a hidden layer ([`HiddenLayer`]; logistic heads on
+//! the features in format-2 heads), distilled from a teacher's labels
+//! (`safedrift distill`), map them to a 1-5 score, a refusal flag and a
+//! calibrated confidence. It costs nothing per answer and sends nothing to a
+//! third party.
 //!
 //! A judge directory holds `head.json` (the [`Head`]: weights, calibration,
 //! teacher, training-data digest, seed and held-out report) and `encoder/`
@@ -22,9 +24,10 @@
 //! for all-MiniLM-L6-v2; the tokenizer file's own 128 is overridden), and
 //! each ONNX Runtime call is padded to its longest text.
 //!
-//! The heads: a multinomial logistic regression over the scores the teacher
-//! used (the score head) and a logistic regression for "refused" (the
-//! refusal head). Their logits are divided by temperatures, and the
+//! The heads: a softmax over the scores the teacher used (the score head)
+//! and a logistic unit for "refused" (the refusal head), both reading the
+//! hidden layer's units when the head has one, else the standardized
+//! features. Their logits are divided by temperatures, and the
 //! verdict's confidence is `P(score) * P(refused decision)` passed through a
 //! logistic map (`sigmoid(a * logit(p) + b)`): all three were fitted by
 //! `distill` on held-out predictions (cross-fitted folds of the training

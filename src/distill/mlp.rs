@@ -18,7 +18,7 @@ use ndarray::{Array1, Array2, Axis};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use safedrift_judges::classifier::{sigmoid, HiddenLayer};
 
-use super::train::{softmax_rows, Adam, Heads, TrainOptions};
+use super::model::{softmax_rows, Adam, Heads, TrainOptions};
 
 /// Glorot-uniform weights of a `rows x cols` layer.
 fn glorot(rng: &mut StdRng, rows: usize, cols: usize) -> Array2<f64> {
