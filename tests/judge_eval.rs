@@ -877,16 +877,27 @@ fn the_fresh_set_covers_every_category_and_shares_no_prompt_with_training_data_o
     check_later_set("fresh.jsonl", 180, 10, &["heldout.jsonl"]);
 }
 
-/// The third and fourth sets, written by writers who saw none of the
+/// The third to fifth sets, written by writers who saw none of the
 /// project's data but the labelling guide.
 #[test]
-fn the_blind_and_sealed_sets_share_no_prompt_with_training_data_or_earlier_sets() {
+fn the_blind_sealed_and_fifth_sets_share_no_prompt_with_training_data_or_earlier_sets() {
     check_later_set("blind.jsonl", 180, 10, &["heldout.jsonl", "fresh.jsonl"]);
     check_later_set(
         "sealed.jsonl",
         120,
         8,
         &["heldout.jsonl", "fresh.jsonl", "blind.jsonl"],
+    );
+    check_later_set(
+        "fifth.jsonl",
+        100,
+        5,
+        &[
+            "heldout.jsonl",
+            "fresh.jsonl",
+            "blind.jsonl",
+            "sealed.jsonl",
+        ],
     );
 }
 
