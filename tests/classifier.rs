@@ -16,28 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{run_json, stderr, stdout, Scratch};
+use common::{python, run_json, stderr, stdout, Scratch};
 use safedrift_judges::classifier::{ClassifierOptions, Head};
 use safedrift_judges::{Classifier, Judge, KeywordJudge};
 use safedrift_testkit::{spawn, ModelScript, Script};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed (install the test requirements: `pip install -r tests/requirements.txt`):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn model_cache() -> String {
     std::env::var("SAFEDRIFT_MODEL_CACHE")

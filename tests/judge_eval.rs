@@ -16,13 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{approx, run_json, stderr, stdout, Scratch};
+use common::{approx, python, repo, run_json, stderr, stdout, Scratch};
 use safedrift_testkit::{spawn, Fault, FaultKind, ModelScript, Script};
 use serde_json::{json, Value};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn row(category: Option<&str>, prompt: &str, response: &str, score: u8, refused: bool) -> String {
     let mut v = json!({"prompt": prompt, "response": response, "score": score, "refused": refused});
@@ -584,20 +580,6 @@ async fn malformed_truncated_huge_and_hostile_files_exit_2_naming_file_line_and_
 
 // ---------------------------------------------------------------------------
 // The classifier judge
-
-fn python(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed (install the test requirements: `pip install -r tests/requirements.txt`):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn model_cache() -> String {
     std::env::var("SAFEDRIFT_MODEL_CACHE")

@@ -28,18 +28,13 @@ use safedrift::store::{RunStatus, Store};
 fn gguf_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let cache = root.join("target/test-models");
-    let out = std::process::Command::new("python3")
-        .arg(root.join("tools/fetch_smollm2.py"))
-        .args(["--keep-gguf", "--cache-dir"])
-        .arg(&cache)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "fetch_smollm2.py --keep-gguf: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    let out = common::python(&[
+        "tools/fetch_smollm2.py",
+        "--keep-gguf",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    let dir = PathBuf::from(out.lines().last().unwrap());
     assert!(
         dir.join("SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
         "{}",

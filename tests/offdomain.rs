@@ -265,16 +265,7 @@ async fn a_judge_that_cannot_grade_misalignment_says_so_once_and_reports_no_figu
 fn tiny_model() -> std::path::PathBuf {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("offdomain-tiny-judge");
     if !dir.join("model.onnx").exists() {
-        let out = std::process::Command::new("python3")
-            .args(["tools/make_tiny_model.py", dir.to_str().unwrap()])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "tools/make_tiny_model.py failed (are tools/requirements.txt and tests/requirements.txt installed?):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::python(&["tools/make_tiny_model.py", dir.to_str().unwrap()]);
     }
     dir
 }

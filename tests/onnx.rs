@@ -9,29 +9,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{run_json, stderr, Scratch};
+use common::{python, run_json, stderr, Scratch};
 use safedrift::backend::onnx::{OnnxBackend, OnnxOptions};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed (is tools/requirements.txt installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A tiny model of `dtype`, made by the project's tool (`model.onnx` is
 /// written last, so its presence means the directory is complete).

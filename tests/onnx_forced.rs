@@ -9,31 +9,16 @@
 //!
 //! Needs `python3` with `tools/requirements.txt` installed (`.ci/run` does it).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use common::python;
 use std::sync::{Arc, OnceLock};
 
 use safedrift::backend::onnx::{kl_per_position, OnnxBackend, OnnxOptions};
 
 type Rows = Vec<(Vec<u32>, Vec<u32>)>;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed (is tools/requirements.txt installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A tiny model made by the project's tool with `extra` arguments
 /// (`model.onnx` is written last, so its presence means it is complete).

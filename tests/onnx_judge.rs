@@ -14,31 +14,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use common::{run_json, stderr, Scratch};
+use common::{python, run_json, stderr, Scratch};
 use safedrift::backend::onnx::{OnnxBackend, OnnxOptions};
 use safedrift_judges::onnx_judge::Readout;
 use safedrift_judges::{Judge, NextTokenModel, OnnxGuardJudge, OnnxRubricJudge};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed (are tools/requirements.txt and tests/requirements.txt installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn tmp(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)

@@ -48,18 +48,9 @@ fn model(name: &str, args: &[&str]) -> PathBuf {
         std::thread::current().id()
     ));
     let _ = std::fs::remove_dir_all(&tmp);
-    let out = std::process::Command::new("python3")
-        .arg("tools/make_tiny_model.py")
-        .arg(&tmp)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "tools/make_tiny_model.py failed (is tools/requirements.txt installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut command = vec!["tools/make_tiny_model.py", tmp.to_str().unwrap()];
+    command.extend_from_slice(args);
+    common::python(&command);
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another test wrote it first.
         let _ = std::fs::remove_dir_all(&tmp);

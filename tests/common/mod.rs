@@ -8,6 +8,27 @@ use std::process::Output;
 
 use tempfile::TempDir;
 
+/// The repository's root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `python3 ARGS` run in the repository's root: its stdout. A failure names
+/// the requirements the tests need.
+pub fn python(args: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python3 {args:?} failed (install the requirements: `python3 -m pip install -r tools/requirements.txt -r tests/requirements.txt`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A scratch directory holding a config whose store lives inside it.
 pub struct Scratch {
     pub dir: TempDir,
