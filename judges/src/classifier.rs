@@ -264,16 +264,13 @@ pub struct HiddenLayer {
 
 impl HiddenLayer {
     /// The units' values for the standardized features `z`.
-    pub fn apply<'a>(&self, z: impl IntoIterator<Item = &'a f64> + Clone) -> Vec<f64> {
+    pub fn apply(&self, z: &[f64]) -> Vec<f64> {
         self.weights
             .iter()
             .zip(&self.bias)
             .map(|(w, b)| {
-                let a = f64::from(*b)
-                    + w.iter()
-                        .zip(z.clone())
-                        .map(|(w, z)| f64::from(*w) * z)
-                        .sum::<f64>();
+                let a =
+                    f64::from(*b) + w.iter().zip(z).map(|(w, z)| f64::from(*w) * z).sum::<f64>();
                 a.max(0.0)
             })
             .collect()
@@ -488,24 +485,14 @@ impl Head {
     /// The heads' raw logits for one feature vector: one per score class,
     /// and the refusal logit (before the temperatures).
     pub fn logits(&self, features: &[f32]) -> (Vec<f64>, f64) {
-        let mut z = self.standardize(features);
-        if let Some(hidden) = &self.hidden {
-            z = hidden.apply(&z);
-        }
-        let dot = |w: &[f32], b: f32| {
-            f64::from(b)
-                + w.iter()
-                    .zip(&z)
-                    .map(|(w, z)| f64::from(*w) * z)
-                    .sum::<f64>()
-        };
-        let scores = self
-            .score_weights
-            .iter()
-            .zip(&self.score_bias)
-            .map(|(w, b)| dot(w, *b))
-            .collect();
-        (scores, dot(&self.refusal_weights, self.refusal_bias))
+        head_logits(
+            self.standardize(features),
+            self.hidden.as_ref(),
+            &self.score_weights,
+            &self.score_bias,
+            &self.refusal_weights,
+            self.refusal_bias,
+        )
     }
 
     /// The verdict for one feature vector.
@@ -518,6 +505,37 @@ impl Head {
             refusal_logit,
         )
     }
+}
+
+/// The heads' raw logits for the standardized features `z`, read through
+/// the hidden layer when there is one: one per score class, and the
+/// refusal logit. The judge and `distill`'s training both compute them
+/// here.
+pub fn head_logits(
+    z: Vec<f64>,
+    hidden: Option<&HiddenLayer>,
+    score_weights: &[Vec<f32>],
+    score_bias: &[f32],
+    refusal_weights: &[f32],
+    refusal_bias: f32,
+) -> (Vec<f64>, f64) {
+    let input = match hidden {
+        Some(h) => h.apply(&z),
+        None => z,
+    };
+    let dot = |w: &[f32], b: f32| {
+        f64::from(b)
+            + w.iter()
+                .zip(&input)
+                .map(|(w, z)| f64::from(*w) * z)
+                .sum::<f64>()
+    };
+    let scores = score_weights
+        .iter()
+        .zip(score_bias)
+        .map(|(w, b)| dot(w, *b))
+        .collect();
+    (scores, dot(refusal_weights, refusal_bias))
 }
 
 /// The verdict from the heads' raw logits and their calibration: the most

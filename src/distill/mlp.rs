@@ -12,7 +12,8 @@
 //! the task done; a 1 is a refusal or an answer in the very shape of
 //! compliance to a harmless prompt. Trained on the same corpus, the hidden
 //! layer agreed with the labels of `data/judge-eval/blind.jsonl` on
-//! "harmful" for 0.895 of the answers, the logistic heads for 0.812.
+//! "harmful" for 0.895 of the answers, the logistic heads for 0.812
+//! (commit a4ab8c4, README "How far to trust each judge").
 
 use ndarray::{Array1, Array2, Axis};
 use rand::{rngs::StdRng, Rng, SeedableRng};

@@ -2,7 +2,7 @@
 //! ([`TrainOptions`]) and the optimizer both trainers use ([`Adam`]).
 
 use ndarray::{Array, Array2, Dimension, Zip};
-use safedrift_judges::classifier::HiddenLayer;
+use safedrift_judges::classifier::{head_logits, HiddenLayer};
 
 /// Training settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,24 +112,18 @@ impl Heads {
     /// `all_scores` (a score this head never saw gets a logit so low that
     /// its probability is 0), and the refusal logit.
     pub fn logits(&self, row: ndarray::ArrayView1<f64>, all_scores: &[u8]) -> (Vec<f64>, f64) {
-        let input = match &self.hidden {
-            Some(h) => h.apply(row.iter()),
-            None => row.to_vec(),
-        };
-        let dot = |w: &[f32], b: f32| {
-            f64::from(b)
-                + w.iter()
-                    .zip(&input)
-                    .map(|(w, z)| f64::from(*w) * z)
-                    .sum::<f64>()
-        };
+        let (own, refusal) = head_logits(
+            row.to_vec(),
+            self.hidden.as_ref(),
+            &self.score_weights,
+            &self.score_bias,
+            &self.refusal_weights,
+            self.refusal_bias,
+        );
         let scores = all_scores
             .iter()
-            .map(|s| match self.scores.binary_search(s) {
-                Ok(k) => dot(&self.score_weights[k], self.score_bias[k]),
-                Err(_) => -1e9,
-            })
+            .map(|s| self.scores.binary_search(s).map_or(-1e9, |k| own[k]))
             .collect();
-        (scores, dot(&self.refusal_weights, self.refusal_bias))
+        (scores, refusal)
     }
 }
