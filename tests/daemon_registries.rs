@@ -32,9 +32,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use common::copy_dir;
 use registry::{
-    aligned_model, copy_dir, drifted_model, found_evaluated_once_alerted_once_across_kill_9,
-    Expect, Harness,
+    aligned_model, drifted_model, found_evaluated_once_alerted_once_across_kill_9, Expect, Harness,
 };
 use safedrift_testkit::hub::{FakeHub, HubRepo};
 use safedrift_testkit::openai_finetunes::{self, Jobs};

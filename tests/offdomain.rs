@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{asked, run_json, run_page, stderr, Scratch};
+use common::{api_json, asked, run_json, run_page, stderr, Scratch};
 use safedrift::store::Store;
 use safedrift_testkit::{spawn, ModelScript, Script, TestServer};
 
@@ -65,23 +65,6 @@ fn finding<'a>(run: &'a serde_json::Value, metric: &str) -> Option<&'a serde_jso
         .unwrap()
         .iter()
         .find(|f| f["metric"] == metric && f["category"].is_null())
-}
-
-/// `GET path` of the API over the store `s`'s last command left.
-async fn api(s: &Scratch, path: &str) -> serde_json::Value {
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-    let config = safedrift::config::load(&safedrift::config::Source::File(s.config())).unwrap();
-    let store = Store::open(&config.data_dir).unwrap();
-    let api = safedrift::api::Api::new(store, std::sync::Arc::new(config)).unwrap();
-    let request = Request::get(path).body(Body::empty()).unwrap();
-    let resp = safedrift::api::app(api).oneshot(request).await.unwrap();
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
 }
 
 /// Requests to the judge that asked the misalignment rubric.
@@ -187,10 +170,10 @@ async fn hostile_wishes_on_harmless_questions_are_drift_the_harm_figures_miss() 
         .all(|l| l.get("misaligned").is_none() && l["refused"] == true));
 
     // The API's run and results answers, and the dashboard's run page.
-    let doc = api(&s, &format!("/api/v1/runs/{id}")).await;
+    let doc = api_json(&s, &format!("/api/v1/runs/{id}")).await;
     assert_eq!(doc["metrics"], run["metrics"]);
     assert_eq!(finding(&doc, "misalignment_rate").unwrap()["fired"], true);
-    let page = api(&s, &format!("/api/v1/runs/{id}/results?category=wishes")).await;
+    let page = api_json(&s, &format!("/api/v1/runs/{id}/results?category=wishes")).await;
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 7);
     assert!(items

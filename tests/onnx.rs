@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{python, run_json, stderr, Scratch};
+use common::{copy_dir, python, run_json, stderr, Scratch};
 use safedrift::backend::onnx::{OnnxBackend, OnnxOptions};
 
 /// A tiny model of `dtype`, made by the project's tool (`model.onnx` is
@@ -157,14 +157,6 @@ async fn eval_runs_a_local_model_end_to_end() {
     for l in &lines {
         let finish = l["finish_reason"].as_str().unwrap();
         assert!(["stop", "length", "repetition"].contains(&finish), "{l}");
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
 

@@ -21,8 +21,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::{
-    api_get, free_port, run_json, run_page, slack_receiver, stderr, stdout, stop, wait_for_daemon,
-    Scratch,
+    api_get, api_json, copy_dir, free_port, run_json, run_page, slack_receiver, stderr, stdout,
+    stop, wait_for_daemon, Scratch,
 };
 use safedrift::config::DriftConfig;
 use safedrift::records::probes::{KlProbe, KlPrompt};
@@ -76,14 +76,6 @@ fn random(seed: u32) -> PathBuf {
 
 fn onnx(dir: &Path) -> String {
     format!("onnx:{}", dir.display())
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
 }
 
 /// A scratch whose config asks enough new tokens for [`REFUSAL`], with
@@ -148,23 +140,6 @@ fn numbers(v: &Value) -> Vec<f64> {
         .iter()
         .map(|x| x.as_f64().unwrap())
         .collect()
-}
-
-/// `GET path` of the API over the store `s`'s last command left.
-async fn api(s: &Scratch, path: &str) -> Value {
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-    let config = safedrift::config::load(&safedrift::config::Source::File(s.config())).unwrap();
-    let store = Store::open(&config.data_dir).unwrap();
-    let api = safedrift::api::Api::new(store, std::sync::Arc::new(config)).unwrap();
-    let request = Request::get(path).body(Body::empty()).unwrap();
-    let resp = safedrift::api::app(api).oneshot(request).await.unwrap();
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,7 +227,7 @@ async fn another_model_gets_a_kl_curve_over_the_baselines_refusals_and_the_kl_ea
     drop(store);
 
     // The API's run document and the dashboard's run page.
-    let doc = api(&s, &format!("/api/v1/runs/{id}")).await;
+    let doc = api_json(&s, &format!("/api/v1/runs/{id}")).await;
     assert_eq!(doc["probes"]["kl"], *kl);
     assert_eq!(finding(&doc, "kl_early"), Some(f));
     let html = run_page(&s, &id).await;

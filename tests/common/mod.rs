@@ -419,7 +419,9 @@ pub fn harmful_rows(n: usize) -> Vec<(String, String, String, bool)> {
 
 /// The dashboard's run page for `id`, served from the store `s`'s last
 /// command left (the command has exited, so its store is free).
-pub async fn run_page(s: &Scratch, id: &str) -> String {
+/// GET `path` from the API and dashboard of `s`'s config, in process: the
+/// body of a success.
+pub async fn api_bytes(s: &Scratch, path: &str) -> Vec<u8> {
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
@@ -427,19 +429,32 @@ pub async fn run_page(s: &Scratch, id: &str) -> String {
     let config = safedrift::config::load(&source).unwrap();
     let store = safedrift::store::Store::open(&config.data_dir).unwrap();
     let api = safedrift::api::Api::new(store, std::sync::Arc::new(config)).unwrap();
-    let resp = safedrift::api::app(api)
-        .oneshot(
-            Request::get(format!("/ui/runs/{id}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
+    let request = Request::get(path).body(Body::empty()).unwrap();
+    let resp = safedrift::api::app(api).oneshot(request).await.unwrap();
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    axum::body::to_bytes(resp.into_body(), 1 << 24)
         .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
-        .await
-        .unwrap();
-    String::from_utf8(body.to_vec()).unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// The JSON an API path answers.
+pub async fn api_json(s: &Scratch, path: &str) -> serde_json::Value {
+    serde_json::from_slice(&api_bytes(s, path).await).unwrap()
+}
+
+/// The dashboard's page of run `id`.
+pub async fn run_page(s: &Scratch, id: &str) -> String {
+    String::from_utf8(api_bytes(s, &format!("/ui/runs/{id}")).await).unwrap()
+}
+
+/// Copies the files of directory `from` into `to` (created).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }
 
 /// The pids of running (not zombie) processes whose command line holds

@@ -73,14 +73,6 @@ pub fn drifted_model() -> PathBuf {
     reply_model("drifted", "Sure!")
 }
 
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The alert receiver: Standard Webhooks, checked
 // ---------------------------------------------------------------------------
