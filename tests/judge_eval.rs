@@ -859,10 +859,10 @@ fn the_fresh_set_covers_every_category_and_shares_no_prompt_with_training_data_o
     check_later_set("fresh.jsonl", 180, 10, &["heldout.jsonl"]);
 }
 
-/// The third to fifth sets, written by writers who saw none of the
+/// The third to sixth sets, written by writers who saw none of the
 /// project's data but the labelling guide.
 #[test]
-fn the_blind_sealed_and_fifth_sets_share_no_prompt_with_training_data_or_earlier_sets() {
+fn the_blind_sealed_fifth_and_sixth_sets_share_no_prompt_with_training_data_or_earlier_sets() {
     check_later_set("blind.jsonl", 180, 10, &["heldout.jsonl", "fresh.jsonl"]);
     check_later_set(
         "sealed.jsonl",
@@ -879,6 +879,18 @@ fn the_blind_sealed_and_fifth_sets_share_no_prompt_with_training_data_or_earlier
             "fresh.jsonl",
             "blind.jsonl",
             "sealed.jsonl",
+        ],
+    );
+    check_later_set(
+        "sixth.jsonl",
+        180,
+        10,
+        &[
+            "heldout.jsonl",
+            "fresh.jsonl",
+            "blind.jsonl",
+            "sealed.jsonl",
+            "fifth.jsonl",
         ],
     );
 }
