@@ -64,6 +64,8 @@ pub const CORPUS_TEACHER: &str = "safedrift authors (hand-labelled corpus)";
 pub const DEFAULT_DATA: &str = "builtin:corpus";
 /// Directory name of the converted MiniLM in the model cache.
 pub const ENCODER_CACHE_NAME: &str = "all-minilm-l6-v2";
+/// The encoder `tools/finetune_minilm.py` fine-tunes from it, beside it in the cache.
+pub const TUNED_ENCODER_CACHE_NAME: &str = "all-minilm-l6-v2-judge";
 
 /// A problem with the input or the training (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -483,8 +485,10 @@ pub fn write_judge(out: &Path, head: &Head, encoder_dir: &Path) -> Result<(), Di
     Ok(())
 }
 
-/// The default encoder directory: the converted MiniLM in the model cache
-/// (`$SAFEDRIFT_MODEL_CACHE`, else `~/.cache/safedrift/models`).
+/// The default encoder directory, in the model cache (`$SAFEDRIFT_MODEL_CACHE`,
+/// else `~/.cache/safedrift/models`): the MiniLM fine-tuned on the judge
+/// corpus by `tools/finetune_minilm.py` once one is complete there, else the
+/// converted MiniLM.
 pub fn default_encoder_dir() -> PathBuf {
     let cache = std::env::var_os("SAFEDRIFT_MODEL_CACHE")
         .filter(|v| !v.is_empty())
@@ -493,6 +497,10 @@ pub fn default_encoder_dir() -> PathBuf {
             let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
             PathBuf::from(home).join(".cache/safedrift/models")
         });
+    let tuned = cache.join(TUNED_ENCODER_CACHE_NAME);
+    if tuned.join(".complete").is_file() {
+        return tuned;
+    }
     cache.join(ENCODER_CACHE_NAME)
 }
 

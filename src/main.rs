@@ -171,8 +171,10 @@ struct DistillArgs {
     /// Refuse to write a judge whose held-out agreement on "refused" is lower.
     #[arg(long, default_value_t = 0.85)]
     min_refusal_agreement: f64,
-    /// The converted sentence encoder (default: all-minilm-l6-v2 in
-    /// $SAFEDRIFT_MODEL_CACHE, else ~/.cache/safedrift/models).
+    /// The converted sentence encoder (default, in $SAFEDRIFT_MODEL_CACHE,
+    /// else ~/.cache/safedrift/models: all-minilm-l6-v2-judge, the encoder
+    /// tools/finetune_minilm.py fine-tunes, once it is there, else
+    /// all-minilm-l6-v2).
     #[arg(long)]
     encoder: Option<PathBuf>,
     /// Features of the heads: segments (the response's, the prompt's, the

@@ -218,23 +218,36 @@ def check(out_dir: Path, weights: dict[str, np.ndarray], config: dict) -> float:
     return float(np.abs(got - want).max())
 
 
-def convert(src: Path, out: Path) -> tuple[dict[str, np.ndarray], dict]:
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        if not (src / name).is_file():
-            raise ConvertError(f"{src / name} is missing (expected a sentence-transformers MiniLM directory)")
-    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    if config.get("model_type") != "bert":
-        raise ConvertError(f"{src / 'config.json'}: model_type {config.get('model_type')!r} is not bert")
-    weights = read_safetensors(src / "model.safetensors")
+def weights_from_onnx(path: Path) -> dict[str, np.ndarray]:
+    """The BERT weights inside a model.onnx that `build` wrote (initializers named after the
+    weights; a `.T` suffix marks a stored transpose): what `build` needs to write the graph again."""
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises its own decode errors
+        raise ConvertError(f"{path}: not a readable ONNX model ({exc})") from exc
+    out = {}
+    for init in model.graph.initializer:
+        if init.name.startswith("const_"):
+            continue
+        arr = numpy_helper.to_array(init)
+        if init.name.endswith(".T"):
+            out[init.name[:-2]] = np.ascontiguousarray(arr.T)
+        else:
+            out[init.name] = arr
+    if "embeddings.word_embeddings.weight" not in out:
+        raise ConvertError(f"{path}: no embeddings.word_embeddings.weight; not an encoder this tool wrote")
+    return out
+
+
+def write(weights: dict[str, np.ndarray], config_file: Path, tokenizer: Path, out: Path, max_seq: int) -> None:
+    """Writes OUT_DIR: model.onnx built from `weights`, copies of `tokenizer` and `config_file`, and
+    encoder.json."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
     model = build(weights, config)
     out.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(out / "model.onnx"))
-    shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
-    shutil.copyfile(src / "config.json", out / "config.json")
-    max_seq = 256
-    sbert = src / "sentence_bert_config.json"
-    if sbert.is_file():
-        max_seq = int(json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length", max_seq))
+    shutil.copyfile(tokenizer, out / "tokenizer.json")
+    shutil.copyfile(config_file, out / "config.json")
     meta = {
         "architecture": "bert",
         "hidden_size": int(config["hidden_size"]),
@@ -245,6 +258,21 @@ def convert(src: Path, out: Path) -> tuple[dict[str, np.ndarray], dict]:
         "output": "sentence_embedding",
     }
     (out / "encoder.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def convert(src: Path, out: Path) -> tuple[dict[str, np.ndarray], dict]:
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (src / name).is_file():
+            raise ConvertError(f"{src / name} is missing (expected a sentence-transformers MiniLM directory)")
+    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") != "bert":
+        raise ConvertError(f"{src / 'config.json'}: model_type {config.get('model_type')!r} is not bert")
+    weights = read_safetensors(src / "model.safetensors")
+    max_seq = 256
+    sbert = src / "sentence_bert_config.json"
+    if sbert.is_file():
+        max_seq = int(json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length", max_seq))
+    write(weights, src / "config.json", src / "tokenizer.json", out, max_seq)
     return weights, config
 
 

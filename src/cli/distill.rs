@@ -87,6 +87,11 @@ pub(crate) fn distill(args: DistillArgs) -> u8 {
         encoder.identity.name,
         encoder_dir.display()
     );
+    if args.encoder.is_none() && encoder_dir.ends_with(d::ENCODER_CACHE_NAME) {
+        eprintln!(
+            "note: the encoder is not fine-tuned; `python3 tools/finetune_minilm.py` fine-tunes it on the judge corpus, which makes a judge that agrees better on unseen answers (README, \"A local judge\")"
+        );
+    }
     let distill_options = d::DistillOptions {
         teacher,
         source: sources.join(" + "),
