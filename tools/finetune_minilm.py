@@ -233,7 +233,8 @@ def groups(idx: list[int], ex: Examples, size: int, rng: np.random.Generator | N
     return out
 
 
-def train(args, weights: dict, config: dict, ex: Examples, train_idx: list[int], test_idx: list[int]) -> dict:
+def train(args, weights: dict, config: dict, ex: Examples, train_idx: list[int], test_idx: list[int]) -> tuple[dict, dict]:
+    """The fine-tuned encoder weights (all of `weights`, the trained ones replaced) and a report."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -345,8 +346,8 @@ def run(args) -> Path:
         records = [records[i] for i in sorted(keep)]
     held = held_out_prompts(records, args.holdout_seed, args.test_fraction) if args.test_fraction > 0 else set()
     settings = {k: getattr(args, k) for k in ("epochs", "lr", "head_lr", "batch_size", "seed", "holdout_seed", "test_fraction", "limit")}
-    data_sha = mc.sha256_of(args.data)
-    key = hashlib.sha256(json.dumps([mc.sha256_of(base / "model.onnx"), data_sha, settings], sort_keys=True).encode()).hexdigest()
+    data_sha, base_sha = mc.sha256_of(args.data), mc.sha256_of(base / "model.onnx")
+    key = hashlib.sha256(json.dumps([base_sha, data_sha, settings], sort_keys=True).encode()).hexdigest()
 
     def build(tmp: Path) -> tuple[Path, str]:
         import jax
@@ -363,7 +364,7 @@ def run(args) -> Path:
             raise m2o.ConvertError(f"the written model.onnx differs from the numpy forward pass by {diff:.2e}")
         info = {
             "base": str(base),
-            "base_model_sha256": mc.sha256_of(base / "model.onnx"),
+            "base_model_sha256": base_sha,
             "data": str(args.data),
             "data_sha256": data_sha,
             "records": len(records),
