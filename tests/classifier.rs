@@ -16,28 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{python, run_json, stderr, stdout, Scratch};
+use common::{minilm, model_cache, python, run_json, stderr, stdout, Scratch};
 use safedrift_judges::classifier::{ClassifierOptions, Head};
 use safedrift_judges::{Classifier, Judge, KeywordJudge};
 use safedrift_testkit::{spawn, ModelScript, Script};
 
-fn model_cache() -> String {
-    std::env::var("SAFEDRIFT_MODEL_CACHE")
-        .unwrap_or_else(|_| format!("{}/models", env!("CARGO_TARGET_TMPDIR")))
-}
-
-/// The converted MiniLM encoder, fetched once per machine.
-fn encoder() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = python(&["tools/fetch_minilm.py", "--cache-dir", &model_cache()]);
-        PathBuf::from(out.lines().last().expect("a directory").trim())
-    })
-}
-
 /// `safedrift distill` with the test's model cache.
 fn distill(args: &[&str]) -> std::process::Output {
-    encoder();
+    minilm();
     Command::new(common::bin())
         .arg("distill")
         .args(args)
@@ -157,7 +143,7 @@ fn distill_trains_from_the_seed_set_and_reports_held_out_agreement() {
     assert!((r.accuracy - diagonal as f64 / r.n as f64).abs() < 1e-12);
     assert_eq!(
         head.encoder.sha256,
-        safedrift_judges::classifier::encoder_identity(encoder())
+        safedrift_judges::classifier::encoder_identity(minilm())
             .unwrap()
             .sha256
     );

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{approx, python, repo, run_json, stderr, stdout, Scratch};
+use common::{approx, minilm, model_cache, repo, run_json, stderr, stdout, Scratch};
 use safedrift_testkit::{spawn, Fault, FaultKind, ModelScript, Script};
 use serde_json::{json, Value};
 
@@ -581,16 +581,11 @@ async fn malformed_truncated_huge_and_hostile_files_exit_2_naming_file_line_and_
 // ---------------------------------------------------------------------------
 // The classifier judge
 
-fn model_cache() -> String {
-    std::env::var("SAFEDRIFT_MODEL_CACHE")
-        .unwrap_or_else(|_| format!("{}/models", env!("CARGO_TARGET_TMPDIR")))
-}
-
 /// A classifier judge distilled from the built-in seed set, once.
 fn classifier_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        python(&["tools/fetch_minilm.py", "--cache-dir", &model_cache()]);
+        minilm();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("judge-eval-classifier-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

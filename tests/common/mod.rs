@@ -29,6 +29,23 @@ pub fn python(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The model cache the tests share: `$SAFEDRIFT_MODEL_CACHE`, else a folder
+/// of the target directory.
+pub fn model_cache() -> String {
+    std::env::var("SAFEDRIFT_MODEL_CACHE")
+        .unwrap_or_else(|_| format!("{}/models", env!("CARGO_TARGET_TMPDIR")))
+}
+
+/// The converted all-MiniLM-L6-v2 in the model cache, fetched once per
+/// machine by `tools/fetch_minilm.py`.
+pub fn minilm() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = python(&["tools/fetch_minilm.py", "--cache-dir", &model_cache()]);
+        PathBuf::from(out.lines().last().expect("a directory").trim())
+    })
+}
+
 /// A scratch directory holding a config whose store lives inside it.
 pub struct Scratch {
     pub dir: TempDir,
