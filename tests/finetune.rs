@@ -10,39 +10,26 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use common::{python, repo, run_json, stderr, stdout};
+use common::{minilm, repo, run_json, stderr, stdout};
 use safedrift_judges::classifier::encoder_identity;
 
-fn model_cache() -> String {
-    std::env::var("SAFEDRIFT_MODEL_CACHE")
-        .unwrap_or_else(|_| format!("{}/models", env!("CARGO_TARGET_TMPDIR")))
-}
-
-fn base() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = python(&["tools/fetch_minilm.py", "--cache-dir", &model_cache()]);
-        PathBuf::from(out.lines().last().expect("a directory").trim())
-    })
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("finetune-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory under the target directory, removed when the test ends (the
+/// encoders written there are 90 MB each).
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("finetune-{name}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
 }
 
 fn finetune(args: &[&str]) -> Output {
     Command::new("python3")
         .arg("tools/finetune_minilm.py")
         .arg("--base")
-        .arg(base())
+        .arg(minilm())
         .args(args)
         .current_dir(repo())
         .output()
@@ -56,7 +43,7 @@ fn sha256(path: &Path) -> String {
 
 fn distill(cache: &Path, extra: &[&str], judge: &Path) -> Output {
     Command::new(common::bin())
-        .args(["distill", "--data", "builtin:seed", "--out"])
+        .args(["distill", "--out"])
         .arg(judge)
         .args(["--min-accuracy", "0", "--min-kappa", "0"])
         .args([
@@ -80,27 +67,28 @@ fn head_encoder(judge: &Path) -> serde_json::Value {
 
 #[test]
 fn a_fine_tuned_encoder_is_distilled_into_a_judge_that_judge_eval_runs() {
-    let dir = scratch("e2e");
+    let scratch = scratch("e2e");
+    let dir = scratch.path();
     // A model cache like a user's: the base, then the fine-tuned encoder beside it.
     let cache = dir.join("models");
     std::fs::create_dir_all(&cache).unwrap();
-    std::os::unix::fs::symlink(base(), cache.join("all-minilm-l6-v2")).unwrap();
+    std::os::unix::fs::symlink(minilm(), cache.join("all-minilm-l6-v2")).unwrap();
     let (base_sha, enc) = (
-        sha256(&base().join("model.onnx")),
+        sha256(&minilm().join("model.onnx")),
         cache.join("all-minilm-l6-v2-judge"),
     );
     let identity = |dir: &Path| encoder_identity(dir).unwrap().sha256;
 
     // Before fine-tuning, distill takes the base and says how to do better.
     let judge = dir.join("judge-base");
-    let out = distill(&cache, &[], &judge);
+    let out = distill(&cache, &["--data", "builtin:seed"], &judge);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert!(
         stderr(&out).contains("tools/finetune_minilm.py"),
         "{}",
         stderr(&out)
     );
-    assert_eq!(head_encoder(&judge), identity(base()).as_str());
+    assert_eq!(head_encoder(&judge), identity(minilm()).as_str());
 
     let args = [
         "--cache-dir",
@@ -153,7 +141,7 @@ fn a_fine_tuned_encoder_is_distilled_into_a_judge_that_judge_eval_runs() {
 
     // Now distill's default encoder is the fine-tuned one; the head names it.
     let judge = dir.join("judge");
-    let out = distill(&cache, &[], &judge);
+    let out = distill(&cache, &["--data", "builtin:seed"], &judge);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert!(
         !stderr(&out).contains("tools/finetune_minilm.py"),
@@ -193,7 +181,8 @@ fn the_jax_forward_pass_matches_onnx_runtime() {
 
 #[test]
 fn a_bad_labelled_file_stops_with_its_line_and_writes_nothing() {
-    let dir = scratch("bad");
+    let scratch = scratch("bad");
+    let dir = scratch.path();
     let good = r#"{"prompt": "p", "response": "No.", "score": 1, "refused": true}"#;
     let cases = [
         (
@@ -235,7 +224,8 @@ fn a_bad_labelled_file_stops_with_its_line_and_writes_nothing() {
 
 #[test]
 fn a_missing_base_or_a_bad_setting_is_a_usage_error() {
-    let dir = scratch("usage");
+    let scratch = scratch("usage");
+    let dir = scratch.path();
     let out = Command::new("python3")
         .arg("tools/finetune_minilm.py")
         .arg("--base")
@@ -256,4 +246,70 @@ fn a_missing_base_or_a_bad_setting_is_a_usage_error() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(bad[0]), "{bad:?}: {}", stderr(&out));
     }
+}
+
+/// The answers the fine-tuning leaves out are the ones `distill` holds out
+/// with the same seed and fraction (a seed and fraction other than the
+/// defaults), so distill's held-out report measures answers the encoder
+/// never saw.
+#[test]
+fn the_fine_tuning_leaves_out_what_distill_holds_out() {
+    let scratch = scratch("split");
+    let dir = scratch.path();
+    let corpus = std::fs::read_to_string(repo().join("src/builtin/judge_corpus.jsonl")).unwrap();
+    // The corpus's first 120 answers: 21 prompts with 1 to 12 answers each,
+    // so another seed or fraction holds out another number of answers.
+    let sample: Vec<&str> = corpus.lines().take(120).collect();
+    let data = dir.join("sample.jsonl");
+    std::fs::write(&data, sample.join("\n") + "\n").unwrap();
+    let enc = dir.join("encoder");
+    let split = ["--test-fraction", "0.25"];
+    let out = finetune(
+        &[
+            &[
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                enc.to_str().unwrap(),
+            ][..],
+            &[
+                "--holdout-seed",
+                "6",
+                "--epochs",
+                "0.1",
+                "--batch-size",
+                "8",
+            ],
+            &split,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(enc.join("finetune.json")).unwrap()).unwrap();
+    let held = info["held_out_answers"].as_u64().unwrap();
+
+    let judge = dir.join("judge");
+    let out = distill(
+        dir,
+        &[
+            &["--data", data.to_str().unwrap(), "--seed", "6"][..],
+            &split,
+            &["--encoder", enc.to_str().unwrap()],
+        ]
+        .concat(),
+        &judge,
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let report = stdout(&out);
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("split"))
+        .expect("a split line");
+    assert_eq!(
+        line.split_whitespace().nth(3),
+        Some(held.to_string().as_str()),
+        "fine-tuning held out {held}; distill: {line}"
+    );
+    assert!(held > 0 && held < 120, "{info}");
 }
